@@ -1,0 +1,64 @@
+"""Build of the hermes_kanban_native._native extension.
+
+Environment switches (all off by default; users get the compiler's normal flags):
+
+  HKN_WERROR=1    -Wall -Wextra -Werror (CI)
+  HKN_DEBUG=1     -O0 -g3, assertions on
+  HKN_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer (CI's sanitizer stage)
+
+The extension never links SQLite: it calls the library that CPython's
+_sqlite3 already loaded (see csrc/sqlite_api.c for why).
+"""
+import os
+import sys
+
+from setuptools import Extension, setup
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "yes", "true", "on")
+
+
+def _sources():
+    sources = ["csrc/module.c"]
+    if sys.platform.startswith("linux"):
+        sources.append("csrc/fdscan_linux.c")
+    else:
+        sources.append("csrc/fdscan_other.c")
+    return sources
+
+
+def _flags():
+    # Hidden visibility keeps every C symbol but PyInit__native out of the
+    # dynamic symbol table (PyMODINIT_FUNC marks that one as default).
+    compile_args = ["-fvisibility=hidden", "-std=c11"]
+    link_args = []
+    macros = []
+    if _flag("HKN_WERROR"):
+        compile_args += ["-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers"]
+    if _flag("HKN_DEBUG") or _flag("HKN_SANITIZE"):
+        compile_args += ["-O0", "-g3", "-UNDEBUG"]
+    if _flag("HKN_SANITIZE"):
+        sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+                    "-fno-sanitize-recover=undefined"]
+        compile_args += sanitize
+        link_args += sanitize
+    return compile_args, link_args, macros
+
+
+_compile_args, _link_args, _macros = _flags()
+
+setup(
+    ext_modules=[
+        Extension(
+            "hermes_kanban_native._native",
+            sources=_sources(),
+            depends=["csrc/hkn.h", "csrc/sqlite_api.h"],
+            include_dirs=["csrc"],
+            define_macros=_macros,
+            extra_compile_args=_compile_args,
+            extra_link_args=_link_args,
+            libraries=["dl"] if sys.platform.startswith("linux") else [],
+        )
+    ],
+)
