@@ -1,26 +1,488 @@
-/* module.c - multi-phase init of hermes_kanban_native._native (skeleton). */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+/* module.c - hermes_kanban_native._native: multi-phase init, the module
+ * state, the statistics, and the registry of live connections.
+ *
+ * All mutable state is in the module state.  It is guarded by the GIL: the
+ * module does not declare Py_mod_gil, so a free-threaded interpreter keeps
+ * the GIL enabled while it is imported.
+ */
+#include "hkn.h"
 
-#include "fdscan.h"
+#include <string.h>
+#include <unistd.h>
+
+static inline hkn_state *
+hkn_module_state(PyObject *module)
+{
+    return (hkn_state *)PyModule_GetState(module);
+}
+
+/* -------------------------------------------------------------- registry */
+
+void
+hkn_registry_add(hkn_state *state, hkn_conn *conn)
+{
+    hkn_conn *head = &state->registry;
+    conn->prev = head->prev;
+    conn->next = head;
+    head->prev->next = conn;
+    head->prev = conn;
+    state->stats.live++;
+    if (state->stats.live > state->stats.peak_live) {
+        state->stats.peak_live = state->stats.live;
+    }
+}
+
+void
+hkn_registry_remove(hkn_state *state, hkn_conn *conn)
+{
+    if (conn->prev == NULL) {
+        return;
+    }
+    conn->prev->next = conn->next;
+    conn->next->prev = conn->prev;
+    conn->prev = conn->next = NULL;
+    state->stats.live--;
+}
+
+/* Strong references to every registered connection, taken without
+ * allocating Python objects while walking: an allocation can run the GC,
+ * whose finalizers unregister connections under the walk. */
+static PyObject **
+hkn_registry_snapshot(hkn_state *state, Py_ssize_t *count)
+{
+    Py_ssize_t n = 0;
+    for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
+        n++;
+    }
+    PyObject **items = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(PyObject *));
+    if (items == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    Py_ssize_t i = 0;
+    for (hkn_conn *c = state->registry.next; c != &state->registry && i < n; c = c->next) {
+        items[i++] = Py_NewRef(c->owner);
+    }
+    *count = i;
+    return items;
+}
+
+static void
+hkn_snapshot_free(PyObject **items, Py_ssize_t count)
+{
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_DECREF(items[i]);
+    }
+    PyMem_Free(items);
+}
+
+/* ------------------------------------------------------------- functions */
+
+PyDoc_STRVAR(hkn_stats_doc,
+"stats($module, /)\n--\n\n"
+"Counters of this process's WalSafeConnections, as a new dict.\n\n"
+"opened, closed (by close()), finalized (closed by garbage collection or at\n"
+"exit), live (open now), peak_live, checkpoints (recorded, close-time and\n"
+"explicit), checkpoints_busy, checkpoints_skipped (close-time checkpoints not\n"
+"needed: memory/temporary/read-only/non-WAL database, open write\n"
+"transaction, or nothing written under the 'passive' policy),\n"
+"checkpoint_errors, frames_checkpointed (sum of checkpointed_frames).");
+
+static PyObject *
+hkn_stats_dict(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    hkn_counters *s = &hkn_module_state(module)->stats;
+    return Py_BuildValue(
+        "{sKsKsKsnsnsKsKsKsKsK}",
+        "opened", s->opened, "closed", s->closed, "finalized", s->finalized,
+        "live", s->live, "peak_live", s->peak_live,
+        "checkpoints", s->checkpoints, "checkpoints_busy", s->checkpoints_busy,
+        "checkpoints_skipped", s->checkpoints_skipped,
+        "checkpoint_errors", s->checkpoint_errors,
+        "frames_checkpointed", s->frames_checkpointed);
+}
+
+PyDoc_STRVAR(hkn_reset_peak_doc,
+"_reset_peak_live($module, /)\n--\n\n"
+"Set peak_live to the current number of live connections and return the\n"
+"previous peak (used by the pytest plugin to measure one test).");
+
+static PyObject *
+hkn_reset_peak_live(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    hkn_counters *s = &hkn_module_state(module)->stats;
+    Py_ssize_t previous = s->peak_live;
+    s->peak_live = s->live;
+    return PyLong_FromSsize_t(previous);
+}
+
+PyDoc_STRVAR(hkn_sqlite_api_doc,
+"sqlite_api($module, /)\n--\n\n"
+"How this module reaches SQLite, as a new dict: mode ('native' or 'sql'),\n"
+"library (path of the SQLite library in use, None in sql mode),\n"
+"sqlite_version, reason (why sql mode is in use, else None), and self_check:\n"
+"'passed' (native), 'not run' (sql mode by choice or because SQLite's\n"
+"symbols are out of reach) or 'failed' (the layout or library check failed,\n"
+"so sql mode is used).");
+
+static PyObject *
+hkn_sqlite_api_info(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    hkn_state *state = hkn_module_state(module);
+    PyObject *version = PyObject_GetAttrString(state->sqlite3_module, "sqlite_version");
+    if (version == NULL) {
+        return NULL;
+    }
+    const char *check = state->api.native ? "passed"
+                        : state->api_check_failed ? "failed" : "not run";
+    PyObject *info = Py_BuildValue("{sssOsOsOss}",
+                                   "mode", state->api.native ? "native" : "sql",
+                                   "library", state->api_library,
+                                   "sqlite_version", version,
+                                   "reason", state->api_reason,
+                                   "self_check", check);
+    Py_DECREF(version);
+    return info;
+}
+
+PyDoc_STRVAR(hkn_live_doc,
+"_live_connections($module, /)\n--\n\n"
+"Open WalSafeConnections of this process as a list of tuples\n"
+"(path, thread_id, opened_at, opened_time).");
+
+static PyObject *
+hkn_live_connections(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    hkn_state *state = hkn_module_state(module);
+    Py_ssize_t count = 0;
+    PyObject **items = hkn_registry_snapshot(state, &count);
+    if (items == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyList_New(0);
+    if (result == NULL) {
+        goto done;
+    }
+    pid_t me = getpid();
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *self = items[i];
+        hkn_conn *conn = (hkn_conn *)((char *)self + HKN_CONN_OFFSET(state->base_type->tp_basicsize));
+        /* Closed behind our back through sqlite3.Connection.close(), or
+         * inherited over fork: not live here. */
+        if (hkn_connection_handle(self) == NULL || conn->pid != me) {
+            continue;
+        }
+        PyObject *opener = hkn_format_opener(conn);
+        if (opener == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyObject *row = Py_BuildValue("(OkNd)", conn->path ? conn->path : Py_None,
+                                      conn->thread_ident, opener, conn->opened_time);
+        if (row == NULL || PyList_Append(result, row) < 0) {
+            Py_XDECREF(row);
+            Py_CLEAR(result);
+            goto done;
+        }
+        Py_DECREF(row);
+    }
+done:
+    hkn_snapshot_free(items, count);
+    return result;
+}
+
+PyDoc_STRVAR(hkn_close_all_doc,
+"_close_all_at_exit($module, /)\n--\n\n"
+"Checkpoint and close every WalSafeConnection still open (registered with\n"
+"atexit: connections held by daemon threads are never garbage-collected).");
+
+static PyObject *
+hkn_close_all_at_exit(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    hkn_state *state = hkn_module_state(module);
+    Py_ssize_t count = 0;
+    PyObject **items = hkn_registry_snapshot(state, &count);
+    if (items == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        hkn_close_at_exit(state, items[i]);
+    }
+    hkn_snapshot_free(items, count);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(hkn_persist_wal_doc,
+"set_persist_wal($module, connection, enabled, /)\n--\n\n"
+"Set SQLITE_FCNTL_PERSIST_WAL on the main database of any open\n"
+"sqlite3.Connection: when enabled, that connection does not unlink -wal and\n"
+"-shm when it is the last to close.  Needs native mode.");
+
+static PyObject *
+hkn_set_persist_wal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    hkn_state *state = hkn_module_state(module);
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "set_persist_wal() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[0], state->base_type)) {
+        PyErr_Format(PyExc_TypeError, "connection must be a sqlite3.Connection, not %.100s",
+                     Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
+    int enabled = PyObject_IsTrue(args[1]);
+    if (enabled < 0) {
+        return NULL;
+    }
+    if (!state->api.native) {
+        PyErr_Format(state->NotSupportedError,
+                     "persist_wal needs native access to SQLite, which is unavailable: %S",
+                     state->api_reason);
+        return NULL;
+    }
+    sqlite3 *db = hkn_connection_handle(args[0]);
+    if (db == NULL) {
+        PyErr_SetString(state->ProgrammingError, "Cannot operate on a closed database.");
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = state->api.file_control(db, "main", SQLITE_FCNTL_PERSIST_WAL, &enabled);
+    Py_END_ALLOW_THREADS
+    if (rc != SQLITE_OK) {
+        hkn_set_sqlite_error(state, rc, rc, state->api.errstr(rc));
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef hkn_module_methods[] = {
+    {"stats", hkn_stats_dict, METH_NOARGS, hkn_stats_doc},
+    {"sqlite_api", hkn_sqlite_api_info, METH_NOARGS, hkn_sqlite_api_doc},
+    {"_live_connections", hkn_live_connections, METH_NOARGS, hkn_live_doc},
+    {"_reset_peak_live", hkn_reset_peak_live, METH_NOARGS, hkn_reset_peak_doc},
+    {"_close_all_at_exit", hkn_close_all_at_exit, METH_NOARGS, hkn_close_all_doc},
+    {"set_persist_wal", (PyCFunction)(void (*)(void))hkn_set_persist_wal, METH_FASTCALL,
+     hkn_persist_wal_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ------------------------------------------------------------------ init */
+
+static int
+hkn_take(PyObject *from, const char *name, PyObject **slot)
+{
+    *slot = PyObject_GetAttrString(from, name);
+    return *slot == NULL ? -1 : 0;
+}
+
+static int
+hkn_make_checkpoint_result(PyObject *module, hkn_state *state)
+{
+    PyObject *collections = PyImport_ImportModule("collections");
+    if (collections == NULL) {
+        return -1;
+    }
+    PyObject *cls = PyObject_CallMethod(collections, "namedtuple", "ss",
+                                        "CheckpointResult",
+                                        "mode busy log_frames checkpointed_frames");
+    Py_DECREF(collections);
+    if (cls == NULL) {
+        return -1;
+    }
+    state->checkpoint_result = cls;
+    PyObject *owner = PyUnicode_FromString("hermes_kanban_native");
+    if (owner == NULL || PyObject_SetAttrString(cls, "__module__", owner) < 0) {
+        Py_XDECREF(owner);
+        return -1;
+    }
+    Py_DECREF(owner);
+    PyObject *doc = PyUnicode_FromString(
+        "CheckpointResult(mode, busy, log_frames, checkpointed_frames)\n\n"
+        "What one WAL checkpoint did.  mode: 'passive', 'full', 'restart' or\n"
+        "'truncate'.  busy: True when SQLite returned SQLITE_BUSY (another\n"
+        "connection kept it from finishing; close() never waits for it).\n"
+        "log_frames: frames in the WAL, checkpointed_frames: frames copied back\n"
+        "into the database; both -1 when the database is not in WAL mode.");
+    if (doc == NULL || PyObject_SetAttrString(cls, "__doc__", doc) < 0) {
+        Py_XDECREF(doc);
+        return -1;
+    }
+    Py_DECREF(doc);
+    return PyModule_AddObjectRef(module, "CheckpointResult", cls);
+}
 
 static int
 hkn_module_exec(PyObject *module)
 {
-    return hkn_fdscan_exec(module);
+    hkn_state *state = hkn_module_state(module);
+    state->registry.prev = state->registry.next = &state->registry;
+
+    state->sqlite3_module = PyImport_ImportModule("sqlite3");
+    if (state->sqlite3_module == NULL) {
+        return -1;
+    }
+    PyObject *base = PyObject_GetAttrString(state->sqlite3_module, "Connection");
+    if (base == NULL) {
+        return -1;
+    }
+    if (!PyType_Check(base) || !(((PyTypeObject *)base)->tp_flags & Py_TPFLAGS_BASETYPE)
+        || !(((PyTypeObject *)base)->tp_flags & Py_TPFLAGS_HAVE_GC)) {
+        Py_DECREF(base);
+        PyErr_SetString(PyExc_ImportError,
+                        "sqlite3.Connection is not a subclassable GC type on this Python");
+        return -1;
+    }
+    state->base_type = (PyTypeObject *)base;
+
+    PyObject *m = state->sqlite3_module;
+    if (hkn_take(m, "Error", &state->Error) < 0
+        || hkn_take(m, "InterfaceError", &state->InterfaceError) < 0
+        || hkn_take(m, "DatabaseError", &state->DatabaseError) < 0
+        || hkn_take(m, "DataError", &state->DataError) < 0
+        || hkn_take(m, "OperationalError", &state->OperationalError) < 0
+        || hkn_take(m, "IntegrityError", &state->IntegrityError) < 0
+        || hkn_take(m, "InternalError", &state->InternalError) < 0
+        || hkn_take(m, "ProgrammingError", &state->ProgrammingError) < 0
+        || hkn_take(m, "NotSupportedError", &state->NotSupportedError) < 0) {
+        return -1;
+    }
+
+    static const char *const modes[4] = {"passive", "full", "restart", "truncate"};
+    for (int i = 0; i < 4; i++) {
+        state->mode_names[i] = PyUnicode_InternFromString(modes[i]);
+        if (state->mode_names[i] == NULL) {
+            return -1;
+        }
+    }
+    state->str_off = PyUnicode_InternFromString("off");
+    state->str_checkpoint_on_close = PyUnicode_InternFromString("checkpoint_on_close");
+    if (state->str_off == NULL || state->str_checkpoint_on_close == NULL) {
+        return -1;
+    }
+
+    /* Frames of files in this package's directory are skipped when looking
+     * for the user code that opened a connection. */
+    PyObject *file = PyModule_GetFilenameObject(module);
+    if (file == NULL) {
+        return -1;
+    }
+    PyObject *os_path = PyImport_ImportModule("os.path");
+    PyObject *dir = os_path ? PyObject_CallMethod(os_path, "dirname", "O", file) : NULL;
+    Py_DECREF(file);
+    PyObject *sep = os_path ? PyObject_GetAttrString(os_path, "sep") : NULL;
+    Py_XDECREF(os_path);
+    if (dir == NULL || sep == NULL) {
+        Py_XDECREF(dir);
+        Py_XDECREF(sep);
+        return -1;
+    }
+    state->package_dir = PyUnicode_Concat(dir, sep);
+    Py_DECREF(dir);
+    Py_DECREF(sep);
+    if (state->package_dir == NULL) {
+        return -1;
+    }
+
+    if (hkn_sqlite_api_init(state) < 0) {
+        return -1;
+    }
+    if (hkn_make_checkpoint_result(module, state) < 0) {
+        return -1;
+    }
+    if (hkn_connection_exec(module, state) < 0) {
+        return -1;
+    }
+    if (PyModule_AddFunctions(module, hkn_module_methods) < 0) {
+        return -1;
+    }
+    if (hkn_fdscan_exec(module) < 0) {
+        return -1;
+    }
+
+    PyObject *atexit = PyImport_ImportModule("atexit");
+    if (atexit == NULL) {
+        return -1;
+    }
+    PyObject *closer = PyObject_GetAttrString(module, "_close_all_at_exit");
+    PyObject *res = closer ? PyObject_CallMethod(atexit, "register", "O", closer) : NULL;
+    Py_XDECREF(closer);
+    Py_DECREF(atexit);
+    if (res == NULL) {
+        return -1;
+    }
+    Py_DECREF(res);
+    return 0;
+}
+
+static int
+hkn_module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    hkn_state *state = hkn_module_state(module);
+    Py_VISIT(state->base_type);
+    Py_VISIT(state->walsafe_type);
+    Py_VISIT(state->checkpoint_result);
+    Py_VISIT(state->sqlite3_module);
+    return 0;
+}
+
+static int
+hkn_module_clear(PyObject *module)
+{
+    hkn_state *state = hkn_module_state(module);
+    Py_CLEAR(state->base_type);
+    Py_CLEAR(state->walsafe_type);
+    Py_CLEAR(state->checkpoint_result);
+    Py_CLEAR(state->sqlite3_module);
+    Py_CLEAR(state->Error);
+    Py_CLEAR(state->InterfaceError);
+    Py_CLEAR(state->DatabaseError);
+    Py_CLEAR(state->DataError);
+    Py_CLEAR(state->OperationalError);
+    Py_CLEAR(state->IntegrityError);
+    Py_CLEAR(state->InternalError);
+    Py_CLEAR(state->ProgrammingError);
+    Py_CLEAR(state->NotSupportedError);
+    Py_CLEAR(state->package_dir);
+    Py_CLEAR(state->str_checkpoint_on_close);
+    Py_CLEAR(state->str_off);
+    for (int i = 0; i < 4; i++) {
+        Py_CLEAR(state->mode_names[i]);
+    }
+    Py_CLEAR(state->api_library);
+    Py_CLEAR(state->api_reason);
+    return 0;
+}
+
+static void
+hkn_module_free(void *module)
+{
+    hkn_module_clear((PyObject *)module);
+    hkn_sqlite_api_free(hkn_module_state((PyObject *)module));
 }
 
 static PyModuleDef_Slot hkn_module_slots[] = {
     {Py_mod_exec, hkn_module_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    /* One instance per process: the registry and the statistics describe
+     * the process's connections, and SQLite's lock state is per process. */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
     {0, NULL},
 };
 
-static struct PyModuleDef hkn_module_def = {
+struct PyModuleDef hkn_module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "hermes_kanban_native._native",
-    .m_doc = "Native core of hermes_kanban_native.",
-    .m_size = 0,
+    .m_doc = "Native core of hermes_kanban_native: the WalSafeConnection type, its\n"
+             "statistics and registry, and the /proc scanners.",
+    .m_size = sizeof(hkn_state),
+    .m_methods = NULL,
     .m_slots = hkn_module_slots,
+    .m_traverse = hkn_module_traverse,
+    .m_clear = hkn_module_clear,
+    .m_free = hkn_module_free,
 };
 
 PyMODINIT_FUNC

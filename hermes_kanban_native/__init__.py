@@ -1,2 +1,156 @@
-"""hermes_kanban_native (skeleton)."""
-from . import _native  # noqa: F401
+"""A sqlite3.Connection that checkpoints the WAL natively on close without
+ever blocking, and tools that show what a process holds on a SQLite database.
+
+    import sqlite3, hermes_kanban_native as hkn
+    conn = sqlite3.connect(path, factory=hkn.WalSafeConnection, timeout=120)
+    ...
+    conn.close()        # native, non-blocking checkpoint, then the usual close
+    conn.last_checkpoint
+
+This module is the public API and nothing else; the work is done in the C
+extension ``hermes_kanban_native._native``.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from typing import NamedTuple
+
+from . import _native
+from ._native import CheckpointResult, WalSafeConnection, sqlite_api, stats
+
+__all__ = [
+    "CheckpointResult",
+    "ClosingWalSafeConnection",
+    "LiveConnection",
+    "WalSafeConnection",
+    "connect",
+    "live_connections",
+    "sqlite_api",
+    "stats",
+]
+
+__version__ = "0.1.0"
+
+
+class ClosingWalSafeConnection(WalSafeConnection):
+    """A WalSafeConnection whose ``with`` block also closes it.
+
+    ``with sqlite3.connect(...) as conn:`` only commits or rolls back; the
+    connection stays open until it is garbage-collected, which on CPython
+    3.11+ waits for the cyclic collector (that is how a gateway collected
+    ~1,000 open descriptors).  This class commits or rolls back as
+    sqlite3.Connection does, then closes.
+    """
+
+    # No new slots: instances keep WalSafeConnection's layout, so
+    # ``conn.__class__ = ClosingWalSafeConnection`` works both ways.
+    __slots__ = ()
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        try:
+            return super().__exit__(exc_type, exc_value, traceback)
+        finally:
+            self.close()
+
+
+class LiveConnection(NamedTuple):
+    """An open WalSafeConnection of this process, as live_connections() shows it."""
+
+    path: str
+    """The database file as SQLite resolved it ("" for in-memory/temporary)."""
+    thread: str
+    """Name of the thread that opened it (``"<gone>"`` if that thread ended)."""
+    thread_id: int
+    opened_at: str
+    """``file:line`` of the user code that opened it."""
+    opened_time: float
+    """``time.time()`` when it was opened."""
+
+
+def _identity(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def live_connections(database=None) -> list[LiveConnection]:
+    """live_connections(database=None) -> list[LiveConnection]
+
+    The WalSafeConnections of this process that are open now, oldest first.
+    With ``database`` (str, bytes or path-like), only those on that file,
+    matched by identity (device and inode), so relative and symlinked paths
+    find the same connections.
+    """
+    names = {t.ident: t.name for t in threading.enumerate()}
+    rows = _native._live_connections()
+    if database is not None:
+        wanted = os.fsdecode(os.fspath(database))
+        ident = _identity(wanted)
+        real = os.path.realpath(wanted)
+        rows = [
+            row for row in rows
+            if row[0] and ((ident is not None and _identity(row[0]) == ident)
+                           or os.path.realpath(row[0]) == real)
+        ]
+    return [
+        LiveConnection(path, names.get(thread_id, "<gone>"), thread_id, opened_at, opened_time)
+        for path, thread_id, opened_at, opened_time in rows
+    ]
+
+
+def _is_file_database(conn) -> bool:
+    row = conn.execute("PRAGMA database_list").fetchone()
+    return bool(row[2])
+
+
+def connect(database, *, wal=True, persist_wal=False, factory=WalSafeConnection, **kwargs):
+    """connect(database, *, wal=True, persist_wal=False, factory=WalSafeConnection, **kwargs)
+
+    Open ``database`` with ``sqlite3.connect(database, factory=factory,
+    **kwargs)`` and prepare it for a long-running, multi-process WAL user.
+
+    wal: on a file database, probe ``PRAGMA journal_mode`` and switch to WAL
+      only when the database is not already in WAL (the probe is read-only;
+      the switch needs an exclusive lock).  sqlite3.OperationalError if the
+      database cannot be switched (read-only, or another mode was kept).
+    persist_wal: set SQLITE_FCNTL_PERSIST_WAL, so this connection never
+      unlinks -wal/-shm when it is the last to close.  Needs native mode
+      (sqlite_api()["mode"] == "native"); sqlite3.NotSupportedError otherwise.
+
+    The connection is closed again if any of this fails.
+    """
+    conn = sqlite3.connect(database, factory=factory, **kwargs)
+    try:
+        if persist_wal:
+            _native.set_persist_wal(conn, True)
+        if wal and _is_file_database(conn):
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                _switch_to_wal(conn, database)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _switch_to_wal(conn, database):
+    # The journal mode cannot change inside a transaction, and with
+    # autocommit=False (3.12+) one is always open.
+    manual = getattr(conn, "autocommit", True) is False
+    if manual:
+        conn.commit()
+        conn.autocommit = True
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    finally:
+        if manual:
+            conn.autocommit = False
+    if str(mode).lower() != "wal":
+        raise sqlite3.OperationalError(
+            f"could not switch {os.fsdecode(os.fspath(database))!r} to WAL: "
+            f"journal_mode stays {mode!r}"
+        )

@@ -1,0 +1,1166 @@
+/* connection.c - WalSafeConnection, the sqlite3.Connection that checkpoints
+ * natively when it closes or is garbage-collected, without ever waiting.
+ *
+ * The close-time policy lives here and nowhere else.  Everything that is not
+ * close-time behaviour is the base class's, untouched: we forward __init__,
+ * delegate traverse/clear/dealloc, and call the base's own close().
+ *
+ * Facts this file rests on (../shared/notes/sqlite-facts.md):
+ *  - PASSIVE never calls the busy handler; FULL/RESTART/TRUNCATE wait up to
+ *    the busy timeout, so close() turns the handler off first (section 4).
+ *  - A checkpoint on a connection with an open transaction or a stepped
+ *    statement returns SQLITE_LOCKED (section 4).
+ *  - 3.11+ close() with a stepped statement leaves a zombie handle that keeps
+ *    the files open until the cursor is collected (section 2).
+ *  - The base's finalizer (3.12+) closes with its own C code and 3.13 warns;
+ *    a subclass needs its own finalizer (section 5).
+ */
+#include "hkn.h"
+
+#include "structmember.h"       /* PyMemberDef, T_PYSSIZET on 3.10/3.11 */
+#if PY_VERSION_HEX < 0x030B0000
+#include "frameobject.h"        /* PyFrame_GetBack on 3.10 */
+#endif
+
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Close-time policy values besides the SQLITE_CHECKPOINT_* modes. */
+#define HKN_POLICY_OFF      (-1)
+#define HKN_POLICY_INVALID  (-2)
+
+/* Why a close-time checkpoint did not run (counted in checkpoints_skipped). */
+typedef enum {
+    HKN_RAN = 0,
+    HKN_SKIP_NOT_FILE,      /* :memory:, "" (temporary) */
+    HKN_SKIP_READONLY,
+    HKN_SKIP_TRANSACTION,   /* a write transaction is open: the base discards it */
+    HKN_SKIP_UNCHANGED,     /* passive policy and this connection wrote nothing */
+    HKN_SKIP_NOT_WAL,
+} hkn_skip;
+
+typedef struct {
+    int rc;
+    int extended;
+    int log_frames;
+    int checkpointed_frames;
+    int busy_statements;
+    hkn_skip skipped;
+    char message[256];
+} hkn_outcome;
+
+static void hkn_connection_dealloc(PyObject *self);
+
+/* ---------------------------------------------------------------- layout */
+
+/* The WalSafeConnection type an instance's type derives from.  Found by its
+ * dealloc slot rather than through module state, because traverse, clear and
+ * dealloc may run while interpreter teardown has already cleared the module. */
+static PyTypeObject *
+hkn_root_type(PyTypeObject *type)
+{
+    PyTypeObject *t = type;
+    while (t != NULL && t->tp_dealloc != hkn_connection_dealloc) {
+        t = t->tp_base;
+    }
+    while (t != NULL && t->tp_base != NULL && t->tp_base->tp_dealloc == hkn_connection_dealloc) {
+        t = t->tp_base;
+    }
+    return t;
+}
+
+static inline hkn_conn *
+hkn_conn_get(PyObject *self)
+{
+    PyTypeObject *root = hkn_root_type(Py_TYPE(self));
+    return (hkn_conn *)((char *)self + HKN_CONN_OFFSET(root->tp_base->tp_basicsize));
+}
+
+static inline PyTypeObject *
+hkn_base_type(PyObject *self)
+{
+    return hkn_root_type(Py_TYPE(self))->tp_base;
+}
+
+static hkn_state *
+hkn_state_get(PyObject *self)
+{
+    hkn_state *state = PyType_GetModuleState(hkn_root_type(Py_TYPE(self)));
+    if (state == NULL || state->base_type == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "hermes_kanban_native was torn down (interpreter shutdown)");
+        }
+        return NULL;
+    }
+    return state;
+}
+
+/* ------------------------------------------------------ small predicates */
+
+/* Mirrors the base's check_same_thread test with what __init__ recorded, so
+ * that close() can refuse before touching the handle.  On mismatch the base
+ * itself is called to raise its own ProgrammingError. */
+static inline int
+hkn_thread_ok(hkn_conn *conn)
+{
+    return !conn->check_same_thread || conn->thread_ident == PyThread_get_thread_ident();
+}
+
+static PyObject *
+hkn_thread_error(hkn_state *state, hkn_conn *conn)
+{
+    PyErr_Format(state->ProgrammingError,
+                 "SQLite objects created in a thread can only be used in that "
+                 "same thread. The object was created in thread id %lu and this "
+                 "is thread id %lu.",
+                 conn->thread_ident, PyThread_get_thread_ident());
+    return NULL;
+}
+
+static int
+hkn_match_mode(hkn_state *state, PyObject *value, int allow_off)
+{
+    for (int mode = 0; mode < 4; mode++) {
+        if (PyUnicode_Compare(value, state->mode_names[mode]) == 0) {
+            return mode;
+        }
+    }
+    if (allow_off && PyUnicode_Compare(value, state->str_off) == 0) {
+        return HKN_POLICY_OFF;
+    }
+    PyErr_Clear();
+    return HKN_POLICY_INVALID;
+}
+
+/* Parses a mode name: SQLITE_CHECKPOINT_*, HKN_POLICY_OFF when `allow_off`
+ * and the value is "off", HKN_POLICY_INVALID otherwise.  Case-insensitive,
+ * as SQLite's own PRAGMA is; never raises. */
+static int
+hkn_parse_mode(hkn_state *state, PyObject *value, int allow_off)
+{
+    if (value == NULL || !PyUnicode_Check(value)) {
+        return HKN_POLICY_INVALID;
+    }
+    int mode = hkn_match_mode(state, value, allow_off);
+    if (mode != HKN_POLICY_INVALID) {
+        return mode;
+    }
+    /* Only the rare mixed-case spelling pays for lower(). */
+    PyObject *lower = PyObject_CallMethod(value, "lower", NULL);
+    if (lower == NULL) {
+        PyErr_Clear();
+        return HKN_POLICY_INVALID;
+    }
+    mode = PyUnicode_Check(lower) ? hkn_match_mode(state, lower, allow_off) : HKN_POLICY_INVALID;
+    Py_DECREF(lower);
+    return mode;
+}
+
+static PyObject *
+hkn_mode_error(PyObject *value, int allow_off)
+{
+    PyErr_Format(PyExc_ValueError,
+                 "%s must be one of %s'passive', 'full', 'restart', 'truncate', not %R",
+                 allow_off ? "checkpoint_on_close" : "mode",
+                 allow_off ? "'off', " : "", value);
+    return NULL;
+}
+
+/* The per-connection lock: held while native code uses the handle without
+ * the GIL, so that a close() from another thread (check_same_thread=False)
+ * cannot free the handle under us.  Waiting happens without the GIL, because
+ * the holder may need it.  Returns 0 when this thread already holds it (our
+ * own base close() ran a finalizer that came back here): the caller then
+ * does no native work. */
+static int
+hkn_lock(hkn_conn *conn)
+{
+    unsigned long me = PyThread_get_thread_ident();
+    if (conn->lock_owner == me) {
+        return 0;
+    }
+    if (!PyThread_acquire_lock(conn->lock, NOWAIT_LOCK)) {
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(conn->lock, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
+    conn->lock_owner = me;
+    return 1;
+}
+
+static void
+hkn_unlock(hkn_conn *conn)
+{
+    conn->lock_owner = 0;
+    PyThread_release_lock(conn->lock);
+}
+
+/* --------------------------------------------------------- bookkeeping */
+
+static PyObject *
+hkn_make_result(hkn_state *state, int mode, int busy, int log_frames, int checkpointed)
+{
+    return PyObject_CallFunction(state->checkpoint_result, "OOii",
+                                 state->mode_names[mode], busy ? Py_True : Py_False,
+                                 log_frames, checkpointed);
+}
+
+/* Records a checkpoint that ran: last_checkpoint and the counters. */
+static int
+hkn_record(hkn_state *state, hkn_conn *conn, int mode, const hkn_outcome *out)
+{
+    int busy = out->rc == SQLITE_BUSY;
+    PyObject *result = hkn_make_result(state, mode, busy, out->log_frames,
+                                       out->checkpointed_frames);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_XSETREF(conn->last_checkpoint, result);
+    state->stats.checkpoints++;
+    if (busy) {
+        state->stats.checkpoints_busy++;
+    }
+    if (out->checkpointed_frames > 0) {
+        state->stats.frames_checkpointed += (unsigned long long)out->checkpointed_frames;
+    }
+    return 0;
+}
+
+static void
+hkn_unregister(hkn_state *state, hkn_conn *conn)
+{
+    if (conn->prev != NULL) {
+        hkn_registry_remove(state, conn);
+    }
+}
+
+PyObject *
+hkn_format_opener(hkn_conn *conn)
+{
+    if (conn->opener_code == NULL) {
+        return PyUnicode_FromString("<unknown>");
+    }
+    return PyUnicode_FromFormat("%U:%d", ((PyCodeObject *)conn->opener_code)->co_filename,
+                                conn->opener_line);
+}
+
+/* The first frame outside this package: where the user opened it. */
+static void
+hkn_capture_opener(hkn_state *state, hkn_conn *conn)
+{
+    Py_CLEAR(conn->opener_code);
+    conn->opener_line = 0;
+    PyFrameObject *frame = PyThreadState_GetFrame(PyThreadState_Get());
+    while (frame != NULL) {
+        PyCodeObject *code = PyFrame_GetCode(frame);
+        int ours = PyUnicode_Tailmatch(code->co_filename, state->package_dir,
+                                       0, PY_SSIZE_T_MAX, -1);
+        if (ours != 1) {
+            PyErr_Clear();
+            conn->opener_code = (PyObject *)code;
+            conn->opener_line = PyFrame_GetLineNumber(frame);
+            Py_DECREF(frame);
+            return;
+        }
+        Py_DECREF(code);
+        PyFrameObject *back = PyFrame_GetBack(frame);
+        Py_DECREF(frame);
+        frame = back;
+    }
+}
+
+/* ------------------------------------------------------ native checkpoint */
+
+/* Runs under the connection lock, without the GIL, holding SQLite's own
+ * connection mutex so that no other thread steps a statement between the
+ * reset and the checkpoint.  Touches no Python object. */
+static void
+hkn_native_close_checkpoint(const hkn_sqlite_api *api, sqlite3 *db, int mode, hkn_outcome *out)
+{
+    sqlite3_mutex *mutex = api->db_mutex(db);
+    api->mutex_enter(mutex);
+
+    for (sqlite3_stmt *stmt = api->next_stmt(db, NULL); stmt != NULL;
+         stmt = api->next_stmt(db, stmt)) {
+        if (api->stmt_busy(stmt)) {
+            out->busy_statements++;
+        }
+    }
+
+    const char *file = api->db_filename(db, "main");
+    int write_txn;
+    if (api->txn_state != NULL) {
+        write_txn = api->txn_state(db, "main") == SQLITE_TXN_WRITE;
+    }
+    else {
+        write_txn = !api->get_autocommit(db);
+    }
+    int wrote = 0, high = 0;
+    api->db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0);
+
+    if (file == NULL || file[0] == '\0') {
+        out->skipped = HKN_SKIP_NOT_FILE;
+    }
+    else if (api->db_readonly(db, "main") == 1) {
+        out->skipped = HKN_SKIP_READONLY;
+    }
+    else if (write_txn) {
+        out->skipped = HKN_SKIP_TRANSACTION;
+    }
+    else if (mode == SQLITE_CHECKPOINT_PASSIVE && wrote == 0) {
+        /* A connection that wrote nothing added no frames; copying other
+         * connections' frames is their autocheckpoint's job. */
+        out->skipped = HKN_SKIP_UNCHANGED;
+    }
+    else {
+        /* Stepped statements hold a read transaction that would make the
+         * checkpoint fail with SQLITE_LOCKED; the base close is about to
+         * abandon them anyway. */
+        if (out->busy_statements > 0) {
+            for (sqlite3_stmt *stmt = api->next_stmt(db, NULL); stmt != NULL;
+                 stmt = api->next_stmt(db, stmt)) {
+                if (api->stmt_busy(stmt)) {
+                    (void)api->reset(stmt);
+                }
+            }
+        }
+        /* The connection is closing: nothing is left to restore the
+         * handler for, so close() can never wait on another process. */
+        api->busy_handler(db, NULL, NULL);
+        out->rc = api->wal_checkpoint_v2(db, NULL, mode, &out->log_frames,
+                                         &out->checkpointed_frames);
+        if (out->rc == SQLITE_OK && out->log_frames < 0) {
+            out->skipped = HKN_SKIP_NOT_WAL;
+        }
+        else if (out->rc != SQLITE_OK && out->rc != SQLITE_BUSY) {
+            out->extended = api->extended_errcode(db);
+            const char *msg = api->errmsg(db);
+            snprintf(out->message, sizeof(out->message), "%s", msg ? msg : api->errstr(out->rc));
+        }
+    }
+    api->mutex_leave(mutex);
+}
+
+/* ---------------------------------------------------------- SQL fallback */
+
+/* Runs `sql` through a cursor of the base class (never a subclass's
+ * cursor() or execute() override, and without the user's row_factory) and
+ * returns the first row as a tuple, or None. */
+static PyObject *
+hkn_sql_first_row(hkn_state *state, PyObject *self, const char *sql)
+{
+    PyObject *row = NULL;
+    PyObject *make_cursor = PyObject_GetAttrString((PyObject *)state->base_type, "cursor");
+    if (make_cursor == NULL) {
+        return NULL;
+    }
+    PyObject *cursor = PyObject_CallOneArg(make_cursor, self);
+    Py_DECREF(make_cursor);
+    if (cursor == NULL) {
+        return NULL;
+    }
+    if (PyObject_SetAttrString(cursor, "row_factory", Py_None) == 0) {
+        PyObject *executed = PyObject_CallMethod(cursor, "execute", "s", sql);
+        if (executed != NULL) {
+            Py_DECREF(executed);
+            row = PyObject_CallMethod(cursor, "fetchone", NULL);
+        }
+    }
+    hkn_saved_error saved;
+    hkn_error_save(&saved);
+    PyObject *closed = PyObject_CallMethod(cursor, "close", NULL);
+    Py_DECREF(cursor);
+    Py_XDECREF(closed);
+    PyErr_Clear();
+    hkn_error_restore(&saved);
+    return row;
+}
+
+/* The sqlite3 result code of a sqlite3 exception: sqlite_errorcode on
+ * 3.11+, otherwise guessed from the message. */
+static int
+hkn_sql_error_code(PyObject *exc)
+{
+    PyObject *code = PyObject_GetAttrString(exc, "sqlite_errorcode");
+    if (code != NULL) {
+        long value = PyLong_AsLong(code);
+        Py_DECREF(code);
+        if (!(value == -1 && PyErr_Occurred())) {
+            return (int)value;
+        }
+    }
+    PyErr_Clear();
+    PyObject *text = PyObject_Str(exc);
+    int rc = SQLITE_ERROR;
+    if (text != NULL) {
+        const char *s = PyUnicode_AsUTF8(text);
+        if (s != NULL && strstr(s, "locked") != NULL) {
+            rc = SQLITE_LOCKED;
+        }
+        else if (s != NULL && strstr(s, "readonly") != NULL) {
+            rc = SQLITE_READONLY;
+        }
+        Py_DECREF(text);
+    }
+    PyErr_Clear();
+    return rc;
+}
+
+/* The checkpoint through the connection's own Python API, for when the
+ * library's symbols are out of reach.  Same policy as the native path, with
+ * what SQL can see: total_changes for "wrote nothing" (it does not count
+ * DDL), in_transaction for any open transaction.  Returns -1 only for a
+ * Python error unrelated to SQLite (the exception is set). */
+static int
+hkn_sql_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
+                   int nowait, int closing, hkn_outcome *out)
+{
+    PyObject *row = NULL;
+    if (closing) {
+        if (conn->path == NULL || PyUnicode_GetLength(conn->path) == 0) {
+            out->skipped = HKN_SKIP_NOT_FILE;
+            return 0;
+        }
+        PyObject *in_txn = PyObject_GetAttrString(self, "in_transaction");
+        if (in_txn == NULL) {
+            return -1;
+        }
+        int open_txn = PyObject_IsTrue(in_txn);
+        Py_DECREF(in_txn);
+        if (open_txn) {
+            out->skipped = HKN_SKIP_TRANSACTION;
+            return open_txn < 0 ? -1 : 0;
+        }
+        if (mode == SQLITE_CHECKPOINT_PASSIVE) {
+            PyObject *changes = PyObject_GetAttrString(self, "total_changes");
+            if (changes == NULL) {
+                return -1;
+            }
+            long long now = PyLong_AsLongLong(changes);
+            Py_DECREF(changes);
+            if (now == -1 && PyErr_Occurred()) {
+                return -1;
+            }
+            if (now == conn->changes_base) {
+                out->skipped = HKN_SKIP_UNCHANGED;
+                return 0;
+            }
+        }
+    }
+    long saved_timeout = -1;
+    if (nowait && mode != SQLITE_CHECKPOINT_PASSIVE) {
+        if (!closing) {
+            row = hkn_sql_first_row(state, self, "PRAGMA busy_timeout");
+            if (row == NULL) {
+                goto sqlite_error;
+            }
+            saved_timeout = PyLong_AsLong(PyTuple_GetItem(row, 0));
+            Py_CLEAR(row);
+            if (PyErr_Occurred()) {
+                return -1;
+            }
+        }
+        row = hkn_sql_first_row(state, self, "PRAGMA busy_timeout = 0");
+        if (row == NULL) {
+            goto sqlite_error;
+        }
+        Py_CLEAR(row);
+    }
+    static const char *const pragmas[4] = {
+        "PRAGMA wal_checkpoint(PASSIVE)", "PRAGMA wal_checkpoint(FULL)",
+        "PRAGMA wal_checkpoint(RESTART)", "PRAGMA wal_checkpoint(TRUNCATE)",
+    };
+    row = hkn_sql_first_row(state, self, pragmas[mode]);
+    if (saved_timeout >= 0) {
+        hkn_saved_error saved;
+        hkn_error_save(&saved);
+        char restore[64];
+        snprintf(restore, sizeof(restore), "PRAGMA busy_timeout = %ld", saved_timeout);
+        PyObject *r = hkn_sql_first_row(state, self, restore);
+        Py_XDECREF(r);
+        if (r == NULL && !hkn_error_saved(&saved)) {
+            Py_XDECREF(row);
+            return -1;
+        }
+        PyErr_Clear();
+        hkn_error_restore(&saved);
+    }
+    if (row == NULL) {
+        goto sqlite_error;
+    }
+    int busy = 0;
+    if (!PyArg_ParseTuple(row, "iii", &busy, &out->log_frames, &out->checkpointed_frames)) {
+        Py_DECREF(row);
+        return -1;
+    }
+    Py_DECREF(row);
+    out->rc = busy ? SQLITE_BUSY : SQLITE_OK;
+    if (closing && out->log_frames < 0) {
+        out->skipped = HKN_SKIP_NOT_WAL;
+    }
+    return 0;
+
+sqlite_error:
+    if (!PyErr_ExceptionMatches(state->Error)) {
+        return -1;
+    }
+    {
+        hkn_saved_error saved;
+        hkn_error_save(&saved);
+#if PY_VERSION_HEX >= 0x030C0000
+        PyObject *exc = saved.exc;
+#else
+        PyErr_NormalizeException(&saved.type, &saved.value, &saved.tb);
+        PyObject *exc = saved.value;
+#endif
+        out->rc = hkn_sql_error_code(exc);
+        out->extended = out->rc;
+        PyObject *text = PyObject_Str(exc);
+        const char *s = text ? PyUnicode_AsUTF8(text) : NULL;
+        snprintf(out->message, sizeof(out->message), "%s", s ? s : "unknown error");
+        Py_XDECREF(text);
+        PyErr_Clear();
+        hkn_error_drop(&saved);
+    }
+    if (closing && ((out->rc & 0xff) == SQLITE_LOCKED || (out->rc & 0xff) == SQLITE_READONLY)) {
+        /* SQL cannot see stepping cursors or read-only opens beforehand. */
+        out->skipped = (out->rc & 0xff) == SQLITE_READONLY ? HKN_SKIP_READONLY
+                                                             : HKN_SKIP_TRANSACTION;
+        out->rc = SQLITE_OK;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------ close-time policy */
+
+/* Runs the close-time checkpoint of `self` in the given mode and records
+ * it.  Every failure is reported as a warning, never raised, except that a
+ * warning turned into an error by the warning filters propagates (-1). */
+static int
+hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
+{
+    hkn_outcome out;
+    memset(&out, 0, sizeof(out));
+    out.log_frames = out.checkpointed_frames = -1;
+
+    if (state->api.native) {
+        sqlite3 *db = hkn_connection_handle(self);
+        const hkn_sqlite_api *api = &state->api;
+        Py_BEGIN_ALLOW_THREADS
+        hkn_native_close_checkpoint(api, db, mode, &out);
+        Py_END_ALLOW_THREADS
+    }
+    else if (hkn_sql_checkpoint(state, conn, self, mode, 1, 1, &out) < 0) {
+        /* Not SQLite's doing (memory, a broken subclass attribute): report
+         * it like a checkpoint error; the close must still happen. */
+        PyObject *text = NULL;
+        hkn_saved_error saved;
+        hkn_error_save(&saved);
+#if PY_VERSION_HEX >= 0x030C0000
+        text = saved.exc ? PyObject_Str(saved.exc) : NULL;
+#else
+        PyErr_NormalizeException(&saved.type, &saved.value, &saved.tb);
+        text = saved.value ? PyObject_Str(saved.value) : NULL;
+#endif
+        const char *s = text ? PyUnicode_AsUTF8(text) : NULL;
+        snprintf(out.message, sizeof(out.message), "%s", s ? s : "unknown error");
+        Py_XDECREF(text);
+        PyErr_Clear();
+        hkn_error_drop(&saved);
+        out.rc = SQLITE_ERROR;
+    }
+
+    int status = 0;
+    if (out.skipped != HKN_RAN) {
+        state->stats.checkpoints_skipped++;
+    }
+    else if (out.rc == SQLITE_OK || out.rc == SQLITE_BUSY) {
+        if (hkn_record(state, conn, mode, &out) < 0) {
+            status = -1;
+        }
+    }
+    else {
+        state->stats.checkpoint_errors++;
+        if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                             "%s checkpoint on close of %R failed (%s): %s",
+                             PyUnicode_AsUTF8(state->mode_names[mode]),
+                             conn->path ? conn->path : Py_None,
+                             out.rc == SQLITE_ERROR ? "error" : "sqlite",
+                             out.message) < 0) {
+            status = -1;
+        }
+    }
+#if PY_VERSION_HEX >= 0x030B0000
+    /* 3.10's close() finalizes every statement; 3.11+ only drops its cache,
+     * so statements a cursor is still stepping keep the handle (and its
+     * files) alive until that cursor is collected. */
+    if (out.busy_statements > 0 && status == 0 && conn->path != NULL
+        && PyUnicode_GetLength(conn->path) > 0) {
+        if (PyErr_WarnFormat(PyExc_ResourceWarning, 1,
+                             "close() of %R with %d statement(s) still stepping: "
+                             "SQLite keeps the database open until the cursor(s) "
+                             "using them are released",
+                             conn->path, out.busy_statements) < 0) {
+            status = -1;
+        }
+    }
+#endif
+    return status;
+}
+
+/* Reads checkpoint_on_close the ordinary way (instance, class, subclass,
+ * property).  Returns a mode, HKN_POLICY_OFF or HKN_POLICY_INVALID; on
+ * INVALID, *value holds the offending object (new reference) or NULL with
+ * an exception set. */
+static int
+hkn_policy(hkn_state *state, PyObject *self, PyObject **value)
+{
+    *value = PyObject_GetAttr(self, state->str_checkpoint_on_close);
+    if (*value == NULL) {
+        return HKN_POLICY_INVALID;
+    }
+    int mode = hkn_parse_mode(state, *value, 1);
+    if (mode != HKN_POLICY_INVALID) {
+        Py_CLEAR(*value);
+    }
+    return mode;
+}
+
+static PyObject *
+hkn_base_close(PyObject *self)
+{
+    PyObject *close = PyObject_GetAttrString((PyObject *)hkn_base_type(self), "close");
+    if (close == NULL) {
+        return NULL;
+    }
+    PyObject *res = PyObject_CallOneArg(close, self);
+    Py_DECREF(close);
+    return res;
+}
+
+PyDoc_STRVAR(hkn_close_doc,
+"close($self, /)\n--\n\n"
+"Checkpoint the WAL as checkpoint_on_close says, then close the connection.\n\n"
+"The checkpoint runs natively with the busy handler turned off, so close()\n"
+"never waits on another connection or process: a busy result is recorded\n"
+"in last_checkpoint and stats() and the close goes on.  It is skipped for\n"
+"in-memory, temporary, read-only and non-WAL databases, when a write\n"
+"transaction is open (the close discards it, as sqlite3 does), and under\n"
+"the default 'passive' policy when this connection wrote nothing.  A failed\n"
+"checkpoint is reported with warnings.warn and never stops the close.\n"
+"Closing twice is a no-op; from a thread other than the opener's (with\n"
+"check_same_thread) it raises sqlite3.ProgrammingError and does nothing.");
+
+static PyObject *
+hkn_connection_close(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    hkn_state *state = hkn_state_get(self);
+    if (state == NULL) {
+        return NULL;
+    }
+    hkn_conn *conn = hkn_conn_get(self);
+
+    if (!hkn_thread_ok(conn) || hkn_connection_handle(self) == NULL
+        || conn->pid == 0 || conn->lock == NULL) {
+        /* Wrong thread: the base raises its own error.  Closed or never
+         * initialized by us: the base's own answer (a no-op, or its error). */
+        if (hkn_thread_ok(conn) && hkn_connection_handle(self) == NULL) {
+            hkn_unregister(state, conn);
+        }
+        return hkn_base_close(self);
+    }
+    if (conn->pid != getpid()) {
+        /* Forked child: the parent's SQLite state is not ours to touch
+         * (section 5); close as plain sqlite3 would. */
+        hkn_unregister(state, conn);
+        return hkn_base_close(self);
+    }
+    if (!hkn_lock(conn)) {
+        return hkn_base_close(self);
+    }
+
+    hkn_saved_error pending = {0};
+    PyObject *invalid = NULL;
+    int mode = hkn_policy(state, self, &invalid);
+    if (mode == HKN_POLICY_INVALID && invalid == NULL) {
+        hkn_error_save(&pending);       /* the attribute lookup itself failed */
+    }
+    if (mode >= 0 && hkn_connection_handle(self) != NULL) {
+        if (hkn_close_checkpoint(state, conn, self, mode) < 0) {
+            hkn_error_save(&pending);
+        }
+    }
+    hkn_unregister(state, conn);
+    state->stats.closed++;
+    PyObject *res = hkn_base_close(self);
+    hkn_unlock(conn);
+
+    if (res == NULL) {
+        hkn_error_drop(&pending);
+        Py_XDECREF(invalid);
+        return NULL;
+    }
+    if (hkn_error_saved(&pending)) {
+        Py_DECREF(res);
+        Py_XDECREF(invalid);
+        hkn_error_restore(&pending);
+        return NULL;
+    }
+    if (invalid != NULL) {
+        Py_DECREF(res);
+        hkn_mode_error(invalid, 1);
+        Py_DECREF(invalid);
+        return NULL;
+    }
+    return res;
+}
+
+/* ------------------------------------------------------ explicit checkpoint */
+
+PyDoc_STRVAR(hkn_checkpoint_doc,
+"checkpoint($self, /, mode='passive', *, wait=True)\n--\n\n"
+"Checkpoint the WAL now and return a CheckpointResult.\n\n"
+"Runs sqlite3_wal_checkpoint_v2 natively (invisible to set_trace_callback)\n"
+"with the GIL released.  'full', 'restart' and 'truncate' wait for other\n"
+"connections up to the busy timeout; with wait=False they try once and\n"
+"report busy instead (restoring the timeout afterwards reads it with\n"
+"PRAGMA busy_timeout, the one statement this method may run).  Errors\n"
+"raise the sqlite3 module's exceptions: OperationalError ('database table\n"
+"is locked') when this connection has a transaction open, ProgrammingError\n"
+"when it is closed or used from another thread; ValueError for an unknown\n"
+"mode.  On a database not in WAL mode the result has log_frames == -1.");
+
+/* Reads the busy timeout with a native PRAGMA (there is no C getter).  With
+ * the GIL held: a trace callback may run. */
+static int
+hkn_read_busy_timeout(const hkn_sqlite_api *api, sqlite3 *db)
+{
+    sqlite3_stmt *stmt = NULL;
+    int timeout = -1;
+    if (api->prepare_v2(db, "PRAGMA busy_timeout", -1, &stmt, NULL) == SQLITE_OK && stmt != NULL) {
+        if (api->step(stmt) == SQLITE_ROW) {
+            timeout = api->column_int(stmt, 0);
+        }
+    }
+    if (stmt != NULL) {
+        api->finalize(stmt);
+    }
+    return timeout;
+}
+
+static PyObject *
+hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"mode", "wait", NULL};
+    PyObject *mode_obj = NULL;
+    int wait = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$p:checkpoint", kwlist, &mode_obj, &wait)) {
+        return NULL;
+    }
+    hkn_state *state = hkn_state_get(self);
+    if (state == NULL) {
+        return NULL;
+    }
+    hkn_conn *conn = hkn_conn_get(self);
+    int mode = mode_obj == NULL ? SQLITE_CHECKPOINT_PASSIVE : hkn_parse_mode(state, mode_obj, 0);
+    if (mode < 0) {
+        return hkn_mode_error(mode_obj, 0);
+    }
+    if (!hkn_thread_ok(conn)) {
+        return hkn_thread_error(state, conn);
+    }
+    if (hkn_connection_handle(self) == NULL) {
+        PyErr_SetString(state->ProgrammingError, "Cannot operate on a closed database.");
+        return NULL;
+    }
+    if (conn->pid == 0 || conn->lock == NULL) {
+        PyErr_SetString(state->ProgrammingError,
+                        "WalSafeConnection.__init__ was not called on this object");
+        return NULL;
+    }
+    if (conn->pid != getpid()) {
+        PyErr_Format(state->ProgrammingError,
+                     "this connection was opened in process %ld; a forked child "
+                     "must open its own", (long)conn->pid);
+        return NULL;
+    }
+    if (!hkn_lock(conn)) {
+        PyErr_SetString(state->ProgrammingError,
+                        "checkpoint() called from inside this connection's close()");
+        return NULL;
+    }
+
+    hkn_outcome out;
+    memset(&out, 0, sizeof(out));
+    out.log_frames = out.checkpointed_frames = -1;
+    int failed = 0;
+    if (state->api.native) {
+        const hkn_sqlite_api *api = &state->api;
+        sqlite3 *db = hkn_connection_handle(self);
+        int restore = -1;
+        if (!wait && mode != SQLITE_CHECKPOINT_PASSIVE) {
+            restore = hkn_read_busy_timeout(api, db);
+            api->busy_handler(db, NULL, NULL);
+        }
+        Py_BEGIN_ALLOW_THREADS
+        sqlite3_mutex *mutex = api->db_mutex(db);
+        api->mutex_enter(mutex);
+        out.rc = api->wal_checkpoint_v2(db, NULL, mode, &out.log_frames,
+                                        &out.checkpointed_frames);
+        if (out.rc != SQLITE_OK && out.rc != SQLITE_BUSY) {
+            out.extended = api->extended_errcode(db);
+            const char *msg = api->errmsg(db);
+            snprintf(out.message, sizeof(out.message), "%s", msg ? msg : api->errstr(out.rc));
+        }
+        api->mutex_leave(mutex);
+        Py_END_ALLOW_THREADS
+        if (restore >= 0) {
+            api->busy_timeout(db, restore);
+        }
+    }
+    else if (hkn_sql_checkpoint(state, conn, self, mode, !wait, 0, &out) < 0) {
+        failed = 1;
+    }
+    hkn_unlock(conn);
+
+    if (failed) {
+        return NULL;
+    }
+    if (out.rc != SQLITE_OK && out.rc != SQLITE_BUSY) {
+        state->stats.checkpoint_errors++;
+        hkn_set_sqlite_error(state, out.rc, out.extended, out.message);
+        return NULL;
+    }
+    if (hkn_record(state, conn, mode, &out) < 0) {
+        return NULL;
+    }
+    return Py_NewRef(conn->last_checkpoint);
+}
+
+/* ----------------------------------------------------------------- slots */
+
+static int
+hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    PyTypeObject *base = hkn_base_type(self);
+    hkn_state *state = hkn_state_get(self);
+    if (state == NULL) {
+        return -1;
+    }
+    hkn_conn *conn = hkn_conn_get(self);
+
+    /* Everything the caller passed goes to the base unchanged: factory= is
+     * called with sqlite3.connect's own arguments, and each Python version
+     * validates its own set (sqlite-facts section 5). */
+    if (base->tp_init(self, args, kwds) < 0) {
+        if (hkn_connection_handle(self) == NULL) {
+            hkn_unregister(state, conn);
+        }
+        return -1;
+    }
+
+    PyObject *flag = NULL;
+    if (PyTuple_GET_SIZE(args) > 4) {
+        flag = PyTuple_GET_ITEM(args, 4);
+    }
+    else if (kwds != NULL) {
+        flag = PyDict_GetItemString(kwds, "check_same_thread");
+    }
+    int check_same_thread = 1;
+    if (flag != NULL && (check_same_thread = PyObject_IsTrue(flag)) < 0) {
+        return -1;
+    }
+    if (conn->lock == NULL && (conn->lock = PyThread_allocate_lock()) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+
+    PyObject *path = NULL;
+    if (state->api.native) {
+        const char *file = state->api.db_filename(hkn_connection_handle(self), "main");
+        path = PyUnicode_DecodeFSDefault(file ? file : "");
+    }
+    else {
+        PyObject *row = hkn_sql_first_row(state, self, "PRAGMA database_list");
+        if (row != NULL) {
+            path = PySequence_GetItem(row, 2);
+            Py_DECREF(row);
+        }
+        PyObject *changes = path ? PyObject_GetAttrString(self, "total_changes") : NULL;
+        if (changes != NULL) {
+            conn->changes_base = PyLong_AsLongLong(changes);
+            Py_DECREF(changes);
+        }
+        else {
+            Py_CLEAR(path);
+        }
+    }
+    if (path == NULL) {
+        return -1;
+    }
+    Py_XSETREF(conn->path, path);
+
+    conn->owner = self;
+    conn->check_same_thread = check_same_thread;
+    conn->thread_ident = PyThread_get_thread_ident();
+    conn->pid = getpid();
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    conn->opened_time = (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
+    hkn_capture_opener(state, conn);
+    state->stats.opened++;
+    if (conn->prev == NULL) {
+        hkn_registry_add(state, conn);
+    }
+    return 0;
+}
+
+/* Garbage collection and interpreter shutdown of a connection nobody
+ * closed: the same checkpoint as close(), then exactly one ResourceWarning
+ * naming the database and the user code that opened it.  The warning is
+ * issued without a `source` object so that a warnings filter capturing it
+ * cannot resurrect the connection (and its files). */
+static void
+hkn_connection_finalize(PyObject *self)
+{
+    hkn_saved_error saved;
+    hkn_error_save(&saved);
+
+    hkn_state *state = PyType_GetModuleState(hkn_root_type(Py_TYPE(self)));
+    hkn_conn *conn = hkn_conn_get(self);
+    if (state == NULL || state->base_type == NULL) {
+        PyErr_Clear();
+        goto done;
+    }
+    if (hkn_connection_handle(self) == NULL || conn->pid == 0 || conn->lock == NULL) {
+        hkn_unregister(state, conn);
+        goto done;
+    }
+    if (conn->pid != getpid()) {
+        /* A forked child's copy of the parent's connection: no native work. */
+        hkn_unregister(state, conn);
+        goto done;
+    }
+    /* Nobody else can hold the lock of an object being finalized: every
+     * method call keeps `self` alive. */
+    int locked = hkn_lock(conn);
+    PyObject *invalid = NULL;
+    int mode = hkn_policy(state, self, &invalid);
+    if (mode == HKN_POLICY_INVALID) {
+        if (invalid == NULL) {
+            PyErr_WriteUnraisable(self);
+        }
+        else {
+            hkn_mode_error(invalid, 1);
+            Py_DECREF(invalid);
+            PyErr_WriteUnraisable(self);
+        }
+    }
+    const char *what = "closed it";
+    if (mode >= 0) {
+        unsigned long long before = state->stats.checkpoints;
+        if (state->api.native || hkn_thread_ok(conn)) {
+            if (hkn_close_checkpoint(state, conn, self, mode) < 0) {
+                PyErr_WriteUnraisable(self);
+            }
+        }
+        what = state->stats.checkpoints > before ? "checkpointed and closed it"
+                                                 : "closed it (no checkpoint needed)";
+    }
+    hkn_unregister(state, conn);
+    state->stats.finalized++;
+
+    int finalizing;
+#if PY_VERSION_HEX >= 0x030D0000
+    finalizing = Py_IsFinalizing();
+#else
+    finalizing = _Py_IsFinalizing();
+#endif
+    if (!finalizing) {
+        PyObject *opener = hkn_format_opener(conn);
+        if (opener == NULL
+            || PyErr_WarnFormat(PyExc_ResourceWarning, 1,
+                                "unclosed database %R opened at %U: "
+                                "WalSafeConnection %s on garbage collection",
+                                conn->path, opener, what) < 0) {
+            PyErr_WriteUnraisable(self);
+        }
+        Py_XDECREF(opener);
+    }
+    /* Close now when the base allows it from this thread; otherwise the
+     * base's dealloc closes the handle right after this finalizer. */
+    if (hkn_thread_ok(conn)) {
+        PyObject *res = hkn_base_close(self);
+        if (res == NULL) {
+            PyErr_WriteUnraisable(self);
+        }
+        Py_XDECREF(res);
+    }
+    if (locked) {
+        hkn_unlock(conn);
+    }
+done:
+    hkn_error_restore(&saved);
+}
+
+void
+hkn_close_at_exit(hkn_state *state, PyObject *self)
+{
+    hkn_conn *conn = hkn_conn_get(self);
+    if (hkn_connection_handle(self) == NULL || conn->pid != getpid() || conn->lock == NULL) {
+        hkn_unregister(state, conn);
+        return;
+    }
+    if (hkn_thread_ok(conn)) {
+        /* The same path as garbage collection, warning included. */
+        hkn_connection_finalize(self);
+        return;
+    }
+    /* Owned by another thread that may still be running (a daemon thread):
+     * checkpoint natively, but leave closing to the process exit, since the
+     * base refuses a close from here and the owner may be mid-statement. */
+    hkn_saved_error saved;
+    hkn_error_save(&saved);
+    if (state->api.native && hkn_lock(conn)) {
+        PyObject *invalid = NULL;
+        int mode = hkn_policy(state, self, &invalid);
+        Py_XDECREF(invalid);
+        PyErr_Clear();
+        if (mode >= 0 && hkn_close_checkpoint(state, conn, self, mode) < 0) {
+            PyErr_WriteUnraisable(self);
+        }
+        hkn_unlock(conn);
+    }
+    hkn_unregister(state, conn);
+    state->stats.finalized++;
+    hkn_error_restore(&saved);
+}
+
+static int
+hkn_connection_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    hkn_conn *conn = hkn_conn_get(self);
+    Py_VISIT(conn->dict);
+    Py_VISIT(conn->last_checkpoint);
+    Py_VISIT(conn->opener_code);
+    /* The base visits Py_TYPE(self), as a heap type's instances must. */
+    return hkn_base_type(self)->tp_traverse(self, visit, arg);
+}
+
+static int
+hkn_connection_clear(PyObject *self)
+{
+    hkn_conn *conn = hkn_conn_get(self);
+    Py_CLEAR(conn->dict);
+    Py_CLEAR(conn->last_checkpoint);
+    return hkn_base_type(self)->tp_clear(self);
+}
+
+static void
+hkn_connection_dealloc(PyObject *self)
+{
+    /* 3.10/3.11's base dealloc never calls a finalizer, so ours is run from
+     * here; the GC's "finalized" flag keeps it to one call when the base
+     * (3.12+) or a Python subclass calls it too. */
+    if (PyObject_CallFinalizerFromDealloc(self) < 0) {
+        return;                 /* resurrected */
+    }
+    PyTypeObject *base = hkn_base_type(self);
+    hkn_conn *conn = hkn_conn_get(self);
+    if (conn->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(self);
+    }
+    if (conn->prev != NULL) {
+        hkn_state *state = PyType_GetModuleState(hkn_root_type(Py_TYPE(self)));
+        if (state != NULL) {
+            hkn_registry_remove(state, conn);
+        }
+        PyErr_Clear();
+    }
+    Py_CLEAR(conn->path);
+    Py_CLEAR(conn->opener_code);
+    if (conn->lock != NULL) {
+        PyThread_free_lock(conn->lock);
+        conn->lock = NULL;
+    }
+    /* Untracks, clears (through our tp_clear), closes, frees, and drops the
+     * reference to the type. */
+    base->tp_dealloc(self);
+}
+
+static PyObject *
+hkn_get_last_checkpoint(PyObject *self, void *Py_UNUSED(closure))
+{
+    hkn_conn *conn = hkn_conn_get(self);
+    return Py_NewRef(conn->last_checkpoint ? conn->last_checkpoint : Py_None);
+}
+
+static PyMethodDef hkn_connection_methods[] = {
+    {"close", hkn_connection_close, METH_NOARGS, hkn_close_doc},
+    {"checkpoint", (PyCFunction)(void (*)(void))hkn_connection_checkpoint,
+     METH_VARARGS | METH_KEYWORDS, hkn_checkpoint_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef hkn_connection_getset[] = {
+    {"last_checkpoint", hkn_get_last_checkpoint, NULL,
+     "CheckpointResult of the latest checkpoint of this connection (close-time\n"
+     "included), or None.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyDoc_STRVAR(hkn_connection_doc,
+"A sqlite3.Connection that checkpoints the WAL natively when it is closed or\n"
+"garbage-collected, without ever waiting on other connections.\n\n"
+"Use it as sqlite3.connect(path, factory=WalSafeConnection, ...).  Apart from\n"
+"close-time behaviour it is sqlite3.Connection.  The class attribute\n"
+"checkpoint_on_close ('passive' by default; 'off', 'passive', 'full',\n"
+"'restart' or 'truncate') may be overridden on a subclass or an instance.");
+
+int
+hkn_connection_exec(PyObject *module, hkn_state *state)
+{
+    Py_ssize_t offset = HKN_CONN_OFFSET(state->base_type->tp_basicsize);
+    PyMemberDef members[] = {
+        {"__dictoffset__", T_PYSSIZET, offset + (Py_ssize_t)offsetof(hkn_conn, dict), READONLY, NULL},
+        {"__weaklistoffset__", T_PYSSIZET, offset + (Py_ssize_t)offsetof(hkn_conn, weakreflist),
+         READONLY, NULL},
+        {NULL, 0, 0, 0, NULL},
+    };
+    PyType_Slot slots[] = {
+        {Py_tp_doc, (void *)hkn_connection_doc},
+        {Py_tp_init, (void *)hkn_connection_init},
+        {Py_tp_finalize, (void *)hkn_connection_finalize},
+        {Py_tp_dealloc, (void *)hkn_connection_dealloc},
+        {Py_tp_traverse, (void *)hkn_connection_traverse},
+        {Py_tp_clear, (void *)hkn_connection_clear},
+        {Py_tp_methods, hkn_connection_methods},
+        {Py_tp_getset, hkn_connection_getset},
+        {Py_tp_members, members},
+        {0, NULL},
+    };
+    PyType_Spec spec = {
+        .name = "hermes_kanban_native.WalSafeConnection",
+        .basicsize = (int)(offset + (Py_ssize_t)sizeof(hkn_conn)),
+        .itemsize = 0,
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+        .slots = slots,
+    };
+    PyObject *bases = PyTuple_Pack(1, (PyObject *)state->base_type);
+    if (bases == NULL) {
+        return -1;
+    }
+    PyObject *type = PyType_FromModuleAndSpec(module, &spec, bases);
+    Py_DECREF(bases);
+    if (type == NULL) {
+        return -1;
+    }
+    state->walsafe_type = (PyTypeObject *)type;
+    if (PyObject_SetAttrString(type, "checkpoint_on_close",
+                               state->mode_names[SQLITE_CHECKPOINT_PASSIVE]) < 0) {
+        return -1;
+    }
+    return PyModule_AddObjectRef(module, "WalSafeConnection", type);
+}

@@ -1,0 +1,125 @@
+/* hkn.h - what the files of the extension share: the module state, the
+ * per-connection record, and the functions one file offers another.
+ *
+ * Every C name of the extension starts with hkn_ (HKN_ for macros); nothing
+ * but PyInit__native is exported from the shared object (setup.py builds
+ * with -fvisibility=hidden, and .ci/run checks it with nm).
+ */
+#ifndef HKN_H
+#define HKN_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <sys/types.h>
+
+#include "sqlite_api.h"
+#include "fdscan.h"
+
+/* Our part of a WalSafeConnection.  It sits right after sqlite3.Connection's
+ * own fields, whose size is only known at run time (it differs per CPython
+ * version), so it is found at HKN_CONN_OFFSET(base size) rather than by a C struct
+ * that embeds the base. */
+typedef struct hkn_conn {
+    struct hkn_conn *prev;          /* registry links; both NULL when not registered */
+    struct hkn_conn *next;
+    PyObject *owner;                /* the connection object itself (borrowed) */
+    PyObject *dict;                 /* __dict__: checkpoint_on_close per instance */
+    PyObject *weakreflist;
+    PyObject *path;                 /* database file as SQLite resolved it; "" for memory/temp */
+    PyObject *opener_code;          /* code object of the user frame that opened it */
+    PyObject *last_checkpoint;      /* CheckpointResult or NULL */
+    PyThread_type_lock lock;        /* held while native code uses the handle without the GIL */
+    unsigned long lock_owner;       /* thread holding `lock`, 0 when free */
+    unsigned long thread_ident;     /* thread that opened it (the base's thread check) */
+    double opened_time;             /* time.time() at open */
+    long long changes_base;         /* SQL mode: total_changes at open */
+    pid_t pid;                      /* process that opened it; 0 before __init__ ran */
+    int opener_line;
+    int check_same_thread;
+} hkn_conn;
+
+typedef struct hkn_counters {
+    unsigned long long opened;
+    unsigned long long closed;
+    unsigned long long finalized;
+    unsigned long long checkpoints;
+    unsigned long long checkpoints_busy;
+    unsigned long long checkpoints_skipped;
+    unsigned long long checkpoint_errors;
+    unsigned long long frames_checkpointed;
+    Py_ssize_t live;
+    Py_ssize_t peak_live;
+} hkn_counters;
+
+typedef struct hkn_state {
+    PyTypeObject *base_type;        /* sqlite3.Connection */
+    PyTypeObject *walsafe_type;     /* WalSafeConnection */
+    PyObject *checkpoint_result;    /* the CheckpointResult named tuple class */
+    PyObject *sqlite3_module;
+    PyObject *Error;
+    PyObject *InterfaceError;
+    PyObject *DatabaseError;
+    PyObject *DataError;
+    PyObject *OperationalError;
+    PyObject *IntegrityError;
+    PyObject *InternalError;
+    PyObject *ProgrammingError;
+    PyObject *NotSupportedError;
+    PyObject *package_dir;          /* frames of files below it are this package's own */
+    PyObject *str_checkpoint_on_close;
+    PyObject *str_off;
+    PyObject *mode_names[4];        /* indexed by SQLITE_CHECKPOINT_* */
+    PyObject *api_library;          /* path of the SQLite library in use, or None */
+    PyObject *api_reason;           /* why SQL mode is in use, or None */
+    int api_check_failed;           /* SQL mode because the self-check failed */
+    hkn_sqlite_api api;
+    hkn_conn registry;              /* head of the circular list of live connections */
+    hkn_counters stats;
+} hkn_state;
+
+extern struct PyModuleDef hkn_module_def;
+
+/* Saving the pending exception around code that may raise (finalizers,
+ * best-effort cleanup): PyErr_GetRaisedException is 3.12+. */
+#if PY_VERSION_HEX >= 0x030C0000
+typedef struct { PyObject *exc; } hkn_saved_error;
+static inline void hkn_error_save(hkn_saved_error *s) { s->exc = PyErr_GetRaisedException(); }
+static inline void hkn_error_restore(hkn_saved_error *s) { PyErr_SetRaisedException(s->exc); s->exc = NULL; }
+static inline int hkn_error_saved(hkn_saved_error *s) { return s->exc != NULL; }
+static inline void hkn_error_drop(hkn_saved_error *s) { Py_CLEAR(s->exc); }
+#else
+typedef struct { PyObject *type, *value, *tb; } hkn_saved_error;
+static inline void hkn_error_save(hkn_saved_error *s) { PyErr_Fetch(&s->type, &s->value, &s->tb); }
+static inline void hkn_error_restore(hkn_saved_error *s)
+{
+    PyErr_Restore(s->type, s->value, s->tb);
+    s->type = s->value = s->tb = NULL;
+}
+static inline int hkn_error_saved(hkn_saved_error *s) { return s->type != NULL; }
+static inline void hkn_error_drop(hkn_saved_error *s)
+{
+    Py_CLEAR(s->type);
+    Py_CLEAR(s->value);
+    Py_CLEAR(s->tb);
+}
+#endif
+
+/* Where hkn_conn starts in an instance whose sqlite3.Connection part has
+ * `base_size` bytes. */
+#define HKN_CONN_OFFSET(base_size) \
+    ((((Py_ssize_t)(base_size)) + (Py_ssize_t)sizeof(void *) - 1) & ~((Py_ssize_t)sizeof(void *) - 1))
+
+/* registry (module.c): the live WalSafeConnections of this process.  All
+ * run with the GIL held and never call into Python while the list is
+ * inconsistent. */
+void hkn_registry_add(hkn_state *state, hkn_conn *conn);
+void hkn_registry_remove(hkn_state *state, hkn_conn *conn);
+
+/* connection.c */
+int hkn_connection_exec(PyObject *module, hkn_state *state);
+PyObject *hkn_format_opener(hkn_conn *conn);
+/* Closes (or, when only its owner thread may, checkpoints) a connection left
+ * open at interpreter exit.  Never raises; reports through warnings. */
+void hkn_close_at_exit(hkn_state *state, PyObject *self);
+
+#endif

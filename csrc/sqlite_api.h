@@ -1,0 +1,118 @@
+/* sqlite_api.h - the part of SQLite's public C API this extension calls.
+ *
+ * We never include sqlite3.h and never link libsqlite3: users' machines often
+ * lack the development headers, and a second copy of the library in the
+ * process keeps its own table of POSIX locks, whose closes cancel _sqlite3's
+ * locks (sqlite-facts section 2).  The signatures and constants below are
+ * SQLite's stable public ABI; the functions are resolved at import from the
+ * library _sqlite3 itself is bound to (sqlite_api.c).
+ */
+#ifndef HKN_SQLITE_API_H
+#define HKN_SQLITE_API_H
+
+#include <Python.h>
+
+typedef struct sqlite3 sqlite3;
+typedef struct sqlite3_stmt sqlite3_stmt;
+typedef struct sqlite3_mutex sqlite3_mutex;
+
+#define SQLITE_OK           0
+#define SQLITE_ERROR        1
+#define SQLITE_INTERNAL     2
+#define SQLITE_PERM         3
+#define SQLITE_ABORT        4
+#define SQLITE_BUSY         5
+#define SQLITE_LOCKED       6
+#define SQLITE_NOMEM        7
+#define SQLITE_READONLY     8
+#define SQLITE_INTERRUPT    9
+#define SQLITE_IOERR       10
+#define SQLITE_CORRUPT     11
+#define SQLITE_NOTFOUND    12
+#define SQLITE_FULL        13
+#define SQLITE_CANTOPEN    14
+#define SQLITE_PROTOCOL    15
+#define SQLITE_EMPTY       16
+#define SQLITE_SCHEMA      17
+#define SQLITE_TOOBIG      18
+#define SQLITE_CONSTRAINT  19
+#define SQLITE_MISMATCH    20
+#define SQLITE_MISUSE      21
+#define SQLITE_NOLFS       22
+#define SQLITE_AUTH        23
+#define SQLITE_FORMAT      24
+#define SQLITE_RANGE       25
+#define SQLITE_NOTADB      26
+#define SQLITE_ROW        100
+#define SQLITE_DONE       101
+
+#define SQLITE_CHECKPOINT_PASSIVE   0
+#define SQLITE_CHECKPOINT_FULL      1
+#define SQLITE_CHECKPOINT_RESTART   2
+#define SQLITE_CHECKPOINT_TRUNCATE  3
+
+#define SQLITE_FCNTL_PERSIST_WAL    10
+#define SQLITE_DBSTATUS_CACHE_WRITE  9
+#define SQLITE_LIMIT_VARIABLE_NUMBER 9
+
+#define SQLITE_TXN_NONE   0
+#define SQLITE_TXN_READ   1
+#define SQLITE_TXN_WRITE  2
+
+typedef int (*hkn_busy_fn)(void *, int);
+
+/* The resolved functions.  Every member is non-NULL when `native` is set,
+ * except txn_state (SQLite 3.34+), which has a fallback. */
+typedef struct {
+    int native;
+    void *dl_handle;
+    const char *(*libversion)(void);
+    int (*wal_checkpoint_v2)(sqlite3 *, const char *, int, int *, int *);
+    int (*busy_handler)(sqlite3 *, hkn_busy_fn, void *);
+    int (*busy_timeout)(sqlite3 *, int);
+    const char *(*db_filename)(sqlite3 *, const char *);
+    int (*db_readonly)(sqlite3 *, const char *);
+    int (*db_status)(sqlite3 *, int, int *, int *, int);
+    int (*txn_state)(sqlite3 *, const char *);
+    int (*get_autocommit)(sqlite3 *);
+    sqlite3_stmt *(*next_stmt)(sqlite3 *, sqlite3_stmt *);
+    int (*stmt_busy)(sqlite3_stmt *);
+    int (*reset)(sqlite3_stmt *);
+    const char *(*errmsg)(sqlite3 *);
+    const char *(*errstr)(int);
+    int (*extended_errcode)(sqlite3 *);
+    int (*file_control)(sqlite3 *, const char *, int, void *);
+    int (*limit)(sqlite3 *, int, int);
+    int (*prepare_v2)(sqlite3 *, const char *, int, sqlite3_stmt **, const char **);
+    int (*step)(sqlite3_stmt *);
+    int (*column_int)(sqlite3_stmt *, int);
+    int (*finalize)(sqlite3_stmt *);
+    sqlite3_mutex *(*db_mutex)(sqlite3 *);
+    void (*mutex_enter)(sqlite3_mutex *);
+    void (*mutex_leave)(sqlite3_mutex *);
+} hkn_sqlite_api;
+
+struct hkn_state;
+
+/* Resolves the functions and runs the self-check.  Always succeeds unless
+ * Python itself fails (returns -1 with an exception): a failed resolution or
+ * self-check leaves api->native == 0 and records why in state->api_reason. */
+int hkn_sqlite_api_init(struct hkn_state *state);
+void hkn_sqlite_api_free(struct hkn_state *state);
+
+/* The one layout assumption of the package: the `sqlite3 *` handle is the
+ * first field after PyObject_HEAD in CPython's pysqlite_Connection (3.10 to
+ * 3.15, sqlite-facts section 5).  NULL once the connection is closed.  Only
+ * valid for instances of sqlite3.Connection; the import-time self-check
+ * proves it on this interpreter before native mode is enabled. */
+static inline sqlite3 *
+hkn_connection_handle(PyObject *connection)
+{
+    return *(sqlite3 **)((char *)connection + sizeof(PyObject));
+}
+
+/* Raises the sqlite3 module's exception class for `rc` with `message`, and
+ * on 3.11+ sets sqlite_errorcode/sqlite_errorname as sqlite3 itself does. */
+void hkn_set_sqlite_error(struct hkn_state *state, int rc, int extended, const char *message);
+
+#endif
