@@ -1,0 +1,97 @@
+"""Shared helpers: WAL databases, other processes that hold them, fd counts."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import hermes_kanban_native as hkn
+
+NATIVE = hkn.sqlite_api()["mode"] == "native"
+
+native_only = pytest.mark.skipif(not NATIVE, reason="needs native access to SQLite")
+
+
+def make_wal_db(path, rows=0):
+    """A WAL database with table t(x) and `rows` rows, all connections closed."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+        if rows:
+            conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(rows)])
+    finally:
+        conn.close()
+    return str(path)
+
+
+@pytest.fixture
+def db(tmp_path):
+    return make_wal_db(tmp_path / "kanban.db")
+
+
+def fds_on(path):
+    """Descriptors of this process whose link names `path` (deleted or not)."""
+    real = os.path.realpath(path)
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.removesuffix(" (deleted)") == real:
+            count += 1
+    return count
+
+
+def wait_for(predicate, timeout=10.0, interval=0.01):
+    """Poll `predicate` until it is true or `timeout` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def reader_process(path):
+    """Another process holding a read transaction open on `path` until the
+    block ends (its snapshot keeps the WAL from being reset)."""
+    code = textwrap.dedent(
+        f"""
+        import sqlite3, sys
+        conn = sqlite3.connect({str(path)!r}, isolation_level=None)
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM t").fetchone()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        conn.execute("COMMIT")
+        conn.close()
+        """
+    )
+    with subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            yield proc
+        finally:
+            proc.stdin.write("quit\n")
+            proc.stdin.flush()
+            proc.wait(timeout=30)
+
+
+def run_python(code, env=None, timeout=120, cwd=None):
+    """Runs `code` in a fresh interpreter (the installed package, never the
+    source tree: the working directory is not the checkout)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=full_env, timeout=timeout,
+                          cwd=cwd or "/")

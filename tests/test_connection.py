@@ -1,0 +1,656 @@
+"""WalSafeConnection: close-time checkpoint, drop-in behaviour, errors."""
+from __future__ import annotations
+
+import gc
+import inspect
+import os
+import sqlite3
+import sys
+import threading
+import time
+import warnings
+
+import pytest
+
+import hermes_kanban_native as hkn
+from conftest import NATIVE, fds_on, make_wal_db, native_only, reader_process
+
+WalSafe = hkn.WalSafeConnection
+
+
+def open_wal(path, **kwargs):
+    kwargs.setdefault("isolation_level", None)
+    return sqlite3.connect(path, factory=WalSafe, **kwargs)
+
+
+# ------------------------------------------------------------------ close
+
+
+def test_close_checkpoints_what_this_connection_wrote(db):
+    conn = open_wal(db)
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(100)])
+    before = hkn.stats()
+    conn.close()
+    result = conn.last_checkpoint
+    assert isinstance(result, hkn.CheckpointResult)
+    assert result.mode == "passive"
+    assert result.busy is False
+    assert result.log_frames > 0
+    assert result.checkpointed_frames == result.log_frames
+    after = hkn.stats()
+    assert after["checkpoints"] == before["checkpoints"] + 1
+    assert after["closed"] == before["closed"] + 1
+    assert after["frames_checkpointed"] >= before["frames_checkpointed"] + result.log_frames
+
+
+def test_reader_close_skips_the_passive_checkpoint(db):
+    # A connection that wrote nothing added no frames: the default policy
+    # leaves the WAL to the writers' autocheckpoint.
+    conn = open_wal(db)
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    skipped = hkn.stats()["checkpoints_skipped"]
+    conn.close()
+    assert conn.last_checkpoint is None
+    assert hkn.stats()["checkpoints_skipped"] == skipped + 1
+
+
+def test_truncate_policy_empties_the_wal(db):
+    conn = open_wal(db)
+    conn.checkpoint_on_close = "truncate"
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(50)])
+    assert os.path.getsize(db + "-wal") > 0
+    keeper = open_wal(db)           # keeps -wal from being unlinked by the last close
+    keeper.execute("SELECT count(*) FROM t").fetchone()
+    conn.close()
+    assert conn.last_checkpoint.mode == "truncate"
+    assert conn.last_checkpoint.log_frames == 0
+    assert os.path.getsize(db + "-wal") == 0
+    keeper.close()
+
+
+@pytest.mark.parametrize("policy", ["truncate", "restart", "full"])
+def test_close_with_reader_in_other_process_never_waits(db, policy):
+    conn = open_wal(db, timeout=120)
+    conn.execute("PRAGMA busy_timeout = 120000")
+    conn.checkpoint_on_close = policy
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(20)])
+    with reader_process(db):
+        conn.execute("INSERT INTO t VALUES (-1)")     # frames the reader cannot see
+        start = time.perf_counter()
+        conn.close()
+        elapsed = time.perf_counter() - start
+    print(f"close() with a reader open, policy={policy}: {elapsed * 1e3:.3f} ms")
+    assert conn.last_checkpoint.mode == policy
+    assert conn.last_checkpoint.busy is True
+    assert hkn.stats()["checkpoints_busy"] >= 1
+
+
+def test_close_is_idempotent(db):
+    conn = open_wal(db)
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.close()
+    first = conn.last_checkpoint
+    closed = hkn.stats()["closed"]
+    conn.close()
+    assert conn.last_checkpoint is first
+    assert hkn.stats()["closed"] == closed
+
+
+def test_off_policy_closes_without_checkpoint(db):
+    conn = open_wal(db)
+    conn.checkpoint_on_close = "off"
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.close()
+    assert conn.last_checkpoint is None
+
+
+def test_policy_on_subclass_and_instance(db):
+    class Truncating(WalSafe):
+        checkpoint_on_close = "truncate"
+
+    assert WalSafe.checkpoint_on_close == "passive"
+    conn = sqlite3.connect(db, factory=Truncating, isolation_level=None)
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.close()
+    assert conn.last_checkpoint.mode == "truncate"
+
+    conn = sqlite3.connect(db, factory=Truncating, isolation_level=None)
+    conn.checkpoint_on_close = "FULL"            # SQLite's own names are case-insensitive
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.close()
+    assert conn.last_checkpoint.mode == "full"
+
+
+@pytest.mark.parametrize("bad", ["sometimes", 3, None, b"passive"])
+def test_invalid_policy_still_closes_then_raises(db, bad):
+    conn = open_wal(db)
+    conn.checkpoint_on_close = bad
+    with pytest.raises(ValueError, match="'off', 'passive', 'full', 'restart', 'truncate'") as info:
+        conn.close()
+    assert repr(bad) in str(info.value)
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        conn.execute("SELECT 1")
+
+
+def test_open_write_transaction_is_skipped_and_discarded(db):
+    conn = open_wal(db)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO t VALUES (42)")
+    skipped = hkn.stats()["checkpoints_skipped"]
+    conn.close()
+    assert conn.last_checkpoint is None
+    assert hkn.stats()["checkpoints_skipped"] == skipped + 1
+    check = sqlite3.connect(db)
+    assert check.execute("SELECT count(*) FROM t WHERE x = 42").fetchone() == (0,)
+    check.close()
+
+
+def test_legacy_transaction_mode_discards_like_sqlite3(db):
+    conn = sqlite3.connect(db, factory=WalSafe)       # isolation_level="" : implicit BEGIN
+    conn.execute("INSERT INTO t VALUES (7)")
+    assert conn.in_transaction
+    conn.close()
+    check = sqlite3.connect(db)
+    assert check.execute("SELECT count(*) FROM t WHERE x = 7").fetchone() == (0,)
+    check.close()
+
+
+@native_only
+def test_cursor_mid_iteration_is_reset_and_warned(db):
+    make_wal_db(db, rows=10)
+    conn = open_wal(db)
+    conn.execute("INSERT INTO t VALUES (99)")
+    cursor = conn.execute("SELECT x FROM t")
+    assert cursor.fetchone() is not None              # stepped, not finished
+    if sys.version_info >= (3, 11):
+        with pytest.warns(ResourceWarning, match=r"kanban\.db.*1 statement\(s\) still stepping"):
+            conn.close()
+    else:
+        conn.close()                                  # 3.10 finalizes every statement itself
+    assert conn.last_checkpoint is not None and conn.last_checkpoint.busy is False
+    del cursor
+    gc.collect()
+    assert fds_on(db) == 0
+
+
+def test_wrong_thread_close_raises_and_does_nothing(db):
+    conn = open_wal(db)
+    conn.execute("INSERT INTO t VALUES (1)")
+    errors = []
+
+    def close_elsewhere():
+        try:
+            conn.close()
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            errors.append(exc)
+
+    before = hkn.stats()
+    thread = threading.Thread(target=close_elsewhere)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1 and type(errors[0]) is sqlite3.ProgrammingError
+    assert "same thread" in str(errors[0])
+    assert conn.last_checkpoint is None
+    assert hkn.stats()["checkpoints"] == before["checkpoints"]
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (1,)    # still open
+    conn.close()
+
+
+def test_check_same_thread_false_closes_from_any_thread(db):
+    conn = open_wal(db, check_same_thread=False)
+    conn.execute("INSERT INTO t VALUES (1)")
+    thread = threading.Thread(target=conn.close)
+    thread.start()
+    thread.join()
+    assert conn.last_checkpoint is not None
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT 1")
+
+
+def test_concurrent_close_and_checkpoint_from_threads(db):
+    # check_same_thread=False: closes and checkpoints racing from several
+    # threads must serialise on the handle, never use it after it is freed.
+    for _ in range(20):
+        conn = open_wal(db, check_same_thread=False)
+        conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(20)])
+        barrier = threading.Barrier(4)
+        errors = []
+
+        def worker(action):
+            barrier.wait()
+            try:
+                action()
+            except sqlite3.ProgrammingError:
+                pass                                  # closed by a sibling first
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(a,))
+                   for a in (conn.close, conn.close, conn.checkpoint,
+                             lambda: conn.checkpoint("truncate", wait=False))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+    assert fds_on(db) == 0
+
+
+@pytest.mark.parametrize("target", [":memory:", ""])
+def test_memory_and_temporary_close_without_checkpoint(target):
+    conn = sqlite3.connect(target, factory=WalSafe)
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    conn.close()
+    assert conn.last_checkpoint is None
+
+
+def test_read_only_uri_closes_without_checkpoint(db):
+    make_wal_db(db, rows=3)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, factory=WalSafe)
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (3,)
+    conn.checkpoint_on_close = "truncate"
+    conn.close()
+    if NATIVE:
+        assert conn.last_checkpoint is None
+    else:
+        # SQL cannot see a read-only open beforehand; the attempt is harmless
+        # (SQLite refuses to write, or there is nothing to do).
+        assert conn.last_checkpoint is None or conn.last_checkpoint.log_frames <= 0
+
+
+def test_non_wal_database(tmp_path):
+    path = str(tmp_path / "rollback.db")
+    conn = sqlite3.connect(path, factory=WalSafe, isolation_level=None)
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    result = conn.checkpoint()
+    assert (result.busy, result.log_frames, result.checkpointed_frames) == (False, -1, -1)
+    conn.checkpoint_on_close = "truncate"
+    conn.close()
+    assert conn.last_checkpoint is result               # nothing recorded at close
+    assert not os.path.exists(path + "-wal")
+
+
+# -------------------------------------------------------- explicit checkpoint
+
+
+def test_checkpoint_modes(db):
+    conn = open_wal(db)
+    for mode in ("passive", "full", "restart", "truncate"):
+        conn.execute("INSERT INTO t VALUES (1)")
+        result = conn.checkpoint(mode)
+        assert result.mode == mode and result.busy is False
+        assert conn.last_checkpoint is result
+    assert conn.checkpoint().mode == "passive"
+    assert conn.checkpoint(mode="truncate", wait=True).log_frames == 0
+    conn.close()
+
+
+def test_checkpoint_signature():
+    signature = inspect.signature(WalSafe.checkpoint)
+    assert list(signature.parameters) == ["self", "mode", "wait"]
+    assert signature.parameters["wait"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_checkpoint_no_wait_with_reader(db):
+    conn = open_wal(db, timeout=120)
+    conn.execute("PRAGMA busy_timeout = 120000")
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(10)])
+    with reader_process(db):
+        conn.execute("INSERT INTO t VALUES (-1)")
+        start = time.perf_counter()
+        result = conn.checkpoint("truncate", wait=False)
+        elapsed = time.perf_counter() - start
+    print(f"checkpoint('truncate', wait=False) with a reader: {elapsed * 1e3:.3f} ms")
+    assert result.busy is True
+    # the connection's own timeout is back for everything else
+    assert conn.execute("PRAGMA busy_timeout").fetchone() == (120000,)
+    conn.close()
+
+
+def test_checkpoint_with_open_transaction_is_locked(db):
+    conn = open_wal(db)
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO t VALUES (1)")
+    errors = hkn.stats()["checkpoint_errors"]
+    with pytest.raises(sqlite3.OperationalError, match="locked") as info:
+        conn.checkpoint()
+    if sys.version_info >= (3, 11):
+        assert info.value.sqlite_errorname == "SQLITE_LOCKED"
+        assert info.value.sqlite_errorcode & 0xFF == sqlite3.SQLITE_LOCKED
+    assert hkn.stats()["checkpoint_errors"] == errors + 1
+    conn.execute("ROLLBACK")
+    conn.close()
+
+
+@pytest.mark.parametrize("mode", ["PASSIVE!", "", 0, None, "off"])
+def test_checkpoint_unknown_mode(db, mode):
+    conn = open_wal(db)
+    with pytest.raises(ValueError, match="'passive', 'full', 'restart', 'truncate'"):
+        conn.checkpoint(mode)
+    conn.close()
+
+
+def test_checkpoint_bad_wait_and_extra_arguments(db):
+    conn = open_wal(db)
+    with pytest.raises(TypeError):
+        conn.checkpoint("passive", True)              # wait is keyword-only
+    with pytest.raises(TypeError):
+        conn.checkpoint(mode="passive", block=True)
+    conn.close()
+
+
+def test_checkpoint_closed_and_wrong_thread(db):
+    conn = open_wal(db)
+    errors = []
+    thread = threading.Thread(target=lambda: errors.append(
+        pytest.raises(sqlite3.ProgrammingError, conn.checkpoint)))
+    thread.start()
+    thread.join()
+    assert "same thread" in str(errors[0].value)
+    conn.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+        conn.checkpoint()
+
+
+@native_only
+def test_native_checkpoint_is_invisible_to_trace_callback(db):
+    seen = []
+    conn = open_wal(db)
+    conn.set_trace_callback(seen.append)
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.checkpoint()
+    conn.checkpoint("truncate")
+    conn.checkpoint_on_close = "truncate"
+    conn.close()
+    assert seen == ["INSERT INTO t VALUES (1)"]
+    assert conn.last_checkpoint.mode == "truncate"
+
+
+def test_uninitialized_instance(db):
+    conn = WalSafe.__new__(WalSafe)
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.checkpoint()
+
+
+# ---------------------------------------------------------- garbage collection
+
+
+def _leak(path):
+    conn = sqlite3.connect(path, factory=WalSafe, isolation_level=None)
+    conn.execute("INSERT INTO t VALUES (1)")
+    return conn
+
+
+def test_garbage_collected_connection_is_checkpointed_closed_and_warned(db):
+    opener_line = inspect.getsourcelines(_leak)[1] + 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        before = hkn.stats()
+        conn = _leak(db)
+        assert fds_on(db) >= 1
+        del conn
+        gc.collect()
+    resource = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert len(resource) == 1, [str(w.message) for w in caught]
+    message = str(resource[0].message)
+    assert os.path.realpath(db) in message
+    assert f"test_connection.py:{opener_line}" in message
+    after = hkn.stats()
+    assert after["finalized"] == before["finalized"] + 1
+    assert after["checkpoints"] == before["checkpoints"] + 1
+    assert after["live"] == before["live"]
+    assert fds_on(db) == 0
+
+
+def test_with_block_connection_left_to_gc(db):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(5):
+            with sqlite3.connect(db, factory=WalSafe) as conn:
+                conn.execute("INSERT INTO t VALUES (1)")
+        del conn
+        gc.collect()
+    assert len([w for w in caught if issubclass(w.category, ResourceWarning)]) == 5
+    assert fds_on(db) == 0
+
+
+def test_finalizer_policy_error_does_not_keep_files_open(db):
+    conn = _leak(db)
+    conn.checkpoint_on_close = "bogus"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seen = []
+        old_hook = sys.unraisablehook
+        sys.unraisablehook = seen.append
+        try:
+            del conn
+            gc.collect()
+        finally:
+            sys.unraisablehook = old_hook
+    assert any(isinstance(u.exc_value, ValueError) for u in seen)
+    assert fds_on(db) == 0
+
+
+# --------------------------------------------------------------- drop-in
+
+
+def test_is_a_sqlite3_connection(db):
+    conn = open_wal(db)
+    assert isinstance(conn, sqlite3.Connection)
+    conn.row_factory = sqlite3.Row
+    conn.execute("INSERT INTO t VALUES (5)")
+    row = conn.execute("SELECT x FROM t").fetchone()
+    assert row["x"] == 5
+    assert conn.total_changes == 1
+    conn.close()
+
+
+def _connect_args():
+    cases = [
+        ((), {"timeout": 1.5}),
+        ((), {"detect_types": sqlite3.PARSE_DECLTYPES}),
+        ((), {"isolation_level": "IMMEDIATE"}),
+        ((), {"isolation_level": None}),
+        ((), {"check_same_thread": False}),
+        ((), {"cached_statements": 7}),
+        ((2.0, 0, None, False), {}),                  # the positional form
+    ]
+    if sys.version_info >= (3, 12):
+        cases.append(((), {"autocommit": True}))
+        cases.append(((), {"autocommit": False}))
+    return cases
+
+
+@pytest.mark.parametrize("args, kwargs", _connect_args())
+def test_accepts_every_connect_argument(db, args, kwargs):
+    with warnings.catch_warnings():
+        # 3.13 deprecates positional arguments beyond the database; the
+        # warning is sqlite3's own and equally raised for plain connections.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        plain = sqlite3.connect(db, *args, **kwargs)
+        ours = sqlite3.connect(db, *args, factory=WalSafe, **kwargs)
+    assert ours.isolation_level == plain.isolation_level
+    if sys.version_info >= (3, 12):
+        assert ours.autocommit == plain.autocommit
+    ours.execute("INSERT INTO t VALUES (1)")
+    ours.commit()
+    plain.close()
+    ours.close()
+    assert ours.last_checkpoint is not None
+
+
+def test_uri_argument(db):
+    conn = sqlite3.connect(f"file:{db}?cache=private", uri=True, factory=WalSafe)
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    conn.close()
+    assert conn.last_checkpoint is not None
+
+
+def _bad_connect_args():
+    cases = [
+        {"timeout": "soon"},
+        {"detect_types": "yes"},
+        {"isolation_level": "SOMETIMES"},
+        {"cached_statements": "many"},
+        {"no_such_argument": 1},
+    ]
+    if sys.version_info >= (3, 12):
+        cases.append({"autocommit": "maybe"})
+    return cases
+
+
+@pytest.mark.parametrize("kwargs", _bad_connect_args())
+def test_bad_connect_arguments_raise_like_sqlite3(db, kwargs):
+    with pytest.raises(Exception) as plain:
+        sqlite3.connect(db, **kwargs)
+    with pytest.raises(Exception) as ours:
+        sqlite3.connect(db, factory=WalSafe, **kwargs)
+    assert type(ours.value) is type(plain.value)
+    assert str(ours.value) == str(plain.value)
+    gc.collect()
+    assert hkn.live_connections(db) == []
+
+
+def test_bad_database_paths(tmp_path):
+    with pytest.raises(sqlite3.OperationalError) as plain:
+        sqlite3.connect(tmp_path / "missing" / "x.db")
+    with pytest.raises(sqlite3.OperationalError) as ours:
+        sqlite3.connect(tmp_path / "missing" / "x.db", factory=WalSafe)
+    assert str(ours.value) == str(plain.value)
+    with pytest.raises(TypeError):
+        sqlite3.connect(42, factory=WalSafe)
+
+
+def test_pathlib_and_bytes_paths(tmp_path):
+    path = tmp_path / "p.db"
+    make_wal_db(path)
+    for database in (path, os.fsencode(path)):
+        conn = sqlite3.connect(database, factory=WalSafe)
+        assert hkn.live_connections(path)[0].path == str(path)
+        conn.close()
+
+
+def test_python_mixin_subclass_and_class_swap(db):
+    class Mixin:
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.tracked = True
+
+        def close(self):
+            self.closed_by_mixin = True
+            super().close()
+
+    Tracked = type("Tracked" + WalSafe.__name__, (Mixin, WalSafe), {})
+    conn = sqlite3.connect(db, factory=Tracked, isolation_level=None)
+    assert conn.tracked and isinstance(conn, WalSafe)
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.close()
+    assert conn.closed_by_mixin and conn.last_checkpoint is not None
+
+    plain = sqlite3.connect(db, factory=WalSafe, isolation_level=None)
+    plain.__class__ = Tracked
+    plain.execute("INSERT INTO t VALUES (2)")
+    plain.close()
+    assert plain.closed_by_mixin and plain.last_checkpoint is not None
+    back = sqlite3.connect(db, factory=Tracked)
+    back.__class__ = WalSafe
+    back.close()
+
+
+def test_closing_subclass_closes_on_with(db):
+    with sqlite3.connect(db, factory=hkn.ClosingWalSafeConnection) as conn:
+        conn.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT 1")
+    assert conn.last_checkpoint is not None
+    check = sqlite3.connect(db)
+    assert check.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    check.close()
+
+    with pytest.raises(ZeroDivisionError):
+        with sqlite3.connect(db, factory=hkn.ClosingWalSafeConnection) as conn:
+            conn.execute("INSERT INTO t VALUES (2)")
+            1 / 0
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT 1")
+    check = sqlite3.connect(db)
+    assert check.execute("SELECT count(*) FROM t").fetchone() == (1,)   # rolled back
+    check.close()
+
+
+def test_weakref_and_dict(db):
+    import weakref
+    conn = open_wal(db)
+    ref = weakref.ref(conn)
+    conn.anything = 1
+    conn.close()
+    del conn
+    gc.collect()
+    assert ref() is None
+
+
+# ------------------------------------------------------- registry and stats
+
+
+def test_live_connections_and_stats_from_threads(db):
+    conn = open_wal(db)
+    seen = []
+
+    def look():
+        seen.append((hkn.live_connections(db), hkn.stats()))
+
+    thread = threading.Thread(target=look)
+    thread.start()
+    thread.join()
+    (live, stats), = seen
+    assert len(live) == 1
+    entry = live[0]
+    assert entry.path == os.path.realpath(db)
+    assert entry.thread == threading.current_thread().name
+    assert entry.thread_id == threading.get_ident()
+    assert entry.opened_at.startswith(__file__ + ":") or "test_connection.py:" in entry.opened_at
+    assert stats["live"] >= 1
+    conn.close()
+    assert hkn.live_connections(db) == []
+
+
+def test_live_connections_by_relative_and_symlinked_path(db, tmp_path, monkeypatch):
+    link = tmp_path / "link.db"
+    os.symlink(db, link)
+    conn = sqlite3.connect(link, factory=WalSafe)
+    monkeypatch.chdir(tmp_path)
+    assert len(hkn.live_connections("kanban.db")) == 1
+    assert len(hkn.live_connections(link)) == 1
+    assert hkn.live_connections(tmp_path / "other.db") == []
+    conn.close()
+
+
+def test_connection_closed_through_the_base_leaves_the_registry(db):
+    conn = open_wal(db)
+    sqlite3.Connection.close(conn)
+    assert hkn.live_connections(db) == []
+    conn.close()
+
+
+def test_stats_keys():
+    assert set(hkn.stats()) >= {
+        "opened", "closed", "finalized", "live", "checkpoints", "checkpoints_busy",
+        "checkpoints_skipped", "checkpoint_errors", "frames_checkpointed",
+    }
+
+
+def test_sqlite_api_reports_the_mode():
+    api = hkn.sqlite_api()
+    assert api["mode"] in ("native", "sql")
+    assert api["sqlite_version"] == sqlite3.sqlite_version
+    if NATIVE:
+        assert api["self_check"] == "passed" and "sqlite" in api["library"]
+        assert api["reason"] is None
+    else:
+        assert api["library"] is None and api["reason"]
