@@ -285,7 +285,7 @@ def mapped_files(pid: Optional[int] = None) -> list:
 class _Target:
     """A database and its sidecars: by path name and by current identity."""
 
-    __slots__ = ("database", "path", "by_name", "by_identity", "identity_of")
+    __slots__ = ("database", "path", "by_kind", "by_name", "by_identity", "identity_of")
 
     def __init__(self, database: PathArg):
         raw = os.fspath(database)
@@ -295,7 +295,8 @@ class _Target:
         # SQLite opens sidecars next to the database path with symlinks
         # resolved, so they are named after the resolved path.
         self.path = os.path.realpath(raw)
-        self.by_name = {self.path + suffix: kind for kind, suffix in _KINDS}
+        self.by_kind = {kind: self.path + suffix for kind, suffix in _KINDS}
+        self.by_name = {path: kind for kind, path in self.by_kind.items()}
         self.by_identity = {}
         self.identity_of = {}
         for kind, suffix in _KINDS:
@@ -305,18 +306,6 @@ class _Target:
                 continue
             self.by_identity[(st.st_dev, st.st_ino)] = kind
             self.identity_of[kind] = (st.st_dev, st.st_ino)
-
-    def touches(self, fd_rows, map_rows) -> bool:
-        """Whether any raw record might belong to this database (cheap)."""
-        by_identity = self.by_identity
-        prefix = self.path
-        for row in fd_rows:
-            if (row[2], row[3]) in by_identity or row[1].startswith(prefix):
-                return True
-        for row in map_rows:
-            if row[5] and ((row[4], row[5]) in by_identity or row[6].startswith(prefix)):
-                return True
-        return False
 
 
 def _own_connections(database: PathArg, db_fd_count: int):
@@ -341,14 +330,23 @@ def _classify(target: _Target, pid: int, fd_rows, map_rows, lock_rows) -> Sqlite
     for fd, link, dev, ino, nlink, _mode, _size in fd_rows:
         kind = by_identity.get((dev, ino))
         if kind is not None and nlink:
-            files[kind].append(FdInfo(fd, link, dev, ino, nlink, False))
+            path = link if link is not None else target.by_kind[kind]
+            files[kind].append(FdInfo(fd, path, dev, ino, nlink, False))
             continue
+        if nlink:
+            continue    # still linked, and not as our database or a sidecar
+        # Unlinked (or not stat()able): only its name can tie it to us.
+        # Reading the link costs a /proc lookup, so only these pay for it.
+        if link is None:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except FileNotFoundError:
+                continue    # closed since the scan
         path = _strip_suffix(link, dev, ino, cache)
         kind = by_name.get(path) if kind is None else kind
         if kind is None:
-            continue
-        # Named like the database or a sidecar but not the file there now;
-        # an inode we could not stat() cannot be judged.
+            continue    # e.g. SQLite's own unlinked temp files
+        # An inode we could not stat() cannot be judged stale.
         info = FdInfo(fd, path, dev, ino, nlink, dev is not None)
         files[kind].append(info)
         if info.deleted:
@@ -434,7 +432,7 @@ def sqlite_fds(database: PathArg, pid: Optional[int] = None) -> SqliteFds:
     """
     target = _Target(database)
     pid = _pid_or_self(pid)
-    fd_rows = _native._scan_fds(pid)
+    fd_rows = _native._scan_fds(pid, links=False)
     map_rows = _native._scan_maps(pid)
     return _classify(target, pid, fd_rows, map_rows, _native._scan_locks())
 
@@ -450,10 +448,8 @@ def holders(database: PathArg) -> Holders:
     pids = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
     for pid in pids:
         try:
-            fd_rows = _native._scan_fds(pid)
+            fd_rows = _native._scan_fds(pid, links=False)
             map_rows = _native._scan_maps(pid)
-            if not target.touches(fd_rows, map_rows):
-                continue
             result = _classify(target, pid, fd_rows, map_rows, lock_rows)
         except ProcessLookupError:
             continue
