@@ -280,6 +280,7 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
             continue;   /* the scan's own descriptor is not the caller's */
         }
         ssize_t got = 0;
+        int has_link = want_links;
         if (want_links) {
             /* Read the link straight into the text arena; a result that
              * fills the space may be cut short, so grow and read again. */
@@ -299,8 +300,14 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
                 if (errno == ENOENT) {
                     continue;   /* closed while we scanned */
                 }
-                hkn_fail(failure, errno, "readlinkat", path);
-                goto done;
+                if (errno == EACCES || errno == EPERM) {
+                    hkn_fail(failure, errno, "readlinkat", path);
+                    goto done;
+                }
+                /* The kernel prints at most a page (ENAMETOOLONG beyond):
+                 * keep the descriptor, without its name. */
+                has_link = 0;
+                got = 0;
             }
         }
         struct stat st;
@@ -331,7 +338,7 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
             record->size = (unsigned long long)st.st_size;
             record->mode = (unsigned int)st.st_mode;
         }
-        record->has_link = want_links;
+        record->has_link = has_link;
         record->path_off = links->len;
         record->path_len = (size_t)got;
         links->len += (size_t)got;
@@ -385,7 +392,8 @@ PyDoc_STRVAR(hkn_scan_fds_doc,
 "Open descriptors of process *pid* from /proc/<pid>/fd.\n\n"
 "Returns a list of (fd, link, st_dev, st_ino, st_nlink, st_mode, st_size)\n"
 "tuples in fd order.  link is the text of /proc/<pid>/fd/N, or None when\n"
-"*links* is false (reading it costs as much as the stat).  The stat fields\n"
+"*links* is false (reading it costs as much as the stat) or the kernel\n"
+"cannot print it (a path longer than a page).  The stat fields\n"
 "describe the open inode, reached through the /proc link (fstat() for this\n"
 "process) and never by opening the file; they are None when that stat\n"
 "failed.  Descriptors closed during the scan are left out.\n"

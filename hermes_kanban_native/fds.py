@@ -53,12 +53,13 @@ _UNKNOWN = "unknown"
 
 class FdInfo(NamedTuple):
     """One open descriptor: its number, the path it names (without the
-    kernel's " (deleted)" suffix), the inode's st_dev/st_ino/st_nlink (None
-    when the inode could not be stat()ed), and whether the inode is no longer
-    the file at that path."""
+    kernel's " (deleted)" suffix; None when the kernel cannot print it, for a
+    path longer than a page), the inode's st_dev/st_ino/st_nlink (None when
+    the inode could not be stat()ed), and whether the inode is no longer the
+    file at that path."""
 
     fd: int
-    path: str
+    path: Optional[str]
     dev: Optional[int]
     ino: Optional[int]
     nlink: Optional[int]
@@ -226,7 +227,7 @@ def _strip_suffix(text: str, dev, ino, cache: dict) -> str:
     """The path the kernel's link text names.  The " (deleted)" suffix is
     removed unless the text as written is the very inode (a file may really
     be called that)."""
-    if not text.endswith(_DELETED_SUFFIX):
+    if text is None or not text.endswith(_DELETED_SUFFIX):
         return text
     if dev is not None and _identity(text, cache) == (dev, ino):
         return text
@@ -237,7 +238,7 @@ def _is_deleted(path: str, dev, ino, nlink, cache: dict) -> bool:
     """True when the inode is no longer the file at *path*."""
     if nlink == 0:
         return True
-    if dev is None or not path.startswith("/"):
+    if dev is None or path is None or not path.startswith("/"):
         return False    # sockets, pipes, anonymous inodes; or unknown
     found = _identity(path, cache)
     if found is _UNKNOWN:
@@ -342,6 +343,10 @@ def _classify(target: _Target, pid: int, fd_rows, map_rows, lock_rows) -> Sqlite
                 link = os.readlink(f"/proc/{pid}/fd/{fd}")
             except FileNotFoundError:
                 continue    # closed since the scan
+            except PermissionError:
+                raise
+            except OSError:
+                continue    # no name the kernel can print: not ours by name
         path = _strip_suffix(link, dev, ino, cache)
         kind = by_name.get(path) if kind is None else kind
         if kind is None:

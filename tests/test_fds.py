@@ -7,6 +7,7 @@ import inspect
 import mmap
 import os
 import pathlib
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -246,6 +247,37 @@ def test_database_path_gone_still_finds_its_deleted_files(db):
         assert len(result.stale) >= 3 and all(info.deleted for info in result.stale)
         # The locks sit on the (now unlinked) inode the holder has open.
         assert result.locks and not result.locks_lost
+
+
+def test_long_paths(tmp_path):
+    # Long but printable: the whole path comes back.
+    long_dir = tmp_path.joinpath(*["d" * 200] * 5)
+    long_dir.mkdir(parents=True)
+    fd = os.open(long_dir / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        assert by_fd(open_fds(), fd).path == str(long_dir / "f")
+    finally:
+        os.close(fd)
+    # Longer than a page: the kernel cannot print it; the fd is still listed.
+    top = tmp_path / "deep"
+    top.mkdir()
+    dir_fd = os.open(top, os.O_RDONLY)
+    try:
+        for _ in range(20):
+            os.mkdir("x" * 250, dir_fd=dir_fd)
+            inner = os.open("x" * 250, os.O_RDONLY, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = inner
+        fd = os.open("f", os.O_RDWR | os.O_CREAT, dir_fd=dir_fd)
+        try:
+            info = by_fd(open_fds(), fd)
+            assert info.path is None and not info.deleted
+            assert info.ino == os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
+        shutil.rmtree(top)     # walks by directory fd, so depth is no problem
 
 
 # -- 5. SQLite's own temp files ------------------------------------------------------
