@@ -119,6 +119,11 @@ class SqliteFds:
     it holds an OFD lock on the database inode.  ``live`` and ``parked`` (this
     process only, else None): its open WalSafeConnections on the database,
     and the database descriptors SQLite keeps open after close.
+
+    A descriptor matched by identity carries the path it is the file of (the
+    resolved database or sidecar path), not the kernel's link text.  Only
+    unlinked inodes (st_nlink 0) are matched by name, so a replaced sidecar
+    that is still hard-linked elsewhere is not reported as stale.
     """
 
     database: str
@@ -149,13 +154,17 @@ class SqliteFds:
 
     def kind_of(self, entry: Union[FdInfo, MapInfo]) -> str:
         """'db', 'wal', 'shm' or 'journal' for one of this result's entries."""
-        for kind, suffix in reversed(_KINDS):
+        for kind, _ in _KINDS:
+            if entry in getattr(self, kind):
+                return kind
+        if entry in self.shm_maps:
+            return "shm"
+        # Only stale mappings of another file are in no list; they were
+        # matched by name.
+        for kind, suffix in _KINDS[1:]:
             if entry.path == self.database + suffix:
                 return kind
-        for kind, _ in _KINDS:
-            if isinstance(entry, FdInfo) and entry in getattr(self, kind):
-                return kind
-        return "shm" if entry in self.shm_maps else "db"
+        return "db"
 
     def report(self) -> str:
         """Every descriptor and mapping, one per line, with kind and inode."""
