@@ -411,8 +411,10 @@ hkn_sql_error_code(PyObject *exc)
 /* The checkpoint through the connection's own Python API, for when the
  * library's symbols are out of reach.  Same policy as the native path, with
  * what SQL can see: total_changes for "wrote nothing" (it does not count
- * DDL), in_transaction for any open transaction.  Returns -1 only for a
- * Python error unrelated to SQLite (the exception is set). */
+ * DDL); an open transaction or a stepping cursor shows as SQLITE_LOCKED and
+ * a read-only open as SQLITE_READONLY, both counted as skipped at close.
+ * Returns -1 only for a Python error unrelated to SQLite (the exception is
+ * set). */
 static int
 hkn_sql_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
                    int nowait, int closing, hkn_outcome *out)
@@ -422,16 +424,6 @@ hkn_sql_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
         if (conn->path == NULL || PyUnicode_GetLength(conn->path) == 0) {
             out->skipped = HKN_SKIP_NOT_FILE;
             return 0;
-        }
-        PyObject *in_txn = PyObject_GetAttrString(self, "in_transaction");
-        if (in_txn == NULL) {
-            return -1;
-        }
-        int open_txn = PyObject_IsTrue(in_txn);
-        Py_DECREF(in_txn);
-        if (open_txn) {
-            out->skipped = HKN_SKIP_TRANSACTION;
-            return open_txn < 0 ? -1 : 0;
         }
         if (mode == SQLITE_CHECKPOINT_PASSIVE) {
             PyObject *changes = PyObject_GetAttrString(self, "total_changes");
@@ -789,6 +781,12 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
     if (!hkn_lock(conn)) {
         PyErr_SetString(state->ProgrammingError,
                         "checkpoint() called from inside this connection's close()");
+        return NULL;
+    }
+    if (hkn_connection_handle(self) == NULL) {
+        /* Closed by another thread while we waited for the lock. */
+        hkn_unlock(conn);
+        PyErr_SetString(state->ProgrammingError, "Cannot operate on a closed database.");
         return NULL;
     }
 

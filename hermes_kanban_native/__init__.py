@@ -23,11 +23,20 @@ from ._native import CheckpointResult, WalSafeConnection, sqlite_api, stats
 __all__ = [
     "CheckpointResult",
     "ClosingWalSafeConnection",
+    "FdInfo",
+    "Holders",
     "LiveConnection",
+    "LockInfo",
+    "MapInfo",
+    "SqliteFds",
     "WalSafeConnection",
     "connect",
+    "holders",
     "live_connections",
+    "mapped_files",
+    "open_fds",
     "sqlite_api",
+    "sqlite_fds",
     "stats",
 ]
 
@@ -154,3 +163,17 @@ def _switch_to_wal(conn, database):
             f"could not switch {os.fsdecode(os.fspath(database))!r} to WAL: "
             f"journal_mode stays {mode!r}"
         )
+
+
+# The fd helpers import live_connections from here, so they come last.
+from .fds import (  # noqa: E402
+    FdInfo,
+    Holders,
+    LockInfo,
+    MapInfo,
+    SqliteFds,
+    holders,
+    mapped_files,
+    open_fds,
+    sqlite_fds,
+)

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import info
+from . import fds_command, info
 
 
 def _commands():
-    commands = [info]
+    commands = [info, fds_command]
     return commands
 
 

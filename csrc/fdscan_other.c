@@ -1,0 +1,85 @@
+/* fdscan_other.c - the scanner entry points where there is no Linux /proc.
+ *
+ * The same names and signatures as fdscan_linux.c, so the package imports
+ * and inspect.signature() agrees everywhere; each call raises
+ * NotImplementedError naming the platform.  A port (macOS libproc, say)
+ * replaces this file for its platform in setup.py.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "fdscan.h"
+
+static PyObject *
+hkn_unsupported(const char *name)
+{
+    PyObject *platform = PySys_GetObject("platform");   /* borrowed */
+    if (platform != NULL && PyUnicode_Check(platform)) {
+        PyErr_Format(PyExc_NotImplementedError,
+                     "%s needs /proc (Linux); this platform is %U", name, platform);
+    }
+    else {
+        PyErr_Format(PyExc_NotImplementedError,
+                     "%s needs /proc (Linux); this platform has none", name);
+    }
+    return NULL;
+}
+
+PyDoc_STRVAR(hkn_scan_fds_doc,
+"_scan_fds($module, pid, /)\n--\n\n"
+"Open descriptors of process *pid*; needs /proc (Linux).");
+
+static PyObject *
+hkn_scan_fds(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(pid))
+{
+    return hkn_unsupported("_scan_fds");
+}
+
+PyDoc_STRVAR(hkn_scan_maps_doc,
+"_scan_maps($module, pid, /)\n--\n\n"
+"Memory mappings of process *pid*; needs /proc (Linux).");
+
+static PyObject *
+hkn_scan_maps(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(pid))
+{
+    return hkn_unsupported("_scan_maps");
+}
+
+PyDoc_STRVAR(hkn_scan_locks_doc,
+"_scan_locks($module, /)\n--\n\n"
+"Every lock record of /proc/locks; needs /proc (Linux).");
+
+static PyObject *
+hkn_scan_locks(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return hkn_unsupported("_scan_locks");
+}
+
+PyDoc_STRVAR(hkn_scan_fd_locks_doc,
+"_scan_fd_locks($module, pid, fd, /)\n--\n\n"
+"The locks taken through descriptor *fd* of process *pid*; needs /proc (Linux).");
+
+static PyObject *
+hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int pid, fd;
+    /* Wrong arguments still fail as TypeError, as on Linux. */
+    if (!PyArg_ParseTuple(args, "ii:_scan_fd_locks", &pid, &fd)) {
+        return NULL;
+    }
+    return hkn_unsupported("_scan_fd_locks");
+}
+
+static PyMethodDef hkn_fdscan_methods[] = {
+    {"_scan_fds", hkn_scan_fds, METH_O, hkn_scan_fds_doc},
+    {"_scan_maps", hkn_scan_maps, METH_O, hkn_scan_maps_doc},
+    {"_scan_locks", hkn_scan_locks, METH_NOARGS, hkn_scan_locks_doc},
+    {"_scan_fd_locks", hkn_scan_fd_locks, METH_VARARGS, hkn_scan_fd_locks_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+hkn_fdscan_exec(PyObject *module)
+{
+    return PyModule_AddFunctions(module, hkn_fdscan_methods);
+}
