@@ -26,6 +26,11 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Default of WalSafeConnection.max_live_per_database: far above what a
+ * well-behaved process keeps open on one database, far below the 256-1024
+ * descriptor limits that the leak exhausted. */
+#define HKN_DEFAULT_MAX_LIVE 64
+
 /* Close-time policy values besides the SQLITE_CHECKPOINT_* modes. */
 #define HKN_POLICY_OFF      (-1)
 #define HKN_POLICY_INVALID  (-2)
@@ -837,6 +842,177 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
     return Py_NewRef(conn->last_checkpoint);
 }
 
+/* ------------------------------------------------------ leak bound */
+
+/* Open WalSafeConnections of this process on `path` (same resolved name). */
+static Py_ssize_t
+hkn_count_live(hkn_state *state, PyObject *path)
+{
+    Py_ssize_t count = 0;
+    for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
+        if (c->path == path
+            || (c->path != NULL && PyUnicode_Compare(c->path, path) == 0)) {
+            if (hkn_connection_handle(c->owner) != NULL) {
+                count++;
+            }
+        }
+    }
+    PyErr_Clear();
+    return count;
+}
+
+/* "file:line (xN), ..." for the live connections on `path`. */
+static PyObject *
+hkn_openers_of(hkn_state *state, PyObject *path)
+{
+    PyObject *counter = PyDict_New();
+    if (counter == NULL) {
+        return NULL;
+    }
+    /* Formatting allocates, and allocation can run the GC, whose finalizers
+     * unlink registry entries: collect the openers first, format after. */
+    Py_ssize_t n = 0;
+    for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
+        n++;
+    }
+    hkn_conn **entries = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(hkn_conn *));
+    PyObject **owners = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(PyObject *));
+    if (entries == NULL || owners == NULL) {
+        PyMem_Free(entries);
+        PyMem_Free(owners);
+        Py_DECREF(counter);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t k = 0;
+    for (hkn_conn *c = state->registry.next; c != &state->registry && k < n; c = c->next) {
+        if (c->path != NULL && PyUnicode_Compare(c->path, path) == 0) {
+            entries[k] = c;
+            owners[k] = Py_NewRef(c->owner);
+            k++;
+        }
+    }
+    PyErr_Clear();
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < k && !failed; i++) {
+        PyObject *where = hkn_format_opener(entries[i]);
+        if (where == NULL) {
+            failed = 1;
+            break;
+        }
+        PyObject *seen = PyDict_GetItemWithError(counter, where);
+        long total = seen ? PyLong_AsLong(seen) + 1 : 1;
+        PyObject *value = PyLong_FromLong(total);
+        if (value == NULL || PyDict_SetItem(counter, where, value) < 0) {
+            failed = 1;
+        }
+        Py_XDECREF(value);
+        Py_DECREF(where);
+    }
+    for (Py_ssize_t i = 0; i < k; i++) {
+        Py_DECREF(owners[i]);
+    }
+    PyMem_Free(entries);
+    PyMem_Free(owners);
+    if (failed) {
+        Py_DECREF(counter);
+        return NULL;
+    }
+    PyObject *parts = PyList_New(0);
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (parts != NULL && PyDict_Next(counter, &pos, &key, &value)) {
+        PyObject *part = PyUnicode_FromFormat("%U (x%S)", key, value);
+        if (part == NULL || PyList_Append(parts, part) < 0) {
+            Py_CLEAR(parts);
+        }
+        Py_XDECREF(part);
+    }
+    Py_DECREF(counter);
+    if (parts == NULL) {
+        return NULL;
+    }
+    PyObject *sep = PyUnicode_FromString(", ");
+    PyObject *joined = sep ? PyUnicode_Join(sep, parts) : NULL;
+    Py_XDECREF(sep);
+    Py_DECREF(parts);
+    return joined;
+}
+
+/* The per-database bound on live connections (max_live_per_database).  On
+ * CPython 3.11+ an unclosed connection lives until the cyclic collector
+ * runs, which in a large busy process can be long: that is how the gateway
+ * reached ~1,000 descriptors.  When opening one more would exceed the
+ * bound, collect once so abandoned connections are finalized; if the bound
+ * still holds, open anyway and warn once per episode.  The well-behaved path
+ * costs one walk of the (short) registry and one attribute read. */
+static int
+hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
+{
+    Py_ssize_t live = hkn_count_live(state, path);
+    if (live == 0) {
+        return 0;
+    }
+    PyObject *limit_obj = PyObject_GetAttr(self, state->str_max_live);
+    if (limit_obj == NULL) {
+        return -1;
+    }
+    if (limit_obj == Py_None) {
+        Py_DECREF(limit_obj);
+        return 0;
+    }
+    Py_ssize_t limit = PyLong_Check(limit_obj) && !PyBool_Check(limit_obj)
+                       ? PyLong_AsSsize_t(limit_obj) : -1;
+    if (limit < 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError,
+                     "max_live_per_database must be None or an int >= 0, not %R", limit_obj);
+        Py_DECREF(limit_obj);
+        return -1;
+    }
+    Py_DECREF(limit_obj);
+    if (limit == 0) {
+        return 0;
+    }
+    int contains = PySet_Contains(state->bound_exceeded, path);
+    if (contains < 0) {
+        return -1;
+    }
+    if (live < limit) {
+        /* Under the bound again: the next excess collects and warns anew. */
+        return contains ? PySet_Discard(state->bound_exceeded, path) < 0 ? -1 : 0 : 0;
+    }
+    if (contains) {
+        return 0;
+    }
+    /* gc.collect() rather than PyGC_Collect(): the latter does nothing while
+     * automatic collection is disabled, which is exactly when this matters. */
+    PyObject *gc = PyImport_ImportModule("gc");
+    PyObject *collected = gc ? PyObject_CallMethod(gc, "collect", NULL) : NULL;
+    Py_XDECREF(gc);
+    if (collected == NULL) {
+        return -1;
+    }
+    Py_DECREF(collected);
+    state->stats.bound_collections++;
+    live = hkn_count_live(state, path);
+    if (live < limit) {
+        return 0;
+    }
+    if (PySet_Add(state->bound_exceeded, path) < 0) {
+        return -1;
+    }
+    PyObject *openers = hkn_openers_of(state, path);
+    if (openers == NULL) {
+        return -1;
+    }
+    int rc = PyErr_WarnFormat(PyExc_ResourceWarning, 1,
+                              "%zd WalSafeConnections to %R are open (max_live_per_database=%zd) "
+                              "even after a garbage collection; opening one more. Opened at: %U",
+                              live, path, limit, openers);
+    Py_DECREF(openers);
+    return rc;
+}
+
 /* ----------------------------------------------------------------- slots */
 
 static int
@@ -868,11 +1044,11 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
     }
     int check_same_thread = 1;
     if (flag != NULL && (check_same_thread = PyObject_IsTrue(flag)) < 0) {
-        return -1;
+        goto fail;
     }
     if (conn->lock == NULL && (conn->lock = PyThread_allocate_lock()) == NULL) {
         PyErr_NoMemory();
-        return -1;
+        goto fail;
     }
 
     PyObject *path = NULL;
@@ -896,23 +1072,45 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
         }
     }
     if (path == NULL) {
-        return -1;
+        goto fail;
     }
     Py_XSETREF(conn->path, path);
 
     conn->owner = self;
     conn->check_same_thread = check_same_thread;
     conn->thread_ident = PyThread_get_thread_ident();
-    conn->pid = getpid();
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     conn->opened_time = (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
     hkn_capture_opener(state, conn);
+    if (state->opened_paths != NULL && PySet_Add(state->opened_paths, path) < 0) {
+        goto fail;
+    }
+    if (conn->prev == NULL && PyUnicode_GetLength(path) > 0
+        && hkn_enforce_bound(state, self, path) < 0) {
+        goto fail;
+    }
+    conn->pid = getpid();
     state->stats.opened++;
     if (conn->prev == NULL) {
         hkn_registry_add(state, conn);
     }
     return 0;
+
+fail:
+    /* The base opened the database: close it again, so that a failed
+     * __init__ leaves no handle (and no descriptors) to the finalizer. */
+    {
+        hkn_saved_error saved;
+        hkn_error_save(&saved);
+        hkn_unregister(state, conn);
+        conn->pid = 0;
+        PyObject *res = hkn_base_close(self);
+        Py_XDECREF(res);
+        PyErr_Clear();
+        hkn_error_restore(&saved);
+    }
+    return -1;
 }
 
 /* Garbage collection and interpreter shutdown of a connection nobody
@@ -987,14 +1185,32 @@ hkn_connection_finalize(PyObject *self)
         }
         Py_XDECREF(opener);
     }
-    /* Close now when the base allows it from this thread; otherwise the
-     * base's dealloc closes the handle right after this finalizer. */
+    /* Close now.  The base's close() refuses another thread (the collector
+     * runs wherever it is triggered), and from 3.13 on the base's dealloc no
+     * longer closes at all (its finalizer does, which we replace).  So from
+     * another thread the handle is closed natively: sqlite3_close_v2 is safe
+     * from any thread, and nobody else can use a connection being finalized.
+     * Cost of bypassing the base: on 3.12+ the few bytes of its trace/
+     * progress/authorizer callback records, if the user set any, are not
+     * freed. */
     if (hkn_thread_ok(conn)) {
         PyObject *res = hkn_base_close(self);
         if (res == NULL) {
             PyErr_WriteUnraisable(self);
         }
         Py_XDECREF(res);
+    }
+    else if (state->api.native) {
+        sqlite3 *db = hkn_connection_handle(self);
+        hkn_connection_forget_handle(self);
+        const hkn_sqlite_api *api = &state->api;
+        Py_BEGIN_ALLOW_THREADS
+        (void)api->close_v2(db);
+        Py_END_ALLOW_THREADS
+    }
+    else if (hkn_base_type(self)->tp_finalize != NULL) {
+        /* SQL mode on 3.13+: the base's finalizer closes (and warns too). */
+        hkn_base_type(self)->tp_finalize(self);
     }
     if (locked) {
         hkn_unlock(conn);
@@ -1115,7 +1331,12 @@ PyDoc_STRVAR(hkn_connection_doc,
 "Use it as sqlite3.connect(path, factory=WalSafeConnection, ...).  Apart from\n"
 "close-time behaviour it is sqlite3.Connection.  The class attribute\n"
 "checkpoint_on_close ('passive' by default; 'off', 'passive', 'full',\n"
-"'restart' or 'truncate') may be overridden on a subclass or an instance.");
+"'restart' or 'truncate') may be overridden on a subclass or an instance.\n\n"
+"max_live_per_database (default 64; None or 0 turns it off) bounds leaks:\n"
+"when opening one more connection to a database would exceed it, the\n"
+"garbage collector runs once so that abandoned connections are finalized;\n"
+"if the bound still holds, the connection opens anyway with one\n"
+"ResourceWarning naming where the live ones were opened.");
 
 int
 hkn_connection_exec(PyObject *module, hkn_state *state)
@@ -1160,5 +1381,11 @@ hkn_connection_exec(PyObject *module, hkn_state *state)
                                state->mode_names[SQLITE_CHECKPOINT_PASSIVE]) < 0) {
         return -1;
     }
+    PyObject *bound = PyLong_FromLong(HKN_DEFAULT_MAX_LIVE);
+    if (bound == NULL || PyObject_SetAttr(type, state->str_max_live, bound) < 0) {
+        Py_XDECREF(bound);
+        return -1;
+    }
+    Py_DECREF(bound);
     return PyModule_AddObjectRef(module, "WalSafeConnection", type);
 }

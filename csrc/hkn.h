@@ -47,6 +47,7 @@ typedef struct hkn_counters {
     unsigned long long checkpoints_skipped;
     unsigned long long checkpoint_errors;
     unsigned long long frames_checkpointed;
+    unsigned long long bound_collections;
     Py_ssize_t live;
     Py_ssize_t peak_live;
 } hkn_counters;
@@ -68,10 +69,14 @@ typedef struct hkn_state {
     PyObject *package_dir;          /* frames of files below it are this package's own */
     PyObject *str_checkpoint_on_close;
     PyObject *str_off;
+    PyObject *str_max_live;         /* "max_live_per_database" */
+    PyObject *bound_exceeded;       /* set: databases over the bound since the last
+                                     * collection failed to bring them under it */
     PyObject *mode_names[4];        /* indexed by SQLITE_CHECKPOINT_* */
     PyObject *api_library;          /* path of the SQLite library in use, or None */
     PyObject *api_reason;           /* why SQL mode is in use, or None */
     int api_check_failed;           /* SQL mode because the self-check failed */
+    PyObject *opened_paths;         /* set of database paths opened, while tracked */
     hkn_sqlite_api api;
     hkn_conn registry;              /* head of the circular list of live connections */
     hkn_counters stats;

@@ -86,20 +86,23 @@ PyDoc_STRVAR(hkn_stats_doc,
 "explicit), checkpoints_busy, checkpoints_skipped (close-time checkpoints not\n"
 "needed: memory/temporary/read-only/non-WAL database, open write\n"
 "transaction, or nothing written under the 'passive' policy),\n"
-"checkpoint_errors, frames_checkpointed (sum of checkpointed_frames).");
+"checkpoint_errors, frames_checkpointed (sum of checkpointed_frames),\n"
+"bound_collections (garbage collections run because max_live_per_database\n"
+"was reached).");
 
 static PyObject *
 hkn_stats_dict(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     hkn_counters *s = &hkn_module_state(module)->stats;
     return Py_BuildValue(
-        "{sKsKsKsnsnsKsKsKsKsK}",
+        "{sKsKsKsnsnsKsKsKsKsKsK}",
         "opened", s->opened, "closed", s->closed, "finalized", s->finalized,
         "live", s->live, "peak_live", s->peak_live,
         "checkpoints", s->checkpoints, "checkpoints_busy", s->checkpoints_busy,
         "checkpoints_skipped", s->checkpoints_skipped,
         "checkpoint_errors", s->checkpoint_errors,
-        "frames_checkpointed", s->frames_checkpointed);
+        "frames_checkpointed", s->frames_checkpointed,
+        "bound_collections", s->bound_collections);
 }
 
 PyDoc_STRVAR(hkn_reset_peak_doc,
@@ -257,12 +260,36 @@ hkn_set_persist_wal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(hkn_track_opened_doc,
+"_track_opened($module, enable, /)\n--\n\n"
+"Start (enable true) or stop recording the database paths WalSafeConnections\n"
+"open; returns the set recorded since the previous call, or None.  Used by\n"
+"the pytest plugin's --sqlite-fd-check to find every database a test used.");
+
+static PyObject *
+hkn_track_opened(PyObject *module, PyObject *enable)
+{
+    hkn_state *state = hkn_module_state(module);
+    int on = PyObject_IsTrue(enable);
+    if (on < 0) {
+        return NULL;
+    }
+    PyObject *fresh = NULL;
+    if (on && (fresh = PySet_New(NULL)) == NULL) {
+        return NULL;
+    }
+    PyObject *previous = state->opened_paths;
+    state->opened_paths = fresh;
+    return previous != NULL ? previous : Py_NewRef(Py_None);
+}
+
 static PyMethodDef hkn_module_methods[] = {
     {"stats", hkn_stats_dict, METH_NOARGS, hkn_stats_doc},
     {"sqlite_api", hkn_sqlite_api_info, METH_NOARGS, hkn_sqlite_api_doc},
     {"_live_connections", hkn_live_connections, METH_NOARGS, hkn_live_doc},
     {"_reset_peak_live", hkn_reset_peak_live, METH_NOARGS, hkn_reset_peak_doc},
     {"_close_all_at_exit", hkn_close_all_at_exit, METH_NOARGS, hkn_close_all_doc},
+    {"_track_opened", hkn_track_opened, METH_O, hkn_track_opened_doc},
     {"set_persist_wal", (PyCFunction)(void (*)(void))hkn_set_persist_wal, METH_FASTCALL,
      hkn_persist_wal_doc},
     {NULL, NULL, 0, NULL},
@@ -358,7 +385,10 @@ hkn_module_exec(PyObject *module)
     }
     state->str_off = PyUnicode_InternFromString("off");
     state->str_checkpoint_on_close = PyUnicode_InternFromString("checkpoint_on_close");
-    if (state->str_off == NULL || state->str_checkpoint_on_close == NULL) {
+    state->str_max_live = PyUnicode_InternFromString("max_live_per_database");
+    state->bound_exceeded = PySet_New(NULL);
+    if (state->str_off == NULL || state->str_checkpoint_on_close == NULL
+        || state->str_max_live == NULL || state->bound_exceeded == NULL) {
         return -1;
     }
 
@@ -424,6 +454,7 @@ hkn_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->walsafe_type);
     Py_VISIT(state->checkpoint_result);
     Py_VISIT(state->sqlite3_module);
+    Py_VISIT(state->opened_paths);
     return 0;
 }
 
@@ -447,11 +478,14 @@ hkn_module_clear(PyObject *module)
     Py_CLEAR(state->package_dir);
     Py_CLEAR(state->str_checkpoint_on_close);
     Py_CLEAR(state->str_off);
+    Py_CLEAR(state->str_max_live);
+    Py_CLEAR(state->bound_exceeded);
     for (int i = 0; i < 4; i++) {
         Py_CLEAR(state->mode_names[i]);
     }
     Py_CLEAR(state->api_library);
     Py_CLEAR(state->api_reason);
+    Py_CLEAR(state->opened_paths);
     return 0;
 }
 

@@ -90,6 +90,7 @@ typedef struct {
     sqlite3_mutex *(*db_mutex)(sqlite3 *);
     void (*mutex_enter)(sqlite3_mutex *);
     void (*mutex_leave)(sqlite3_mutex *);
+    int (*close_v2)(sqlite3 *);
 } hkn_sqlite_api;
 
 struct hkn_state;
@@ -109,6 +110,15 @@ static inline sqlite3 *
 hkn_connection_handle(PyObject *connection)
 {
     return *(sqlite3 **)((char *)connection + sizeof(PyObject));
+}
+
+/* The same assumption, writing: only for closing a garbage-collected
+ * connection from a thread the base's close() refuses (see
+ * hkn_connection_finalize), so the base sees it closed afterwards. */
+static inline void
+hkn_connection_forget_handle(PyObject *connection)
+{
+    *(sqlite3 **)((char *)connection + sizeof(PyObject)) = NULL;
 }
 
 /* Raises the sqlite3 module's exception class for `rc` with `message`, and

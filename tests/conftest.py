@@ -13,6 +13,8 @@ import pytest
 
 import hermes_kanban_native as hkn
 
+pytest_plugins = ["pytester"]
+
 NATIVE = hkn.sqlite_api()["mode"] == "native"
 
 native_only = pytest.mark.skipif(not NATIVE, reason="needs native access to SQLite")
