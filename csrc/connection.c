@@ -233,11 +233,23 @@ hkn_record(hkn_state *state, hkn_conn *conn, int mode, const hkn_outcome *out)
     return 0;
 }
 
+/* The connection is going away: leave the registry and drop its claim on
+ * the guard.  Callers do this before the base closes the handle, because
+ * the last claim's release must come before SQLite's last-close EXCLUSIVE
+ * attempt.  A forked child's copy never touches the locks: its inherited
+ * descriptors share the parent's open file descriptions, and with them the
+ * parent's OFD locks. */
 static void
 hkn_unregister(hkn_state *state, hkn_conn *conn)
 {
     if (conn->prev != NULL) {
         hkn_registry_remove(state, conn);
+    }
+    if (conn->guard != NULL) {
+        if (conn->pid == getpid()) {
+            hkn_guard_release(state, conn);
+        }
+        conn->guard = NULL;
     }
 }
 
@@ -822,6 +834,7 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
         if (restore >= 0) {
             api->busy_timeout(db, restore);
         }
+        hkn_guard_refresh(state, conn, db);
     }
     else if (hkn_sql_checkpoint(state, conn, self, mode, !wait, 0, &out) < 0) {
         failed = 1;
@@ -1095,6 +1108,14 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
     if (conn->prev == NULL) {
         hkn_registry_add(state, conn);
     }
+    if (state->api.native && conn->guard == NULL && PyUnicode_GetLength(path) > 0) {
+        PyObject *wanted = PyObject_GetAttr(self, state->str_guard_wal);
+        int guard = wanted ? PyObject_IsTrue(wanted) : -1;
+        Py_XDECREF(wanted);
+        if (guard < 0 || (guard && hkn_guard_claim(state, conn, hkn_connection_handle(self)) < 0)) {
+            goto fail;
+        }
+    }
     return 0;
 
 fail:
@@ -1286,10 +1307,10 @@ hkn_connection_dealloc(PyObject *self)
     if (conn->weakreflist != NULL) {
         PyObject_ClearWeakRefs(self);
     }
-    if (conn->prev != NULL) {
+    if (conn->prev != NULL || conn->guard != NULL) {
         hkn_state *state = PyType_GetModuleState(hkn_root_type(Py_TYPE(self)));
         if (state != NULL) {
-            hkn_registry_remove(state, conn);
+            hkn_unregister(state, conn);
         }
         PyErr_Clear();
     }
@@ -1336,7 +1357,12 @@ PyDoc_STRVAR(hkn_connection_doc,
 "when opening one more connection to a database would exceed it, the\n"
 "garbage collector runs once so that abandoned connections are finalized;\n"
 "if the bound still holds, the connection opens anyway with one\n"
-"ResourceWarning naming where the live ones were opened.");
+"ResourceWarning naming where the live ones were opened.\n\n"
+"guard_wal (default True) holds SQLite's protective WAL locks again as\n"
+"open-file-description locks while the connection is open (Linux), so a\n"
+"stray open()/close() of the database elsewhere in the process cannot get\n"
+"the live -wal/-shm unlinked by another process.  Set it on a subclass, or\n"
+"on the instance before the base __init__ runs.");
 
 int
 hkn_connection_exec(PyObject *module, hkn_state *state)
@@ -1387,5 +1413,9 @@ hkn_connection_exec(PyObject *module, hkn_state *state)
         return -1;
     }
     Py_DECREF(bound);
+    if (PyObject_SetAttr(type, state->str_guard_wal,
+                         hkn_guard_unavailable() == NULL ? Py_True : Py_False) < 0) {
+        return -1;
+    }
     return PyModule_AddObjectRef(module, "WalSafeConnection", type);
 }

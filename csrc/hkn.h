@@ -19,6 +19,8 @@
  * own fields, whose size is only known at run time (it differs per CPython
  * version), so it is found at HKN_CONN_OFFSET(base size) rather than by a C struct
  * that embeds the base. */
+typedef struct hkn_guard hkn_guard;
+
 typedef struct hkn_conn {
     struct hkn_conn *prev;          /* registry links; both NULL when not registered */
     struct hkn_conn *next;
@@ -28,6 +30,7 @@ typedef struct hkn_conn {
     PyObject *path;                 /* database file as SQLite resolved it; "" for memory/temp */
     PyObject *opener_code;          /* code object of the user frame that opened it */
     PyObject *last_checkpoint;      /* CheckpointResult or NULL */
+    hkn_guard *guard;               /* this connection's claim on its inode's guard */
     PyThread_type_lock lock;        /* held while native code uses the handle without the GIL */
     unsigned long lock_owner;       /* thread holding `lock`, 0 when free */
     unsigned long thread_ident;     /* thread that opened it (the base's thread check) */
@@ -48,6 +51,10 @@ typedef struct hkn_counters {
     unsigned long long checkpoint_errors;
     unsigned long long frames_checkpointed;
     unsigned long long bound_collections;
+    unsigned long long guards_taken;
+    unsigned long long guards_released;
+    unsigned long long relocks;
+    unsigned long long guard_failures;
     Py_ssize_t live;
     Py_ssize_t peak_live;
 } hkn_counters;
@@ -79,6 +86,8 @@ typedef struct hkn_state {
     PyObject *opened_paths;         /* set of database paths opened, while tracked */
     hkn_sqlite_api api;
     hkn_conn registry;              /* head of the circular list of live connections */
+    hkn_guard *guards;              /* WAL-generation guards, one per database inode */
+    PyObject *str_guard_wal;
     hkn_counters stats;
 } hkn_state;
 
@@ -119,6 +128,13 @@ static inline void hkn_error_drop(hkn_saved_error *s)
  * inconsistent. */
 void hkn_registry_add(hkn_state *state, hkn_conn *conn);
 void hkn_registry_remove(hkn_state *state, hkn_conn *conn);
+
+/* guard.c: the WAL-generation guard (OFD locks); see the file's comment. */
+int hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db);
+void hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db);
+void hkn_guard_release(hkn_state *state, hkn_conn *conn);
+void hkn_guard_free_all(hkn_state *state);
+const char *hkn_guard_unavailable(void);   /* NULL when available */
 
 /* connection.c */
 int hkn_connection_exec(PyObject *module, hkn_state *state);

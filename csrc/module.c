@@ -88,21 +88,27 @@ PyDoc_STRVAR(hkn_stats_doc,
 "transaction, or nothing written under the 'passive' policy),\n"
 "checkpoint_errors, frames_checkpointed (sum of checkpointed_frames),\n"
 "bound_collections (garbage collections run because max_live_per_database\n"
-"was reached).");
+"was reached), guards_taken, guards_released, relocks (a guard lock taken\n"
+"again on another descriptor of an already guarded database), guard_failures\n"
+"(a guard could not be taken: another process held EXCLUSIVE, or SQLite's\n"
+"descriptor could not be verified), guard_available.");
 
 static PyObject *
 hkn_stats_dict(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     hkn_counters *s = &hkn_module_state(module)->stats;
     return Py_BuildValue(
-        "{sKsKsKsnsnsKsKsKsKsKsK}",
+        "{sKsKsKsnsnsKsKsKsKsKsKsKsKsKsKsO}",
         "opened", s->opened, "closed", s->closed, "finalized", s->finalized,
         "live", s->live, "peak_live", s->peak_live,
         "checkpoints", s->checkpoints, "checkpoints_busy", s->checkpoints_busy,
         "checkpoints_skipped", s->checkpoints_skipped,
         "checkpoint_errors", s->checkpoint_errors,
         "frames_checkpointed", s->frames_checkpointed,
-        "bound_collections", s->bound_collections);
+        "bound_collections", s->bound_collections,
+        "guards_taken", s->guards_taken, "guards_released", s->guards_released,
+        "relocks", s->relocks, "guard_failures", s->guard_failures,
+        "guard_available", hkn_guard_unavailable() == NULL ? Py_True : Py_False);
 }
 
 PyDoc_STRVAR(hkn_reset_peak_doc,
@@ -126,7 +132,8 @@ PyDoc_STRVAR(hkn_sqlite_api_doc,
 "sqlite_version, reason (why sql mode is in use, else None), and self_check:\n"
 "'passed' (native), 'not run' (sql mode by choice or because SQLite's\n"
 "symbols are out of reach) or 'failed' (the layout or library check failed,\n"
-"so sql mode is used).");
+"so sql mode is used), and guard: 'available' or why the WAL-generation\n"
+"guard is not.");
 
 static PyObject *
 hkn_sqlite_api_info(PyObject *module, PyObject *Py_UNUSED(ignored))
@@ -138,12 +145,17 @@ hkn_sqlite_api_info(PyObject *module, PyObject *Py_UNUSED(ignored))
     }
     const char *check = state->api.native ? "passed"
                         : state->api_check_failed ? "failed" : "not run";
-    PyObject *info = Py_BuildValue("{sssOsOsOss}",
+    const char *no_guard = hkn_guard_unavailable();
+    if (no_guard == NULL && !state->api.native) {
+        no_guard = "needs native access to SQLite";
+    }
+    PyObject *info = Py_BuildValue("{sssOsOsOsssz}",
                                    "mode", state->api.native ? "native" : "sql",
                                    "library", state->api_library,
                                    "sqlite_version", version,
                                    "reason", state->api_reason,
-                                   "self_check", check);
+                                   "self_check", check,
+                                   "guard", no_guard == NULL ? "available" : no_guard);
     Py_DECREF(version);
     return info;
 }
@@ -283,6 +295,49 @@ hkn_track_opened(PyObject *module, PyObject *enable)
     return previous != NULL ? previous : Py_NewRef(Py_None);
 }
 
+PyDoc_STRVAR(hkn_guard_doc,
+"_guard(connection, enabled, /)\n--\n\n"
+"Take (enabled true: after hkn.connect() switched the database to WAL) or\n"
+"drop this WalSafeConnection's claim on its database's WAL guard.");
+
+static PyObject *
+hkn_guard_switch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    hkn_state *state = hkn_module_state(module);
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "_guard() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[0], state->walsafe_type)) {
+        PyErr_Format(PyExc_TypeError, "connection must be a WalSafeConnection, not %.100s",
+                     Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
+    int enabled = PyObject_IsTrue(args[1]);
+    if (enabled < 0) {
+        return NULL;
+    }
+    sqlite3 *db = hkn_connection_handle(args[0]);
+    hkn_conn *conn = (hkn_conn *)((char *)args[0] + HKN_CONN_OFFSET(state->base_type->tp_basicsize));
+    if (db == NULL || conn->pid != getpid() || !state->api.native) {
+        Py_RETURN_NONE;
+    }
+    if (enabled) {
+        if (conn->guard == NULL) {
+            if (hkn_guard_claim(state, conn, db) < 0) {
+                return NULL;
+            }
+        }
+        else {
+            hkn_guard_refresh(state, conn, db);
+        }
+    }
+    else {
+        hkn_guard_release(state, conn);
+    }
+    return PyBool_FromLong(conn->guard != NULL);
+}
+
 static PyMethodDef hkn_module_methods[] = {
     {"stats", hkn_stats_dict, METH_NOARGS, hkn_stats_doc},
     {"sqlite_api", hkn_sqlite_api_info, METH_NOARGS, hkn_sqlite_api_doc},
@@ -290,6 +345,7 @@ static PyMethodDef hkn_module_methods[] = {
     {"_reset_peak_live", hkn_reset_peak_live, METH_NOARGS, hkn_reset_peak_doc},
     {"_close_all_at_exit", hkn_close_all_at_exit, METH_NOARGS, hkn_close_all_doc},
     {"_track_opened", hkn_track_opened, METH_O, hkn_track_opened_doc},
+    {"_guard", (PyCFunction)(void (*)(void))hkn_guard_switch, METH_FASTCALL, hkn_guard_doc},
     {"set_persist_wal", (PyCFunction)(void (*)(void))hkn_set_persist_wal, METH_FASTCALL,
      hkn_persist_wal_doc},
     {NULL, NULL, 0, NULL},
@@ -386,6 +442,10 @@ hkn_module_exec(PyObject *module)
     state->str_off = PyUnicode_InternFromString("off");
     state->str_checkpoint_on_close = PyUnicode_InternFromString("checkpoint_on_close");
     state->str_max_live = PyUnicode_InternFromString("max_live_per_database");
+    state->str_guard_wal = PyUnicode_InternFromString("guard_wal");
+    if (state->str_guard_wal == NULL) {
+        return -1;
+    }
     state->bound_exceeded = PySet_New(NULL);
     if (state->str_off == NULL || state->str_checkpoint_on_close == NULL
         || state->str_max_live == NULL || state->bound_exceeded == NULL) {
@@ -479,6 +539,7 @@ hkn_module_clear(PyObject *module)
     Py_CLEAR(state->str_checkpoint_on_close);
     Py_CLEAR(state->str_off);
     Py_CLEAR(state->str_max_live);
+    Py_CLEAR(state->str_guard_wal);
     Py_CLEAR(state->bound_exceeded);
     for (int i = 0; i < 4; i++) {
         Py_CLEAR(state->mode_names[i]);
@@ -493,6 +554,7 @@ static void
 hkn_module_free(void *module)
 {
     hkn_module_clear((PyObject *)module);
+    hkn_guard_free_all(hkn_module_state((PyObject *)module));
     hkn_sqlite_api_free(hkn_module_state((PyObject *)module));
 }
 

@@ -29,6 +29,7 @@ __all__ = [
     "LockInfo",
     "MapInfo",
     "SqliteFds",
+    "StaleWalGenerationError",
     "WalSafeConnection",
     "connect",
     "holders",
@@ -116,8 +117,24 @@ def _is_file_database(conn) -> bool:
     return bool(row[2])
 
 
-def connect(database, *, wal=True, persist_wal=False, factory=WalSafeConnection, **kwargs):
-    """connect(database, *, wal=True, persist_wal=False, factory=WalSafeConnection, **kwargs)
+class StaleWalGenerationError(sqlite3.OperationalError):
+    """Another process still holds a retired WAL generation of the database.
+
+    Its ``-wal``/``-shm`` were unlinked while it kept them open or mapped (its
+    locks were cancelled by a stray close): its commits go to files nobody
+    else sees.  Opening the database now would start a second generation
+    beside the stranded one.  ``holders`` maps each such pid to its
+    SqliteFds; restart those processes (or close their connections) first.
+    """
+
+    def __init__(self, message, holders):
+        super().__init__(message)
+        self.holders = holders
+
+
+def connect(database, *, wal=True, persist_wal=False, guard_wal=True, refuse_stale=True,
+            factory=WalSafeConnection, **kwargs):
+    """connect(database, *, wal=True, persist_wal=False, guard_wal=True, refuse_stale=True, factory=WalSafeConnection, **kwargs)
 
     Open ``database`` with ``sqlite3.connect(database, factory=factory,
     **kwargs)`` and prepare it for a long-running, multi-process WAL user.
@@ -130,20 +147,54 @@ def connect(database, *, wal=True, persist_wal=False, factory=WalSafeConnection,
       unlinks -wal/-shm when it is the last to close.  Needs native mode
       (sqlite_api()["mode"] == "native"); sqlite3.NotSupportedError otherwise.
 
+    guard_wal: for a WalSafeConnection (Linux, native mode), hold the
+      WAL-generation guard while it is open (see WalSafeConnection.guard_wal);
+      False opens it without one.
+    refuse_stale: before opening, raise StaleWalGenerationError (a
+      sqlite3.OperationalError) naming the pids and files if any process we
+      may inspect holds deleted sidecars of this database.  This scans every
+      process's descriptors and mappings (milliseconds); pass False on paths
+      that open very often.
+
     The connection is closed again if any of this fails.
     """
+    if refuse_stale:
+        _refuse_stale(database)
     conn = sqlite3.connect(database, factory=factory, **kwargs)
     try:
+        guarded = isinstance(conn, WalSafeConnection)
+        if guarded and not guard_wal:
+            _native._guard(conn, False)
         if persist_wal:
             _native.set_persist_wal(conn, True)
         if wal and _is_file_database(conn):
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             if str(mode).lower() != "wal":
                 _switch_to_wal(conn, database)
+        if guarded and guard_wal and conn.guard_wal:
+            # After the probe or the switch the database is in WAL mode and
+            # SQLite has mapped the -shm: take (or complete) the guard now.
+            _native._guard(conn, True)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _refuse_stale(database):
+    try:
+        found = holders(database)
+    except (NotImplementedError, FileNotFoundError):
+        return
+    stranded = {pid: info for pid, info in found.items() if info.stale}
+    if stranded:
+        detail = "; ".join(
+            f"pid {pid}: " + ", ".join(sorted({entry.path for entry in info.stale}))
+            for pid, info in sorted(stranded.items()))
+        raise StaleWalGenerationError(
+            f"{os.fsdecode(os.fspath(database))!r} has a retired WAL generation still "
+            f"in use (deleted sidecars held by {detail}); refusing to start another "
+            f"beside it", stranded)
 
 
 def _switch_to_wal(conn, database):

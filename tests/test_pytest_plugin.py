@@ -45,13 +45,25 @@ LEAKY_AND_CLEAN = textwrap.dedent(
             conn.execute("INSERT INTO t VALUES (1)")
             del conn
 
+    class Unguarded(hkn.WalSafeConnection):
+        guard_wal = False
+
     def test_lost_locks(tmp_path, sqlite_fd_tracker):
         path = make(tmp_path)
         sqlite_fd_tracker.watch(path)
-        conn = sqlite3.connect(path, factory=hkn.WalSafeConnection, isolation_level=None)
+        conn = sqlite3.connect(path, factory=Unguarded, isolation_level=None)
         conn.execute("SELECT * FROM t").fetchall()
         os.close(os.open(path, os.O_RDONLY))        # a stray close cancels our locks
         KEPT.append(conn)
+
+    def test_lost_locks_under_the_guard_are_no_failure(tmp_path, sqlite_fd_tracker):
+        path = make(tmp_path)
+        sqlite_fd_tracker.watch(path)
+        conn = hkn.connect(path, isolation_level=None)
+        conn.execute("SELECT * FROM t").fetchall()
+        os.close(os.open(path, os.O_RDONLY))
+        assert hkn.sqlite_fds(path).guarded == (hkn.sqlite_api()["guard"] == "available")
+        conn.close()
     """
 )
 
@@ -60,7 +72,7 @@ def test_fixture_fails_leaky_tests_and_passes_clean_ones(pytester):
     pytester.makepyfile(test_suite=LEAKY_AND_CLEAN)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W",
                                            "ignore::pytest.PytestUnraisableExceptionWarning")
-    result.assert_outcomes(passed=4, errors=3)
+    result.assert_outcomes(passed=5, errors=3)
     out = result.stdout.str()
     assert "ERROR at teardown of test_never_closed" in out
     assert "opened by this test are still open" in out

@@ -1,0 +1,430 @@
+/* guard.c - the WAL-generation guard: SQLite's two protective read locks,
+ * held again as open-file-description (OFD) locks on SQLite's own
+ * descriptors.
+ *
+ * Why (sqlite-facts section 8): SQLite protects the live -wal/-shm pair
+ * with per-process POSIX read locks on the SHARED range of the database
+ * (510 bytes at 0x40000002) and on the -shm "dead-man switch" byte (128).
+ * Any open()+close() of those files elsewhere in the process silently drops
+ * them; another process then takes EXCLUSIVE on its last close and unlinks
+ * the live pair, or rebuilds a -shm we have mapped (SIGBUS).  OFD locks
+ * belong to the open file description, so a stray close of another fd
+ * cannot drop them, they still conflict with other processes' POSIX write
+ * locks, and they vanish when SQLite closes its descriptor.
+ *
+ * Lifecycle: one record per database inode with a count of claims (guarded
+ * open connections).  Each guarded connection locks its own database
+ * descriptor when it opens (a parked or recycled descriptor keeps or gets
+ * its own lock), and the -shm descriptor is locked as soon as SQLite has
+ * one.  When the last claim goes, every lock is released *before* that
+ * connection closes, because the guard also refuses this process's own
+ * last-close EXCLUSIVE (checkpoint and unlink) and journal-mode changes.
+ *
+ * Finding SQLite's descriptors: the unix VFS's file object starts with
+ * {pMethod, pVfs, pInode, int h, ..., zPath, pShm}; unixShm starts with
+ * pShmNode, unixShmNode with {pInode, mutex, zFilename, int hShm}.  These
+ * are SQLite internals, so every step is checked: zPath must be the very
+ * pointer sqlite3_db_filename() returns, each pointer is read through
+ * process_vm_readv (a bad address is an error, not a crash), and every
+ * descriptor must fstat() to the inode stat() gives for its path.  When a
+ * check fails the guard is simply not taken (counted in guard_failures).
+ */
+#include "hkn.h"
+
+#ifdef __linux__
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define HKN_SHARED_FIRST  0x40000002    /* PENDING_BYTE + 2 */
+#define HKN_SHARED_SIZE   510
+#define HKN_DMS_OFFSET    128           /* (22 + SQLITE_SHM_NLOCK) * 4, NLOCK 8 */
+#define SQLITE_FCNTL_FILE_POINTER 7
+
+/* Offsets in the unix VFS objects on LP64 (elsewhere the zPath pointer check
+ * fails and no guard is taken). */
+#define HKN_FILE_H_OFFSET      (3 * sizeof(void *))
+#define HKN_FILE_ZPATH_OFFSET  (3 * sizeof(void *) + 4 * sizeof(int) + 2 * sizeof(void *))
+#define HKN_FILE_PSHM_OFFSET   (HKN_FILE_ZPATH_OFFSET + sizeof(void *))
+#define HKN_NODE_ZNAME_OFFSET  (2 * sizeof(void *))
+#define HKN_NODE_HSHM_OFFSET   (3 * sizeof(void *))
+
+struct hkn_guard {
+    struct hkn_guard *next;
+    dev_t dev;
+    ino_t ino;
+    int claims;
+    int nfds;
+    int capacity;
+    int *fds;                   /* database descriptors we locked */
+    int shm_fd;                 /* -shm descriptor we locked, or -1 */
+    dev_t shm_dev;
+    ino_t shm_ino;
+};
+
+/* Reads `size` bytes at `address` of this process without faulting. */
+static int
+hkn_peek(const void *address, void *out, size_t size)
+{
+    struct iovec local = {out, size};
+    struct iovec remote = {(void *)address, size};
+    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)size ? 0 : -1;
+}
+
+static int
+hkn_same_file(int fd, dev_t dev, ino_t ino)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+}
+
+static int
+hkn_ofd_lock(int fd, short type, off_t start, off_t len)
+{
+    struct flock lock;
+    memset(&lock, 0, sizeof(lock));
+    lock.l_type = type;
+    lock.l_whence = SEEK_SET;
+    lock.l_start = start;
+    lock.l_len = len;
+    return fcntl(fd, F_OFD_SETLK, &lock);
+}
+
+/* SQLite's descriptor for the main database of `db`, checked; -1 if the
+ * VFS is not the unix one we know. */
+static int
+hkn_db_fd(const hkn_sqlite_api *api, sqlite3 *db, const char **zpath)
+{
+    void *file = NULL;
+    if (api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file) != SQLITE_OK
+        || file == NULL) {
+        return -1;
+    }
+    const char *name = api->db_filename(db, "main");
+    const char *seen = NULL;
+    int fd = -1;
+    if (name == NULL
+        || hkn_peek((char *)file + HKN_FILE_ZPATH_OFFSET, &seen, sizeof(seen)) < 0
+        || seen != name
+        || hkn_peek((char *)file + HKN_FILE_H_OFFSET, &fd, sizeof(fd)) < 0
+        || fd < 0) {
+        return -1;
+    }
+    *zpath = name;
+    return fd;
+}
+
+/* SQLite's -shm descriptor for `db`, checked against `shm_path`; -1 when
+ * the connection has no shared memory open (yet). */
+static int
+hkn_shm_fd(const hkn_sqlite_api *api, sqlite3 *db, const char *shm_path)
+{
+    void *file = NULL, *shm = NULL, *node = NULL;
+    char *zname = NULL;
+    int fd = -1;
+    if (api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file) != SQLITE_OK
+        || file == NULL
+        || hkn_peek((char *)file + HKN_FILE_PSHM_OFFSET, &shm, sizeof(shm)) < 0
+        || shm == NULL
+        || hkn_peek(shm, &node, sizeof(node)) < 0
+        || node == NULL
+        || hkn_peek((char *)node + HKN_NODE_ZNAME_OFFSET, &zname, sizeof(zname)) < 0
+        || zname == NULL
+        || hkn_peek((char *)node + HKN_NODE_HSHM_OFFSET, &fd, sizeof(fd)) < 0
+        || fd < 0) {
+        return -1;
+    }
+    size_t length = strlen(shm_path) + 1;
+    char *copy = malloc(length);
+    if (copy == NULL) {
+        return -1;
+    }
+    int same = hkn_peek(zname, copy, length) == 0 && memcmp(copy, shm_path, length) == 0;
+    free(copy);
+    return same ? fd : -1;
+}
+
+static hkn_guard *
+hkn_guard_find(hkn_state *state, dev_t dev, ino_t ino)
+{
+    for (hkn_guard *g = state->guards; g != NULL; g = g->next) {
+        if (g->dev == dev && g->ino == ino) {
+            return g;
+        }
+    }
+    return NULL;
+}
+
+static int
+hkn_guard_remember(hkn_guard *guard, int fd)
+{
+    for (int i = 0; i < guard->nfds; i++) {
+        if (guard->fds[i] == fd) {
+            return 0;
+        }
+    }
+    if (guard->nfds == guard->capacity) {
+        int capacity = guard->capacity ? guard->capacity * 2 : 4;
+        int *grown = realloc(guard->fds, (size_t)capacity * sizeof(int));
+        if (grown == NULL) {
+            return -1;
+        }
+        guard->fds = grown;
+        guard->capacity = capacity;
+    }
+    guard->fds[guard->nfds++] = fd;
+    return 0;
+}
+
+/* Locks the -shm descriptor if SQLite has one and it is not locked yet. */
+static void
+hkn_guard_shm(hkn_state *state, hkn_guard *guard, sqlite3 *db, const char *path)
+{
+    if (guard->shm_fd >= 0 && hkn_same_file(guard->shm_fd, guard->shm_dev, guard->shm_ino)) {
+        return;
+    }
+    char shm_path[4096];
+    if (snprintf(shm_path, sizeof(shm_path), "%s-shm", path) >= (int)sizeof(shm_path)) {
+        return;
+    }
+    int fd = hkn_shm_fd(&state->api, db, shm_path);
+    struct stat st;
+    if (fd < 0 || stat(shm_path, &st) != 0 || !hkn_same_file(fd, st.st_dev, st.st_ino)) {
+        return;
+    }
+    if (hkn_ofd_lock(fd, F_RDLCK, HKN_DMS_OFFSET, 1) == 0) {
+        if (guard->shm_fd >= 0) {
+            state->stats.relocks++;
+        }
+        guard->shm_fd = fd;
+        guard->shm_dev = st.st_dev;
+        guard->shm_ino = st.st_ino;
+    }
+}
+
+/* The -shm is opened by a connection's first read, not at open: look for
+ * any live connection of this guard that has it. */
+static void
+hkn_guard_shm_any(hkn_state *state, hkn_guard *guard, const char *path)
+{
+    for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
+        if (guard->shm_fd >= 0 && hkn_same_file(guard->shm_fd, guard->shm_dev, guard->shm_ino)) {
+            return;
+        }
+        sqlite3 *other = c->guard == guard ? hkn_connection_handle(c->owner) : NULL;
+        if (other != NULL) {
+            hkn_guard_shm(state, guard, other, path);
+        }
+    }
+}
+
+int
+hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
+{
+    if (conn->guard != NULL) {
+        return 0;
+    }
+    const char *path = NULL;
+    int fd = hkn_db_fd(&state->api, db, &path);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        state->stats.guard_failures++;
+        return 0;
+    }
+    /* Only a database in WAL mode: in rollback mode the lock would refuse
+     * every writer's EXCLUSIVE.  Read the header through SQLite's own
+     * descriptor; opening the file would itself cancel our locks. */
+    unsigned char header[20];
+    ssize_t got = pread(fd, header, sizeof(header), 0);
+    if (got == (ssize_t)sizeof(header)) {
+        if (header[18] != 2 || header[19] != 2) {
+            return 0;
+        }
+    }
+    else {
+        /* A new database switched to WAL keeps its first pages in the WAL
+         * until a checkpoint: empty file, live -wal. */
+        char wal_path[4096];
+        struct stat wal;
+        if (got != 0 || snprintf(wal_path, sizeof(wal_path), "%s-wal", path) >= (int)sizeof(wal_path)
+            || stat(wal_path, &wal) != 0) {
+            return 0;
+        }
+    }
+    struct stat at_path;
+    if (stat(path, &at_path) != 0 || at_path.st_dev != st.st_dev || at_path.st_ino != st.st_ino) {
+        state->stats.guard_failures++;
+        return 0;
+    }
+    hkn_guard *guard = hkn_guard_find(state, st.st_dev, st.st_ino);
+    int fresh = guard == NULL;
+    if (fresh) {
+        guard = calloc(1, sizeof(*guard));
+        if (guard == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        guard->dev = st.st_dev;
+        guard->ino = st.st_ino;
+        guard->shm_fd = -1;
+    }
+    if (hkn_ofd_lock(fd, F_RDLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE) != 0) {
+        /* Another process holds EXCLUSIVE (its last-close checkpoint, or a
+         * journal-mode change): no generation to protect right now. */
+        state->stats.guard_failures++;
+        if (fresh) {
+            free(guard);
+        }
+        return 0;
+    }
+    if (hkn_guard_remember(guard, fd) < 0) {
+        (void)hkn_ofd_lock(fd, F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
+        if (fresh) {
+            free(guard->fds);
+            free(guard);
+        }
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (fresh) {
+        guard->next = state->guards;
+        state->guards = guard;
+        state->stats.guards_taken++;
+    }
+    else {
+        state->stats.relocks++;
+    }
+    guard->claims++;
+    conn->guard = guard;
+    hkn_guard_shm(state, guard, db, path);
+    hkn_guard_shm_any(state, guard, path);
+    return 0;
+}
+
+void
+hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db)
+{
+    hkn_guard *guard = conn->guard;
+    if (guard == NULL) {
+        return;
+    }
+    const char *path = state->api.db_filename(db, "main");
+    if (path != NULL) {
+        hkn_guard_shm(state, guard, db, path);
+        hkn_guard_shm_any(state, guard, path);
+    }
+}
+
+void
+hkn_guard_release(hkn_state *state, hkn_conn *conn)
+{
+    hkn_guard *guard = conn->guard;
+    if (guard == NULL) {
+        return;
+    }
+    conn->guard = NULL;
+    if (--guard->claims > 0) {
+        return;
+    }
+    /* The last claim: unlock every descriptor still on this inode (a
+     * recycled number now naming another file is left alone). */
+    for (int i = 0; i < guard->nfds; i++) {
+        if (hkn_same_file(guard->fds[i], guard->dev, guard->ino)) {
+            (void)hkn_ofd_lock(guard->fds[i], F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
+        }
+    }
+    if (guard->shm_fd >= 0 && hkn_same_file(guard->shm_fd, guard->shm_dev, guard->shm_ino)) {
+        (void)hkn_ofd_lock(guard->shm_fd, F_UNLCK, HKN_DMS_OFFSET, 1);
+    }
+    hkn_guard **link = &state->guards;
+    while (*link != guard) {
+        link = &(*link)->next;
+    }
+    *link = guard->next;
+    free(guard->fds);
+    free(guard);
+    state->stats.guards_released++;
+}
+
+void
+hkn_guard_free_all(hkn_state *state)
+{
+    while (state->guards != NULL) {
+        hkn_guard *next = state->guards->next;
+        free(state->guards->fds);
+        free(state->guards);
+        state->guards = next;
+    }
+}
+
+const char *
+hkn_guard_unavailable(void)
+{
+#ifdef F_OFD_SETLK
+    return NULL;
+#else
+    return "this Linux C library has no F_OFD_SETLK";
+#endif
+}
+
+#else   /* not Linux: no OFD locks */
+
+/* The -shm is opened by a connection's first read, not at open: look for
+ * any live connection of this guard that has it. */
+static void
+hkn_guard_shm_any(hkn_state *state, hkn_guard *guard, const char *path)
+{
+    for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
+        if (guard->shm_fd >= 0 && hkn_same_file(guard->shm_fd, guard->shm_dev, guard->shm_ino)) {
+            return;
+        }
+        sqlite3 *other = c->guard == guard ? hkn_connection_handle(c->owner) : NULL;
+        if (other != NULL) {
+            hkn_guard_shm(state, guard, other, path);
+        }
+    }
+}
+
+int
+hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
+{
+    (void)state;
+    (void)conn;
+    (void)db;
+    return 0;
+}
+
+void
+hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db)
+{
+    (void)state;
+    (void)conn;
+    (void)db;
+}
+
+void
+hkn_guard_release(hkn_state *state, hkn_conn *conn)
+{
+    (void)state;
+    (void)conn;
+}
+
+void
+hkn_guard_free_all(hkn_state *state)
+{
+    (void)state;
+}
+
+const char *
+hkn_guard_unavailable(void)
+{
+    return "open-file-description locks exist on Linux only";
+}
+
+#endif

@@ -1,0 +1,264 @@
+"""The WAL-generation guard: each hazard reproduced without it, then shown
+handled with it; normal life unchanged; no lock outlives its connection."""
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import hermes_kanban_native as hkn
+from conftest import make_wal_db, run_python
+
+pytestmark = pytest.mark.skipif(hkn.sqlite_api()["guard"] != "available",
+                                reason="the guard needs OFD locks and native mode")
+
+
+class Guarded(hkn.WalSafeConnection):
+    guard_wal = True
+
+
+class Unguarded(hkn.WalSafeConnection):
+    guard_wal = False
+
+
+FACTORIES = {"guard": Guarded, "no guard": Unguarded}
+
+
+def ofd_locks(path):
+    """OFD lock records on the database's inode (all processes)."""
+    st = os.stat(path)
+    return [row for row in hkn._native._scan_locks()
+            if row[0] == "OFDLCK" and (row[4], row[5]) == (st.st_dev, st.st_ino)]
+
+
+def child_reads(path):
+    """Another process opens the database normally, reads, and closes."""
+    subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import sqlite3
+        conn = sqlite3.connect({path!r})
+        conn.execute("SELECT count(*) FROM t").fetchone()
+        conn.close()
+    """)], check=True, cwd="/")
+
+
+def child_count(path):
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import sqlite3
+        conn = sqlite3.connect({path!r})
+        print(conn.execute("SELECT count(*) FROM t").fetchone()[0],
+              conn.execute("PRAGMA integrity_check").fetchone()[0])
+        conn.close()
+    """)], check=True, capture_output=True, text=True, cwd="/").stdout.split()
+    return int(out[0]), out[1]
+
+
+@pytest.mark.parametrize("mode", FACTORIES)
+def test_stray_close_of_the_database(tmp_path, mode):
+    path = make_wal_db(tmp_path / "board.db", rows=5)
+    holder = sqlite3.connect(path, factory=FACTORIES[mode], isolation_level=None)
+    holder.execute("INSERT INTO t VALUES (100)")
+    os.close(os.open(path, os.O_RDONLY))            # a header probe, a backup by copy
+    info = hkn.sqlite_fds(path)
+    assert info.locks_lost
+    assert info.guarded == (mode == "guard")
+    child_reads(path)                               # it believes it is the last user
+    if mode == "no guard":
+        assert not os.path.exists(path + "-wal")    # unlinked under the live holder
+        assert hkn.sqlite_fds(path).stale
+        holder.close()
+        return
+    assert os.path.exists(path + "-wal") and os.path.exists(path + "-shm")
+    assert not hkn.sqlite_fds(path).stale
+    for value in range(101, 111):
+        holder.execute("INSERT INTO t VALUES (?)", (value,))
+    assert child_count(path) == (16, "ok")          # later commits reach other processes
+    holder.close()
+    assert child_count(path) == (16, "ok")
+
+
+HOLDER = textwrap.dedent("""
+    import os, sqlite3, sys, time
+    import hermes_kanban_native as hkn
+
+    class Factory(hkn.WalSafeConnection):
+        guard_wal = sys.argv[2] == "guard"
+
+    path = sys.argv[1]
+    conn = hkn.connect(path, factory=Factory, isolation_level=None)
+    conn.execute("SELECT count(*) FROM t").fetchone()
+    os.close(os.open(path + "-shm", os.O_RDONLY))   # drops the dead-man-switch lock
+    print("ready", flush=True)
+    written = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not os.path.exists(path + ".stop"):
+        conn.execute("INSERT INTO t VALUES (?)", (written,))
+        conn.execute("SELECT count(*) FROM t").fetchone()
+        written += 1
+    print(written, conn.execute("PRAGMA integrity_check").fetchone()[0], flush=True)
+    conn.close()
+""")
+
+
+@pytest.mark.parametrize("mode", FACTORIES)
+def test_stray_close_of_the_shm_then_a_new_process(tmp_path, mode):
+    path = make_wal_db(tmp_path / "board.db")
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    keeper = sqlite3.connect(path)                  # keeps -shm from being unlinked
+    keeper.execute("SELECT count(*) FROM t").fetchone()
+    with subprocess.Popen([sys.executable, str(script), path, mode], stdout=subprocess.PIPE,
+                          text=True, cwd="/") as holder:
+        assert holder.stdout.readline().strip() == "ready"
+        keeper.close()
+        openers = 0
+        while holder.poll() is None and openers < 20:
+            child_reads(path)                       # each is the first -shm opener of its process
+            openers += 1
+        open(path + ".stop", "w").close()
+        out = holder.stdout.read().split()
+        holder.wait(timeout=60)
+    print(f"{mode}: holder exit {holder.returncode} after {openers} new processes; {out}")
+    if mode == "no guard":
+        # The opener rebuilt the -shm the holder has mapped: SIGBUS (or, if
+        # the holder survives the window, a damaged index).
+        assert holder.returncode != 0 or out[1] != "ok"
+        return
+    assert holder.returncode == 0
+    written, integrity = int(out[0]), out[1]
+    assert integrity == "ok"
+    assert child_count(path) == (written, "ok")     # every commit kept
+
+
+@pytest.mark.parametrize("mode", FACTORIES)
+def test_normal_life_is_unchanged(tmp_path, mode):
+    path = str(tmp_path / "board.db")
+    factory = FACTORIES[mode]
+    conn = hkn.connect(path, factory=factory, isolation_level=None, guard_wal=mode == "guard")
+    conn.execute("CREATE TABLE t (x)")
+    assert os.path.exists(path + "-wal") and os.path.exists(path + "-shm")
+    others = [sqlite3.connect(path, factory=factory) for _ in range(3)]
+    for other in others:
+        other.execute("SELECT count(*) FROM t").fetchone()
+    assert bool(ofd_locks(path)) == (mode == "guard")
+    for other in others:
+        other.close()
+    parked = len(hkn.sqlite_fds(path).db)
+    assert parked == 4                              # 1 open + 3 parked, with or without guard
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.close()
+    # The last close checkpointed and unlinked the sidecars, as without a guard.
+    assert not os.path.exists(path + "-wal") and not os.path.exists(path + "-shm")
+    assert ofd_locks(path) == []
+    assert hkn.sqlite_fds(path).db == ()
+    # journal-mode changes after all connections closed work as usual
+    plain = sqlite3.connect(path)
+    assert plain.execute("PRAGMA journal_mode = DELETE").fetchone() == ("delete",)
+    plain.close()
+
+
+def test_no_lock_outlives_its_connection_over_10000_cycles(tmp_path):
+    path = make_wal_db(tmp_path / "cycles.db")
+    rng = random.Random(1234)
+    before = hkn.stats()
+    open_now = []
+    for _ in range(10_000):
+        if open_now and (len(open_now) >= 6 or rng.random() < 0.5):
+            open_now.pop(rng.randrange(len(open_now))).close()
+        else:
+            conn = sqlite3.connect(path, factory=Guarded, isolation_level=None)
+            if rng.random() < 0.5:
+                conn.execute("SELECT count(*) FROM t").fetchone()
+            open_now.append(conn)
+        if open_now:
+            assert ofd_locks(path), "a live guarded connection lost its guard"
+        else:
+            assert ofd_locks(path) == []
+    for conn in open_now:
+        conn.close()
+    after = hkn.stats()
+    assert ofd_locks(path) == []
+    assert after["guards_taken"] - before["guards_taken"] == \
+        after["guards_released"] - before["guards_released"] > 0
+    assert hkn.sqlite_fds(path).db == ()
+
+
+def test_guard_can_be_turned_off_on_the_instance_before_it_opens(tmp_path):
+    path = make_wal_db(tmp_path / "opt.db")
+
+    class Mixin:
+        def __init__(self, *args, **kwargs):
+            self.guard_wal = False
+            super().__init__(*args, **kwargs)
+
+    factory = type("Tracked", (Mixin, hkn.WalSafeConnection), {})
+    conn = sqlite3.connect(path, factory=factory)
+    conn.execute("SELECT 1").fetchone()
+    assert ofd_locks(path) == []
+    conn.close()
+
+    conn = hkn.connect(path, guard_wal=False)
+    assert ofd_locks(path) == [] and not hkn.sqlite_fds(path).guarded
+    conn.close()
+
+
+def test_forked_child_leaves_the_parents_guard_alone(tmp_path):
+    path = make_wal_db(tmp_path / "fork.db")
+    result = run_python(f"""
+        import os, sqlite3
+        import hermes_kanban_native as hkn
+        conn = hkn.connect({path!r}, isolation_level=None)
+        conn.execute("INSERT INTO t VALUES (1)")
+        assert hkn.sqlite_fds({path!r}).guarded
+        pid = os.fork()
+        if pid == 0:
+            conn.close()                 # the child's copy: no native work
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print(hkn.sqlite_fds({path!r}).guarded)
+        conn.close()
+        print(hkn.sqlite_fds({path!r}).guarded)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]
+
+
+def test_connect_refuses_a_stranded_generation(tmp_path):
+    path = make_wal_db(tmp_path / "stranded.db", rows=1)
+    holder = sqlite3.connect(path, factory=Unguarded, isolation_level=None)
+    holder.execute("INSERT INTO t VALUES (2)")
+    os.close(os.open(path, os.O_RDONLY))
+    child_reads(path)                               # unlinks the live -wal/-shm
+    with pytest.raises(hkn.StaleWalGenerationError) as info:
+        hkn.connect(path)
+    assert isinstance(info.value, sqlite3.OperationalError)
+    assert f"pid {os.getpid()}" in str(info.value) and "-wal" in str(info.value)
+    assert os.getpid() in info.value.holders
+    conn = hkn.connect(path, refuse_stale=False)
+    conn.close()
+    holder.close()
+    conn = hkn.connect(path)                        # the stranded generation is gone
+    conn.close()
+
+
+def test_fds_command_counts_lost_locks_under_a_guard_as_healthy(tmp_path):
+    path = make_wal_db(tmp_path / "cli.db")
+    conn = hkn.connect(path, isolation_level=None)
+    conn.execute("INSERT INTO t VALUES (1)")
+    os.close(os.open(path, os.O_RDONLY))
+    result = subprocess.run([sys.executable, "-m", "hermes_kanban_native", "fds", path,
+                             "--pid", str(os.getpid())], capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stdout
+    assert "yes*" in result.stdout
+    conn.close()
+
+
+def test_guard_statistics():
+    stats = hkn.stats()
+    assert {"guards_taken", "guards_released", "relocks", "guard_failures"} <= set(stats)
+    assert stats["guard_available"] is True
+    assert hkn.WalSafeConnection.guard_wal is True
