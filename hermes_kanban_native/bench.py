@@ -140,8 +140,9 @@ class Plan:
 
     def __init__(self, quick: bool):
         self.quick = quick
-        scale = 1 if not quick else 0
-        pick = (lambda full, fast: full if scale else fast)
+
+        def pick(full, fast):
+            return fast if quick else full
         self.warmup = pick(50, 10)
         self.read_rounds = pick(5000, 400)
         self.write_rounds = pick(600, 40)
