@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo, fds_command, info
+from . import bench, demo, fds_command, info
 
 
 def _commands():
-    commands = [demo, fds_command, info]
-    return commands
+    return [demo, fds_command, info, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
