@@ -101,7 +101,7 @@ def test_gc_scenario_walsafe_leaves_no_connection_or_wal_fd(report):
         assert rows["plain"]["wal_fds_before_gc"] == 100
     else:
         assert walsafe["wal_fds_before_gc"] <= 1
-    assert walsafe["fds_left"] <= bound
+    assert walsafe["fds_left"] <= bound + 1        # + the long-lived connection
     # ... after it, WalSafeConnection's finalizer has closed every one; what
     # remains on the database are the fds SQLite parks (bounded by the peak
     # of 100 concurrently open connections), reported separately.
