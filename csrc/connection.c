@@ -103,6 +103,15 @@ hkn_state_get(PyObject *self)
 }
 
 /* ------------------------------------------------------ small predicates */
+/* Whether this connection was opened in this process: a forked child has
+ * a higher fork generation than its inherited connections (cheaper than a
+ * getpid() system call on every close). */
+static inline int
+hkn_same_process(hkn_state *state, hkn_conn *conn)
+{
+    return conn->fork_generation == state->fork_generation;
+}
+
 
 /* Mirrors the base's check_same_thread test with what __init__ recorded, so
  * that close() can refuse before touching the handle.  On mismatch the base
@@ -246,7 +255,7 @@ hkn_unregister(hkn_state *state, hkn_conn *conn)
         hkn_registry_remove(state, conn);
     }
     if (conn->guard != NULL) {
-        if (conn->pid == getpid()) {
+        if (hkn_same_process(state, conn)) {
             hkn_guard_release(state, conn);
         }
         conn->guard = NULL;
@@ -259,16 +268,20 @@ hkn_format_opener(hkn_conn *conn)
     if (conn->opener_code == NULL) {
         return PyUnicode_FromString("<unknown>");
     }
-    return PyUnicode_FromFormat("%U:%d", ((PyCodeObject *)conn->opener_code)->co_filename,
-                                conn->opener_line);
+    PyCodeObject *code = (PyCodeObject *)conn->opener_code;
+    return PyUnicode_FromFormat("%U:%d", code->co_filename,
+                                PyCode_Addr2Line(code, conn->opener_lasti));
 }
 
-/* The first frame outside this package: where the user opened it. */
+/* The first frame outside this package: where the user opened it.  Only
+ * the code object and the instruction offset are kept (no frame, so no
+ * locals stay alive); the line number is worked out on demand, because
+ * doing it on every open cost more than the rest of the bookkeeping. */
 static void
 hkn_capture_opener(hkn_state *state, hkn_conn *conn)
 {
     Py_CLEAR(conn->opener_code);
-    conn->opener_line = 0;
+    conn->opener_lasti = 0;
     PyFrameObject *frame = PyThreadState_GetFrame(PyThreadState_Get());
     while (frame != NULL) {
         PyCodeObject *code = PyFrame_GetCode(frame);
@@ -277,7 +290,11 @@ hkn_capture_opener(hkn_state *state, hkn_conn *conn)
         if (ours != 1) {
             PyErr_Clear();
             conn->opener_code = (PyObject *)code;
-            conn->opener_line = PyFrame_GetLineNumber(frame);
+#if PY_VERSION_HEX >= 0x030B0000
+            conn->opener_lasti = PyFrame_GetLasti(frame);
+#else
+            conn->opener_lasti = frame->f_lasti * (int)sizeof(_Py_CODEUNIT);
+#endif
             Py_DECREF(frame);
             return;
         }
@@ -638,16 +655,11 @@ hkn_policy(hkn_state *state, PyObject *self, PyObject **value)
 }
 
 static PyObject *
-hkn_base_close(PyObject *self)
+hkn_base_close(hkn_state *state, PyObject *self)
 {
-    PyObject *close = PyObject_GetAttrString((PyObject *)hkn_base_type(self), "close");
-    if (close == NULL) {
-        return NULL;
-    }
-    PyObject *res = PyObject_CallOneArg(close, self);
-    Py_DECREF(close);
-    return res;
+    return PyObject_CallOneArg(state->base_close, self);
 }
+
 
 PyDoc_STRVAR(hkn_close_doc,
 "close($self, /)\n--\n\n"
@@ -678,16 +690,16 @@ hkn_connection_close(PyObject *self, PyObject *Py_UNUSED(ignored))
         if (hkn_thread_ok(conn) && hkn_connection_handle(self) == NULL) {
             hkn_unregister(state, conn);
         }
-        return hkn_base_close(self);
+        return hkn_base_close(state, self);
     }
-    if (conn->pid != getpid()) {
+    if (!hkn_same_process(state, conn)) {
         /* Forked child: the parent's SQLite state is not ours to touch
          * (section 5); close as plain sqlite3 would. */
         hkn_unregister(state, conn);
-        return hkn_base_close(self);
+        return hkn_base_close(state, self);
     }
     if (!hkn_lock(conn)) {
-        return hkn_base_close(self);
+        return hkn_base_close(state, self);
     }
 
     hkn_saved_error pending = {0};
@@ -703,7 +715,7 @@ hkn_connection_close(PyObject *self, PyObject *Py_UNUSED(ignored))
     }
     hkn_unregister(state, conn);
     state->stats.closed++;
-    PyObject *res = hkn_base_close(self);
+    PyObject *res = hkn_base_close(state, self);
     hkn_unlock(conn);
 
     if (res == NULL) {
@@ -789,7 +801,7 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
                         "WalSafeConnection.__init__ was not called on this object");
         return NULL;
     }
-    if (conn->pid != getpid()) {
+    if (!hkn_same_process(state, conn)) {
         PyErr_Format(state->ProgrammingError,
                      "this connection was opened in process %ld; a forked child "
                      "must open its own", (long)conn->pid);
@@ -1053,7 +1065,10 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
         flag = PyTuple_GET_ITEM(args, 4);
     }
     else if (kwds != NULL) {
-        flag = PyDict_GetItemString(kwds, "check_same_thread");
+        flag = PyDict_GetItemWithError(kwds, state->str_check_same_thread);
+        if (flag == NULL && PyErr_Occurred()) {
+            goto fail;
+        }
     }
     int check_same_thread = 1;
     if (flag != NULL && (check_same_thread = PyObject_IsTrue(flag)) < 0) {
@@ -1104,6 +1119,7 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
         goto fail;
     }
     conn->pid = getpid();
+    conn->fork_generation = state->fork_generation;
     state->stats.opened++;
     if (conn->prev == NULL) {
         hkn_registry_add(state, conn);
@@ -1126,7 +1142,7 @@ fail:
         hkn_error_save(&saved);
         hkn_unregister(state, conn);
         conn->pid = 0;
-        PyObject *res = hkn_base_close(self);
+        PyObject *res = hkn_base_close(state, self);
         Py_XDECREF(res);
         PyErr_Clear();
         hkn_error_restore(&saved);
@@ -1155,7 +1171,7 @@ hkn_connection_finalize(PyObject *self)
         hkn_unregister(state, conn);
         goto done;
     }
-    if (conn->pid != getpid()) {
+    if (!hkn_same_process(state, conn)) {
         /* A forked child's copy of the parent's connection: no native work. */
         hkn_unregister(state, conn);
         goto done;
@@ -1215,7 +1231,7 @@ hkn_connection_finalize(PyObject *self)
      * progress/authorizer callback records, if the user set any, are not
      * freed. */
     if (hkn_thread_ok(conn)) {
-        PyObject *res = hkn_base_close(self);
+        PyObject *res = hkn_base_close(state, self);
         if (res == NULL) {
             PyErr_WriteUnraisable(self);
         }
@@ -1244,7 +1260,8 @@ void
 hkn_close_at_exit(hkn_state *state, PyObject *self)
 {
     hkn_conn *conn = hkn_conn_get(self);
-    if (hkn_connection_handle(self) == NULL || conn->pid != getpid() || conn->lock == NULL) {
+    if (hkn_connection_handle(self) == NULL || !hkn_same_process(state, conn)
+        || conn->lock == NULL) {
         hkn_unregister(state, conn);
         return;
     }

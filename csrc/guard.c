@@ -97,25 +97,37 @@ hkn_ofd_lock(int fd, short type, off_t start, off_t len)
 }
 
 /* SQLite's descriptor for the main database of `db`, checked; -1 if the
- * VFS is not the unix one we know. */
+ * VFS is not the unix one we know.  Once one file object has passed the
+ * checks, others with the same io-methods table are the same C type, and
+ * their fields are read directly (the common, per-open path). */
 static int
-hkn_db_fd(const hkn_sqlite_api *api, sqlite3 *db, const char **zpath)
+hkn_db_fd(hkn_state *state, sqlite3 *db, const char **zpath)
 {
+    const hkn_sqlite_api *api = &state->api;
     void *file = NULL;
     if (api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file) != SQLITE_OK
         || file == NULL) {
         return -1;
     }
     const char *name = api->db_filename(db, "main");
-    const char *seen = NULL;
-    int fd = -1;
-    if (name == NULL
-        || hkn_peek((char *)file + HKN_FILE_ZPATH_OFFSET, &seen, sizeof(seen)) < 0
-        || seen != name
-        || hkn_peek((char *)file + HKN_FILE_H_OFFSET, &fd, sizeof(fd)) < 0
-        || fd < 0) {
+    if (name == NULL) {
         return -1;
     }
+    void *methods = *(void **)file;         /* sqlite3_file's public first field */
+    const char *seen = NULL;
+    int fd = -1;
+    if (methods != NULL && methods == state->guard_methods) {
+        memcpy(&seen, (char *)file + HKN_FILE_ZPATH_OFFSET, sizeof(seen));
+        memcpy(&fd, (char *)file + HKN_FILE_H_OFFSET, sizeof(fd));
+    }
+    else if (hkn_peek((char *)file + HKN_FILE_ZPATH_OFFSET, &seen, sizeof(seen)) < 0
+             || hkn_peek((char *)file + HKN_FILE_H_OFFSET, &fd, sizeof(fd)) < 0) {
+        return -1;
+    }
+    if (seen != name || fd < 0) {
+        return -1;
+    }
+    state->guard_methods = methods;
     *zpath = name;
     return fd;
 }
@@ -123,15 +135,25 @@ hkn_db_fd(const hkn_sqlite_api *api, sqlite3 *db, const char **zpath)
 /* SQLite's -shm descriptor for `db`, checked against `shm_path`; -1 when
  * the connection has no shared memory open (yet). */
 static int
-hkn_shm_fd(const hkn_sqlite_api *api, sqlite3 *db, const char *shm_path)
+hkn_shm_fd(hkn_state *state, sqlite3 *db, const char *shm_path)
 {
+    const hkn_sqlite_api *api = &state->api;
     void *file = NULL, *shm = NULL, *node = NULL;
     char *zname = NULL;
     int fd = -1;
     if (api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file) != SQLITE_OK
-        || file == NULL
-        || hkn_peek((char *)file + HKN_FILE_PSHM_OFFSET, &shm, sizeof(shm)) < 0
-        || shm == NULL
+        || file == NULL) {
+        return -1;
+    }
+    /* The file object's layout is proven once hkn_db_fd() accepted its
+     * io-methods table; the shared-memory objects behind it are not. */
+    if (*(void **)file == state->guard_methods) {
+        memcpy(&shm, (char *)file + HKN_FILE_PSHM_OFFSET, sizeof(shm));
+    }
+    else if (hkn_peek((char *)file + HKN_FILE_PSHM_OFFSET, &shm, sizeof(shm)) < 0) {
+        return -1;
+    }
+    if (shm == NULL
         || hkn_peek(shm, &node, sizeof(node)) < 0
         || node == NULL
         || hkn_peek((char *)node + HKN_NODE_ZNAME_OFFSET, &zname, sizeof(zname)) < 0
@@ -193,7 +215,7 @@ hkn_guard_shm(hkn_state *state, hkn_guard *guard, sqlite3 *db, const char *path)
     if (snprintf(shm_path, sizeof(shm_path), "%s-shm", path) >= (int)sizeof(shm_path)) {
         return;
     }
-    int fd = hkn_shm_fd(&state->api, db, shm_path);
+    int fd = hkn_shm_fd(state, db, shm_path);
     struct stat st;
     if (fd < 0 || stat(shm_path, &st) != 0 || !hkn_same_file(fd, st.st_dev, st.st_ino)) {
         return;
@@ -206,6 +228,35 @@ hkn_guard_shm(hkn_state *state, hkn_guard *guard, sqlite3 *db, const char *path)
         guard->shm_dev = st.st_dev;
         guard->shm_ino = st.st_ino;
     }
+}
+
+/* Whether a first guard for this inode makes sense: the database is in WAL
+ * mode (in rollback mode the lock would refuse every writer's EXCLUSIVE)
+ * and the path still names the inode.  The header is read through SQLite's
+ * own descriptor: opening the file would itself cancel our locks. */
+static int
+hkn_guard_worth_taking(int fd, const char *path, const struct stat *st)
+{
+    unsigned char header[20];
+    ssize_t got = pread(fd, header, sizeof(header), 0);
+    if (got == (ssize_t)sizeof(header)) {
+        if (header[18] != 2 || header[19] != 2) {
+            return 0;
+        }
+    }
+    else {
+        /* A new database switched to WAL keeps its first pages in the WAL
+         * until a checkpoint: empty file, live -wal. */
+        char wal_path[4096];
+        struct stat wal;
+        if (got != 0 || snprintf(wal_path, sizeof(wal_path), "%s-wal", path) >= (int)sizeof(wal_path)
+            || stat(wal_path, &wal) != 0) {
+            return 0;
+        }
+    }
+    struct stat at_path;
+    return stat(path, &at_path) == 0 && at_path.st_dev == st->st_dev
+           && at_path.st_ino == st->st_ino;
 }
 
 /* The -shm is opened by a connection's first read, not at open: look for
@@ -231,39 +282,17 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
         return 0;
     }
     const char *path = NULL;
-    int fd = hkn_db_fd(&state->api, db, &path);
+    int fd = hkn_db_fd(state, db, &path);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0) {
         state->stats.guard_failures++;
         return 0;
     }
-    /* Only a database in WAL mode: in rollback mode the lock would refuse
-     * every writer's EXCLUSIVE.  Read the header through SQLite's own
-     * descriptor; opening the file would itself cancel our locks. */
-    unsigned char header[20];
-    ssize_t got = pread(fd, header, sizeof(header), 0);
-    if (got == (ssize_t)sizeof(header)) {
-        if (header[18] != 2 || header[19] != 2) {
-            return 0;
-        }
-    }
-    else {
-        /* A new database switched to WAL keeps its first pages in the WAL
-         * until a checkpoint: empty file, live -wal. */
-        char wal_path[4096];
-        struct stat wal;
-        if (got != 0 || snprintf(wal_path, sizeof(wal_path), "%s-wal", path) >= (int)sizeof(wal_path)
-            || stat(wal_path, &wal) != 0) {
-            return 0;
-        }
-    }
-    struct stat at_path;
-    if (stat(path, &at_path) != 0 || at_path.st_dev != st.st_dev || at_path.st_ino != st.st_ino) {
-        state->stats.guard_failures++;
-        return 0;
-    }
     hkn_guard *guard = hkn_guard_find(state, st.st_dev, st.st_ino);
     int fresh = guard == NULL;
+    if (fresh && hkn_guard_worth_taking(fd, path, &st) <= 0) {
+        return 0;
+    }
     if (fresh) {
         guard = calloc(1, sizeof(*guard));
         if (guard == NULL) {
@@ -274,6 +303,8 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
         guard->ino = st.st_ino;
         guard->shm_fd = -1;
     }
+    /* The same open file description may already hold it (a parked
+     * descriptor reused by SQLite): OFD re-locking is idempotent. */
     if (hkn_ofd_lock(fd, F_RDLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE) != 0) {
         /* Another process holds EXCLUSIVE (its last-close checkpoint, or a
          * journal-mode change): no generation to protect right now. */
@@ -284,8 +315,8 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
         return 0;
     }
     if (hkn_guard_remember(guard, fd) < 0) {
-        (void)hkn_ofd_lock(fd, F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
         if (fresh) {
+            (void)hkn_ofd_lock(fd, F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
             free(guard->fds);
             free(guard);
         }
@@ -302,8 +333,10 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
     }
     guard->claims++;
     conn->guard = guard;
-    hkn_guard_shm(state, guard, db, path);
-    hkn_guard_shm_any(state, guard, path);
+    if (guard->shm_fd < 0) {
+        hkn_guard_shm(state, guard, db, path);
+        hkn_guard_shm_any(state, guard, path);
+    }
     return 0;
 }
 
@@ -374,6 +407,35 @@ hkn_guard_unavailable(void)
 }
 
 #else   /* not Linux: no OFD locks */
+
+/* Whether a first guard for this inode makes sense: the database is in WAL
+ * mode (in rollback mode the lock would refuse every writer's EXCLUSIVE)
+ * and the path still names the inode.  The header is read through SQLite's
+ * own descriptor: opening the file would itself cancel our locks. */
+static int
+hkn_guard_worth_taking(int fd, const char *path, const struct stat *st)
+{
+    unsigned char header[20];
+    ssize_t got = pread(fd, header, sizeof(header), 0);
+    if (got == (ssize_t)sizeof(header)) {
+        if (header[18] != 2 || header[19] != 2) {
+            return 0;
+        }
+    }
+    else {
+        /* A new database switched to WAL keeps its first pages in the WAL
+         * until a checkpoint: empty file, live -wal. */
+        char wal_path[4096];
+        struct stat wal;
+        if (got != 0 || snprintf(wal_path, sizeof(wal_path), "%s-wal", path) >= (int)sizeof(wal_path)
+            || stat(wal_path, &wal) != 0) {
+            return 0;
+        }
+    }
+    struct stat at_path;
+    return stat(path, &at_path) == 0 && at_path.st_dev == st->st_dev
+           && at_path.st_ino == st->st_ino;
+}
 
 /* The -shm is opened by a connection's first read, not at open: look for
  * any live connection of this guard that has it. */

@@ -37,7 +37,9 @@ typedef struct hkn_conn {
     double opened_time;             /* time.time() at open */
     long long changes_base;         /* SQL mode: total_changes at open */
     pid_t pid;                      /* process that opened it; 0 before __init__ ran */
-    int opener_line;
+    int opener_lasti;               /* its instruction offset in bytes; the line is
+                                     * computed only when someone asks */
+    unsigned long fork_generation;  /* state->fork_generation when opened */
     int check_same_thread;
 } hkn_conn;
 
@@ -88,6 +90,10 @@ typedef struct hkn_state {
     hkn_conn registry;              /* head of the circular list of live connections */
     hkn_guard *guards;              /* WAL-generation guards, one per database inode */
     PyObject *str_guard_wal;
+    PyObject *str_check_same_thread;
+    PyObject *base_close;           /* sqlite3.Connection.close, the descriptor */
+    unsigned long fork_generation;  /* bumped in every forked child (os.register_at_fork) */
+    void *guard_methods;            /* io-methods table of a verified unix VFS file */
     hkn_counters stats;
 } hkn_state;
 

@@ -184,7 +184,8 @@ hkn_live_connections(PyObject *module, PyObject *Py_UNUSED(ignored))
         hkn_conn *conn = (hkn_conn *)((char *)self + HKN_CONN_OFFSET(state->base_type->tp_basicsize));
         /* Closed behind our back through sqlite3.Connection.close(), or
          * inherited over fork: not live here. */
-        if (hkn_connection_handle(self) == NULL || conn->pid != me) {
+        if (hkn_connection_handle(self) == NULL || conn->pid != me
+            || conn->fork_generation != state->fork_generation) {
             continue;
         }
         PyObject *opener = hkn_format_opener(conn);
@@ -319,7 +320,8 @@ hkn_guard_switch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     sqlite3 *db = hkn_connection_handle(args[0]);
     hkn_conn *conn = (hkn_conn *)((char *)args[0] + HKN_CONN_OFFSET(state->base_type->tp_basicsize));
-    if (db == NULL || conn->pid != getpid() || !state->api.native) {
+    if (db == NULL || conn->pid != getpid() || conn->fork_generation != state->fork_generation
+        || !state->api.native) {
         Py_RETURN_NONE;
     }
     if (enabled) {
@@ -338,6 +340,18 @@ hkn_guard_switch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(conn->guard != NULL);
 }
 
+PyDoc_STRVAR(hkn_after_fork_doc,
+"_after_fork_in_child($module, /)\n--\n\n"
+"Registered with os.register_at_fork: marks every inherited connection as\n"
+"the parent's.");
+
+static PyObject *
+hkn_after_fork_in_child(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    hkn_module_state(module)->fork_generation++;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef hkn_module_methods[] = {
     {"stats", hkn_stats_dict, METH_NOARGS, hkn_stats_doc},
     {"sqlite_api", hkn_sqlite_api_info, METH_NOARGS, hkn_sqlite_api_doc},
@@ -345,6 +359,7 @@ static PyMethodDef hkn_module_methods[] = {
     {"_reset_peak_live", hkn_reset_peak_live, METH_NOARGS, hkn_reset_peak_doc},
     {"_close_all_at_exit", hkn_close_all_at_exit, METH_NOARGS, hkn_close_all_doc},
     {"_track_opened", hkn_track_opened, METH_O, hkn_track_opened_doc},
+    {"_after_fork_in_child", hkn_after_fork_in_child, METH_NOARGS, hkn_after_fork_doc},
     {"_guard", (PyCFunction)(void (*)(void))hkn_guard_switch, METH_FASTCALL, hkn_guard_doc},
     {"set_persist_wal", (PyCFunction)(void (*)(void))hkn_set_persist_wal, METH_FASTCALL,
      hkn_persist_wal_doc},
@@ -443,7 +458,10 @@ hkn_module_exec(PyObject *module)
     state->str_checkpoint_on_close = PyUnicode_InternFromString("checkpoint_on_close");
     state->str_max_live = PyUnicode_InternFromString("max_live_per_database");
     state->str_guard_wal = PyUnicode_InternFromString("guard_wal");
-    if (state->str_guard_wal == NULL) {
+    state->str_check_same_thread = PyUnicode_InternFromString("check_same_thread");
+    state->base_close = PyObject_GetAttrString((PyObject *)state->base_type, "close");
+    if (state->str_guard_wal == NULL || state->str_check_same_thread == NULL
+        || state->base_close == NULL) {
         return -1;
     }
     state->bound_exceeded = PySet_New(NULL);
@@ -503,6 +521,25 @@ hkn_module_exec(PyObject *module)
         return -1;
     }
     Py_DECREF(res);
+
+    /* Forked children must leave inherited connections alone; a counter
+     * bumped after fork is cheaper to compare than getpid() on each close. */
+    PyObject *os = PyImport_ImportModule("os");
+    PyObject *after_fork = PyObject_GetAttrString(module, "_after_fork_in_child");
+    PyObject *kwargs = after_fork ? Py_BuildValue("{sO}", "after_in_child", after_fork) : NULL;
+    PyObject *register_at_fork = os ? PyObject_GetAttrString(os, "register_at_fork") : NULL;
+    PyObject *empty = PyTuple_New(0);
+    res = (register_at_fork && kwargs && empty) ? PyObject_Call(register_at_fork, empty, kwargs)
+                                                : NULL;
+    Py_XDECREF(os);
+    Py_XDECREF(after_fork);
+    Py_XDECREF(kwargs);
+    Py_XDECREF(register_at_fork);
+    Py_XDECREF(empty);
+    if (res == NULL) {
+        return -1;
+    }
+    Py_DECREF(res);
     return 0;
 }
 
@@ -540,6 +577,8 @@ hkn_module_clear(PyObject *module)
     Py_CLEAR(state->str_off);
     Py_CLEAR(state->str_max_live);
     Py_CLEAR(state->str_guard_wal);
+    Py_CLEAR(state->str_check_same_thread);
+    Py_CLEAR(state->base_close);
     Py_CLEAR(state->bound_exceeded);
     for (int i = 0; i < 4; i++) {
         Py_CLEAR(state->mode_names[i]);
