@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import fds_command, info
+from . import fds_command, info, soak
 
 
 def _commands():
-    commands = [info, fds_command]
+    commands = [info, fds_command, soak]
     return commands
 
 
