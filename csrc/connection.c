@@ -249,16 +249,22 @@ hkn_record(hkn_state *state, hkn_conn *conn, int mode, const hkn_outcome *out)
  * descriptors share the parent's open file descriptions, and with them the
  * parent's OFD locks. */
 static void
-hkn_unregister(hkn_state *state, hkn_conn *conn)
+hkn_drop_guard(hkn_state *state, hkn_conn *conn)
 {
-    if (conn->prev != NULL) {
-        hkn_registry_remove(state, conn);
-    }
     if (conn->guard != NULL) {
         if (hkn_same_process(state, conn)) {
             hkn_guard_release(state, conn);
         }
         conn->guard = NULL;
+    }
+}
+
+static void
+hkn_unregister(hkn_state *state, hkn_conn *conn)
+{
+    hkn_drop_guard(state, conn);
+    if (conn->prev != NULL) {
+        hkn_registry_remove(state, conn);
     }
 }
 
@@ -713,9 +719,15 @@ hkn_connection_close(PyObject *self, PyObject *Py_UNUSED(ignored))
             hkn_error_save(&pending);
         }
     }
-    hkn_unregister(state, conn);
+    hkn_drop_guard(state, conn);
     state->stats.closed++;
     PyObject *res = hkn_base_close(state, self);
+    /* Live until its handle is gone: SQLite parks the descriptor of a
+     * connection closing while others are open, and the peak number of
+     * live connections is what bounds parked descriptors. */
+    if (hkn_connection_handle(self) == NULL) {
+        hkn_unregister(state, conn);
+    }
     hkn_unlock(conn);
 
     if (res == NULL) {
@@ -869,12 +881,16 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
 
 /* ------------------------------------------------------ leak bound */
 
-/* Open WalSafeConnections of this process on `path` (same resolved name). */
+/* Open WalSafeConnections of this process on `path` (same resolved name),
+ * `self` aside. */
 static Py_ssize_t
-hkn_count_live(hkn_state *state, PyObject *path)
+hkn_count_live(hkn_state *state, PyObject *self, PyObject *path)
 {
     Py_ssize_t count = 0;
     for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
+        if (c->owner == self) {
+            continue;
+        }
         if (c->path == path
             || (c->path != NULL && PyUnicode_Compare(c->path, path) == 0)) {
             if (hkn_connection_handle(c->owner) != NULL) {
@@ -886,9 +902,9 @@ hkn_count_live(hkn_state *state, PyObject *path)
     return count;
 }
 
-/* "file:line (xN), ..." for the live connections on `path`. */
+/* "file:line (xN), ..." for the live connections on `path`, `self` aside. */
 static PyObject *
-hkn_openers_of(hkn_state *state, PyObject *path)
+hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
 {
     PyObject *counter = PyDict_New();
     if (counter == NULL) {
@@ -910,7 +926,7 @@ hkn_openers_of(hkn_state *state, PyObject *path)
     }
     Py_ssize_t k = 0;
     for (hkn_conn *c = state->registry.next; c != &state->registry && k < n; c = c->next) {
-        if (c->path != NULL && PyUnicode_Compare(c->path, path) == 0) {
+        if (c->owner != self && c->path != NULL && PyUnicode_Compare(c->path, path) == 0) {
             entries[k] = c;
             owners[k] = Py_NewRef(c->owner);
             k++;
@@ -973,7 +989,7 @@ hkn_openers_of(hkn_state *state, PyObject *path)
 static int
 hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
 {
-    Py_ssize_t live = hkn_count_live(state, path);
+    Py_ssize_t live = hkn_count_live(state, self, path);
     if (live == 0) {
         return 0;
     }
@@ -1019,14 +1035,14 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
     }
     Py_DECREF(collected);
     state->stats.bound_collections++;
-    live = hkn_count_live(state, path);
+    live = hkn_count_live(state, self, path);
     if (live < limit) {
         return 0;
     }
     if (PySet_Add(state->bound_exceeded, path) < 0) {
         return -1;
     }
-    PyObject *openers = hkn_openers_of(state, path);
+    PyObject *openers = hkn_openers_of(state, self, path);
     if (openers == NULL) {
         return -1;
     }
@@ -1049,6 +1065,15 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     hkn_conn *conn = hkn_conn_get(self);
+
+    /* Registered before the base opens the file: from then on it holds a
+     * descriptor, so the peak of live connections (which bounds SQLite's
+     * parked descriptors) must count it. */
+    int first_open = conn->prev == NULL;
+    if (first_open) {
+        conn->owner = self;
+        hkn_registry_add(state, conn);
+    }
 
     /* Everything the caller passed goes to the base unchanged: factory= is
      * called with sqlite3.connect's own arguments, and each Python version
@@ -1114,16 +1139,12 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
     if (state->opened_paths != NULL && PySet_Add(state->opened_paths, path) < 0) {
         goto fail;
     }
-    if (conn->prev == NULL && PyUnicode_GetLength(path) > 0
-        && hkn_enforce_bound(state, self, path) < 0) {
-        goto fail;
-    }
     conn->pid = getpid();
     conn->fork_generation = state->fork_generation;
-    state->stats.opened++;
-    if (conn->prev == NULL) {
-        hkn_registry_add(state, conn);
+    if (first_open && PyUnicode_GetLength(path) > 0 && hkn_enforce_bound(state, self, path) < 0) {
+        goto fail;
     }
+    state->stats.opened++;
     if (state->api.native && conn->guard == NULL && PyUnicode_GetLength(path) > 0) {
         PyObject *wanted = PyObject_GetAttr(self, state->str_guard_wal);
         int guard = wanted ? PyObject_IsTrue(wanted) : -1;
@@ -1202,7 +1223,7 @@ hkn_connection_finalize(PyObject *self)
         what = state->stats.checkpoints > before ? "checkpointed and closed it"
                                                  : "closed it (no checkpoint needed)";
     }
-    hkn_unregister(state, conn);
+    hkn_drop_guard(state, conn);
     state->stats.finalized++;
 
     int finalizing;
@@ -1249,6 +1270,7 @@ hkn_connection_finalize(PyObject *self)
         /* SQL mode on 3.13+: the base's finalizer closes (and warns too). */
         hkn_base_type(self)->tp_finalize(self);
     }
+    hkn_unregister(state, conn);
     if (locked) {
         hkn_unlock(conn);
     }

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, demo, fds_command, info
+from . import bench, demo, fds_command, info, soak
 
 
 def _commands():
-    return [demo, fds_command, info, bench]
+    return [demo, fds_command, info, bench, soak]
 
 
 def build_parser() -> argparse.ArgumentParser:
