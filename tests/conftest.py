@@ -20,6 +20,14 @@ NATIVE = hkn.sqlite_api()["mode"] == "native"
 native_only = pytest.mark.skipif(not NATIVE, reason="needs native access to SQLite")
 
 
+@pytest.fixture(autouse=True)
+def _outside_the_checkout(tmp_path, monkeypatch):
+    """Every test (and every subprocess it starts, `python -m ...` and `-c`
+    put the working directory on sys.path) runs away from the source tree,
+    so the installed package is the one tested."""
+    monkeypatch.chdir(tmp_path)
+
+
 def make_wal_db(path, rows=0):
     """A WAL database with table t(x) and `rows` rows, all connections closed."""
     conn = sqlite3.connect(path, isolation_level=None)

@@ -12,12 +12,11 @@ import pytest
 from fds_helpers import (DEADLINE, Holder, make_wal_database, ofd_guard_code,
                          read_in_another_process, stray_open_close_code)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def fds(*args):
     return subprocess.run([sys.executable, "-m", "hermes_kanban_native", "fds", *args],
-                          capture_output=True, text=True, timeout=DEADLINE, cwd=ROOT)
+                          capture_output=True, text=True, timeout=DEADLINE)
 
 
 @pytest.fixture
@@ -130,7 +129,7 @@ def test_watch_repeats_until_interrupted_and_exits_with_the_last_status(db):
         watcher = subprocess.Popen(
             [sys.executable, "-m", "hermes_kanban_native", "fds", db, "--json",
              "--pid", str(holder.pid), "--watch", "0.05"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             snapshots = []
             while len(snapshots) < 2:

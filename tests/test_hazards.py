@@ -62,11 +62,12 @@ def read_and_close(database, persist_wal=False):
     """, database)
 
 
-def hermes_holder(database, persist_wal=False):
+def hermes_holder(database, persist_wal=False, guard_wal=True):
     """A Holder child with a hermes-configured WalSafeConnection in conns[0]."""
     holder = Holder(cwd="/")
     holder.run(HERMES_CONNECT + f"DB = {os.fspath(database)!r}\n"
-               f"conns.append(kanban(DB, persist_wal={persist_wal!r}))\n"
+               f"conns.append(kanban(DB, persist_wal={persist_wal!r}, "
+               f"guard_wal={guard_wal!r}))\n"
                "conns[0].execute('SELECT count(*) FROM t').fetchone()\n")
     return holder
 
@@ -78,8 +79,10 @@ HEALTH = "f = hkn.sqlite_fds(DB)\nresult = [f.locks_lost, sorted({i.path for i i
 
 
 def test_stray_close_is_detected_and_the_unlink_loses_commits(tmp_path):
+    # The hazard itself, without the WAL-generation guard (test_guard.py
+    # shows the guard preventing it).
     db = make_wal_db(tmp_path / "kanban.db", rows=3)
-    with hermes_holder(db) as holder:
+    with hermes_holder(db, guard_wal=False) as holder:
         holder.run("conns[0].execute('INSERT INTO t VALUES (100)')\n")
         assert holder.run(HEALTH) == [False, []]
 
@@ -107,7 +110,7 @@ def test_stray_close_is_detected_and_the_unlink_loses_commits(tmp_path):
 def test_persist_wal_in_every_process_survives_stray_closes(tmp_path):
     db = make_wal_db(tmp_path / "kanban.db", rows=3)
     expected = [0, 1, 2]
-    with hermes_holder(db, persist_wal=True) as holder:
+    with hermes_holder(db, persist_wal=True, guard_wal=False) as holder:
         for round_no in range(5):
             holder.run(stray_open_close_code(db))
             assert holder.run(HEALTH)[0] is True         # its locks are gone ...
