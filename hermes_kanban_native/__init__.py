@@ -158,6 +158,8 @@ def connect(database, *, wal=True, persist_wal=False, guard_wal=True, refuse_sta
 
     The connection is closed again if any of this fails.
     """
+    if not (isinstance(factory, type) and issubclass(factory, sqlite3.Connection)):
+        raise TypeError(f"factory must be a subclass of sqlite3.Connection, not {factory!r}")
     if refuse_stale:
         _refuse_stale(database)
     conn = sqlite3.connect(database, factory=factory, **kwargs)
