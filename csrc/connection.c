@@ -103,6 +103,7 @@ hkn_state_get(PyObject *self)
 }
 
 /* ------------------------------------------------------ small predicates */
+
 /* Whether this connection was opened in this process: a forked child has
  * a higher fork generation than its inherited connections (cheaper than a
  * getpid() system call on every close). */
@@ -111,7 +112,6 @@ hkn_same_process(hkn_state *state, hkn_conn *conn)
 {
     return conn->fork_generation == state->fork_generation;
 }
-
 
 /* Mirrors the base's check_same_thread test with what __init__ recorded, so
  * that close() can refuse before touching the handle.  On mismatch the base
@@ -1288,8 +1288,9 @@ hkn_close_at_exit(hkn_state *state, PyObject *self)
         return;
     }
     if (hkn_thread_ok(conn)) {
-        /* The same path as garbage collection, warning included. */
-        hkn_connection_finalize(self);
+        /* The same path as garbage collection, warning included; through
+         * PyObject_CallFinalizer so that it is marked as run once. */
+        PyObject_CallFinalizer(self);
         return;
     }
     /* Owned by another thread that may still be running (a daemon thread):
