@@ -408,51 +408,6 @@ hkn_guard_unavailable(void)
 
 #else   /* not Linux: no OFD locks */
 
-/* Whether a first guard for this inode makes sense: the database is in WAL
- * mode (in rollback mode the lock would refuse every writer's EXCLUSIVE)
- * and the path still names the inode.  The header is read through SQLite's
- * own descriptor: opening the file would itself cancel our locks. */
-static int
-hkn_guard_worth_taking(int fd, const char *path, const struct stat *st)
-{
-    unsigned char header[20];
-    ssize_t got = pread(fd, header, sizeof(header), 0);
-    if (got == (ssize_t)sizeof(header)) {
-        if (header[18] != 2 || header[19] != 2) {
-            return 0;
-        }
-    }
-    else {
-        /* A new database switched to WAL keeps its first pages in the WAL
-         * until a checkpoint: empty file, live -wal. */
-        char wal_path[4096];
-        struct stat wal;
-        if (got != 0 || snprintf(wal_path, sizeof(wal_path), "%s-wal", path) >= (int)sizeof(wal_path)
-            || stat(wal_path, &wal) != 0) {
-            return 0;
-        }
-    }
-    struct stat at_path;
-    return stat(path, &at_path) == 0 && at_path.st_dev == st->st_dev
-           && at_path.st_ino == st->st_ino;
-}
-
-/* The -shm is opened by a connection's first read, not at open: look for
- * any live connection of this guard that has it. */
-static void
-hkn_guard_shm_any(hkn_state *state, hkn_guard *guard, const char *path)
-{
-    for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
-        if (guard->shm_fd >= 0 && hkn_same_file(guard->shm_fd, guard->shm_dev, guard->shm_ino)) {
-            return;
-        }
-        sqlite3 *other = c->guard == guard ? hkn_connection_handle(c->owner) : NULL;
-        if (other != NULL) {
-            hkn_guard_shm(state, guard, other, path);
-        }
-    }
-}
-
 int
 hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
 {

@@ -228,6 +228,25 @@ hkn_close_all_at_exit(PyObject *module, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* The (connection, enabled) arguments of set_persist_wal() and _guard():
+ * 0 with *enabled set, or -1 with an exception naming `function`. */
+static int
+hkn_connection_and_flag(PyObject *const *args, Py_ssize_t nargs, const char *function,
+                        PyTypeObject *type, int *enabled)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 2 arguments (%zd given)", function, nargs);
+        return -1;
+    }
+    if (!PyObject_TypeCheck(args[0], type)) {
+        PyErr_Format(PyExc_TypeError, "%s(): connection must be a %s, not %.100s",
+                     function, type->tp_name, Py_TYPE(args[0])->tp_name);
+        return -1;
+    }
+    *enabled = PyObject_IsTrue(args[1]);
+    return *enabled < 0 ? -1 : 0;
+}
+
 PyDoc_STRVAR(hkn_persist_wal_doc,
 "set_persist_wal($module, connection, enabled, /)\n--\n\n"
 "Set SQLITE_FCNTL_PERSIST_WAL on the main database of any open\n"
@@ -238,17 +257,8 @@ static PyObject *
 hkn_set_persist_wal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     hkn_state *state = hkn_module_state(module);
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "set_persist_wal() takes 2 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    if (!PyObject_TypeCheck(args[0], state->base_type)) {
-        PyErr_Format(PyExc_TypeError, "connection must be a sqlite3.Connection, not %.100s",
-                     Py_TYPE(args[0])->tp_name);
-        return NULL;
-    }
-    int enabled = PyObject_IsTrue(args[1]);
-    if (enabled < 0) {
+    int enabled;
+    if (hkn_connection_and_flag(args, nargs, "set_persist_wal", state->base_type, &enabled) < 0) {
         return NULL;
     }
     if (!state->api.native) {
@@ -305,17 +315,8 @@ static PyObject *
 hkn_guard_switch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     hkn_state *state = hkn_module_state(module);
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "_guard() takes 2 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    if (!PyObject_TypeCheck(args[0], state->walsafe_type)) {
-        PyErr_Format(PyExc_TypeError, "connection must be a WalSafeConnection, not %.100s",
-                     Py_TYPE(args[0])->tp_name);
-        return NULL;
-    }
-    int enabled = PyObject_IsTrue(args[1]);
-    if (enabled < 0) {
+    int enabled;
+    if (hkn_connection_and_flag(args, nargs, "_guard", state->walsafe_type, &enabled) < 0) {
         return NULL;
     }
     sqlite3 *db = hkn_connection_handle(args[0]);

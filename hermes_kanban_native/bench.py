@@ -37,6 +37,7 @@ import time
 import warnings
 
 from . import ClosingWalSafeConnection, WalSafeConnection, sqlite_api, sqlite_fds
+from .reference import TruncatingConnection
 
 SCHEMA_VERSION = 1
 TIMEOUT = 120               # hermes' busy timeout, seconds
@@ -44,17 +45,6 @@ CAPPED_TIMEOUT = 2.0        # the Python subclass in scenario 3 (it waits this l
 EXTRA_FDS = 1000            # scenario 6
 GC_CONNECTIONS = 100        # scenario 7
 BLOCKS = 5                  # noise estimate: ratio per block of rounds
-
-
-class TruncatingConnection(sqlite3.Connection):
-    """The comparison: hermes' Python subclass, exactly as it was."""
-
-    def close(self):
-        try:
-            self.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
-        super().close()
 
 
 class TruncatingWalSafeConnection(WalSafeConnection):

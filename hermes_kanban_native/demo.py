@@ -29,23 +29,13 @@ import time
 import warnings
 
 from . import WalSafeConnection, sqlite_fds, stats
+from .reference import TruncatingConnection
 
 # The demo's busy timeout.  hermes uses 120 s; the Python subclass waits out
 # the whole timeout on every close while a reader is open, so the demo uses
 # a short one to finish in seconds.
 BUSY_TIMEOUT = 0.5
 TICK = 0.01
-
-
-class TruncatingConnection(sqlite3.Connection):
-    """The approach WalSafeConnection replaces (as hermes had it)."""
-
-    def close(self):
-        try:
-            self.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
-        super().close()
 
 
 CONTENDERS = (

@@ -88,6 +88,8 @@ import traceback
 import warnings
 import weakref
 
+from .reference import TruncatingConnection
+
 FACTORIES = ("sqlite3", "python-subclass", "walsafe")
 JOURNAL_SIZE_LIMIT = 8388608
 WAL_AUTOCHECKPOINT = 100
@@ -115,25 +117,11 @@ TASKS_PER_BOARD = 50
 # ------------------------------------------------------------ connections
 
 
-class CheckpointingConnection(sqlite3.Connection):
-    """The Python subclass hermes shipped: a TRUNCATE checkpoint before close.
-
-    It waits up to the busy timeout for readers in other processes, throws
-    the result away, and never runs for a connection that is collected."""
-
-    def close(self):
-        try:
-            self.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        except sqlite3.Error:
-            pass
-        super().close()
-
-
 def factory_class(name: str):
     if name == "sqlite3":
         return sqlite3.Connection
     if name == "python-subclass":
-        return CheckpointingConnection
+        return TruncatingConnection
     if name == "walsafe":
         from . import WalSafeConnection
         return WalSafeConnection
