@@ -182,33 +182,36 @@ hkn_mode_error(PyObject *value, int allow_off)
     return NULL;
 }
 
-/* The per-connection lock: held while native code uses the handle without
- * the GIL, so that a close() from another thread (check_same_thread=False)
- * cannot free the handle under us.  Waiting happens without the GIL, because
- * the holder may need it.  Returns 0 when this thread already holds it (our
- * own base close() ran a finalizer that came back here): the caller then
- * does no native work. */
+/* Ownership of the handle while native code uses it without the GIL, so
+ * that a close() from another thread (check_same_thread=False) cannot free
+ * it under us.  Only read and written with the GIL held (the module keeps
+ * the GIL enabled even on free-threaded builds), so a plain field is enough
+ * and nothing is allocated per connection.  A contender yields the GIL until
+ * the owner is done (the owner may need the GIL to finish); contention only
+ * happens when threads close and checkpoint one connection at once.
+ * Returns 0 when this thread already owns it (our own base close() ran a
+ * finalizer that came back here): the caller then does no native work. */
 static int
 hkn_lock(hkn_conn *conn)
 {
     unsigned long me = PyThread_get_thread_ident();
-    if (conn->lock_owner == me) {
+    if (conn->busy_owner == me) {
         return 0;
     }
-    if (!PyThread_acquire_lock(conn->lock, NOWAIT_LOCK)) {
+    while (conn->busy_owner != 0) {
         Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(conn->lock, WAIT_LOCK);
+        struct timespec pause = {0, 50000};
+        nanosleep(&pause, NULL);
         Py_END_ALLOW_THREADS
     }
-    conn->lock_owner = me;
+    conn->busy_owner = me;
     return 1;
 }
 
 static void
 hkn_unlock(hkn_conn *conn)
 {
-    conn->lock_owner = 0;
-    PyThread_release_lock(conn->lock);
+    conn->busy_owner = 0;
 }
 
 /* --------------------------------------------------------- bookkeeping */
@@ -573,6 +576,11 @@ sqlite_error:
 static int
 hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
 {
+    if (conn->path == NULL || PyUnicode_GET_LENGTH(conn->path) == 0) {
+        /* In-memory or temporary: no WAL, and no reason to leave the GIL. */
+        state->stats.checkpoints_skipped++;
+        return 0;
+    }
     hkn_outcome out;
     memset(&out, 0, sizeof(out));
     out.log_frames = out.checkpointed_frames = -1;
@@ -690,7 +698,7 @@ hkn_connection_close(PyObject *self, PyObject *Py_UNUSED(ignored))
     hkn_conn *conn = hkn_conn_get(self);
 
     if (!hkn_thread_ok(conn) || hkn_connection_handle(self) == NULL
-        || conn->pid == 0 || conn->lock == NULL) {
+        || conn->pid == 0) {
         /* Wrong thread: the base raises its own error.  Closed or never
          * initialized by us: the base's own answer (a no-op, or its error). */
         if (hkn_thread_ok(conn) && hkn_connection_handle(self) == NULL) {
@@ -808,7 +816,7 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(state->ProgrammingError, "Cannot operate on a closed database.");
         return NULL;
     }
-    if (conn->pid == 0 || conn->lock == NULL) {
+    if (conn->pid == 0) {
         PyErr_SetString(state->ProgrammingError,
                         "WalSafeConnection.__init__ was not called on this object");
         return NULL;
@@ -1099,10 +1107,6 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
     if (flag != NULL && (check_same_thread = PyObject_IsTrue(flag)) < 0) {
         goto fail;
     }
-    if (conn->lock == NULL && (conn->lock = PyThread_allocate_lock()) == NULL) {
-        PyErr_NoMemory();
-        goto fail;
-    }
 
     PyObject *path = NULL;
     if (state->api.native) {
@@ -1188,7 +1192,7 @@ hkn_connection_finalize(PyObject *self)
         PyErr_Clear();
         goto done;
     }
-    if (hkn_connection_handle(self) == NULL || conn->pid == 0 || conn->lock == NULL) {
+    if (hkn_connection_handle(self) == NULL || conn->pid == 0) {
         hkn_unregister(state, conn);
         goto done;
     }
@@ -1283,7 +1287,7 @@ hkn_close_at_exit(hkn_state *state, PyObject *self)
 {
     hkn_conn *conn = hkn_conn_get(self);
     if (hkn_connection_handle(self) == NULL || !hkn_same_process(state, conn)
-        || conn->lock == NULL) {
+        || conn->pid == 0) {
         hkn_unregister(state, conn);
         return;
     }
@@ -1356,10 +1360,6 @@ hkn_connection_dealloc(PyObject *self)
     }
     Py_CLEAR(conn->path);
     Py_CLEAR(conn->opener_code);
-    if (conn->lock != NULL) {
-        PyThread_free_lock(conn->lock);
-        conn->lock = NULL;
-    }
     /* Untracks, clears (through our tp_clear), closes, frees, and drops the
      * reference to the type. */
     base->tp_dealloc(self);

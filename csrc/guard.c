@@ -344,7 +344,10 @@ void
 hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db)
 {
     hkn_guard *guard = conn->guard;
-    if (guard == NULL) {
+    if (guard == NULL || guard->shm_fd >= 0) {
+        /* Once locked, the -shm descriptor lives as long as SQLite's shared
+         * memory node, which outlives every connection using it: checked
+         * again only at the next claim of a fresh guard. */
         return;
     }
     const char *path = state->api.db_filename(db, "main");

@@ -31,8 +31,7 @@ typedef struct hkn_conn {
     PyObject *opener_code;          /* code object of the user frame that opened it */
     PyObject *last_checkpoint;      /* CheckpointResult or NULL */
     hkn_guard *guard;               /* this connection's claim on its inode's guard */
-    PyThread_type_lock lock;        /* held while native code uses the handle without the GIL */
-    unsigned long lock_owner;       /* thread holding `lock`, 0 when free */
+    unsigned long busy_owner;       /* thread using the handle without the GIL, or 0 */
     unsigned long thread_ident;     /* thread that opened it (the base's thread check) */
     double opened_time;             /* time.time() at open */
     long long changes_base;         /* SQL mode: total_changes at open */

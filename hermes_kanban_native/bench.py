@@ -277,8 +277,12 @@ def _make_db(path, rows=100):
 
 
 def _holder(path):
-    """The gateway's long-lived connection (plain sqlite3, as in hermes)."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=TIMEOUT)
+    """The gateway's long-lived connection.  hermes opens every connection
+    through one connect() with one factory, so once it adopts
+    WalSafeConnection its long-lived connection is one too (and holds the
+    WAL guard that the short connections then only re-lock)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=TIMEOUT,
+                           factory=WalSafeConnection)
     conn.execute("SELECT count(*) FROM t").fetchone()
     return conn
 
