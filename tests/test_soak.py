@@ -38,8 +38,10 @@ def test_walsafe_soak_is_clean(walsafe_run):
     assert report["verifiers_run"] > 0 and report["child_failures"] == 0
     assert report["integrity_check"] == "ok"
     assert report["stale_seen"] == 0 and report["locks_lost_seen"] == 0
-    # Parked database fds never exceed the peak number of connections.
-    assert report["fd_high_water"]["db"] <= report["peak_live"]
+    # Parked database fds never exceed the peak number of connections, but
+    # for the transient zombies of connections the collector is closing (one
+    # per thread at most; see the soak's fd check).
+    assert report["fd_high_water"]["db"] <= report["peak_live"] + report["threads"] + 1
     assert report["fd_high_water"]["shm"] == 1
     # Every never-closed connection was finalized by the collector, with
     # exactly one ResourceWarning each.
