@@ -585,10 +585,13 @@ class Soak:
 
     def spawn(self, role, index, deadline):
         cmd = [sys.executable, "-m", "hermes_kanban_native.soak", role,
-               "--database", self.database, "--factory", self.factory_name,
-               "--index", str(index), "--run-id", self.run_id, "--log-dir", self.log_dir,
+               "--database", os.path.abspath(self.database), "--factory", self.factory_name,
+               "--index", str(index), "--run-id", self.run_id,
+               "--log-dir", os.path.abspath(self.log_dir),
                "--deadline", repr(deadline), "--seed", str(self.rng.randrange(1 << 30))]
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        # `-m` puts the working directory on sys.path: run the children in the
+        # log directory, so a source checkout there cannot shadow the package.
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, cwd=os.path.abspath(self.log_dir))
 
     def verifier_launcher(self):
         while not self.stop.is_set():
