@@ -75,7 +75,7 @@ hkn_root_type(PyTypeObject *type)
     return t;
 }
 
-static inline hkn_conn *
+hkn_conn *
 hkn_conn_get(PyObject *self)
 {
     PyTypeObject *root = hkn_root_type(Py_TYPE(self));
@@ -103,15 +103,6 @@ hkn_state_get(PyObject *self)
 }
 
 /* ------------------------------------------------------ small predicates */
-
-/* Whether this connection was opened in this process: a forked child has
- * a higher fork generation than its inherited connections (cheaper than a
- * getpid() system call on every close). */
-static inline int
-hkn_same_process(hkn_state *state, hkn_conn *conn)
-{
-    return conn->fork_generation == state->fork_generation;
-}
 
 /* Mirrors the base's check_same_thread test with what __init__ recorded, so
  * that close() can refuse before touching the handle.  On mismatch the base
@@ -919,31 +910,25 @@ hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
         return NULL;
     }
     /* Formatting allocates, and allocation can run the GC, whose finalizers
-     * unlink registry entries: collect the openers first, format after. */
-    Py_ssize_t n = 0;
-    for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
-        n++;
-    }
-    hkn_conn **entries = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(hkn_conn *));
-    PyObject **owners = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(PyObject *));
-    if (entries == NULL || owners == NULL) {
-        PyMem_Free(entries);
-        PyMem_Free(owners);
+     * unlink registry entries: take the snapshot first, format after. */
+    Py_ssize_t count = 0;
+    PyObject **items = hkn_registry_snapshot(state, &count);
+    if (items == NULL) {
         Py_DECREF(counter);
-        return PyErr_NoMemory();
+        return NULL;
     }
-    Py_ssize_t k = 0;
-    for (hkn_conn *c = state->registry.next; c != &state->registry && k < n; c = c->next) {
-        if (c->owner != self && c->path != NULL && PyUnicode_Compare(c->path, path) == 0) {
-            entries[k] = c;
-            owners[k] = Py_NewRef(c->owner);
-            k++;
-        }
-    }
-    PyErr_Clear();
     int failed = 0;
-    for (Py_ssize_t i = 0; i < k && !failed; i++) {
-        PyObject *where = hkn_format_opener(entries[i]);
+    for (Py_ssize_t i = 0; i < count && !failed; i++) {
+        hkn_conn *c = hkn_conn_get(items[i]);
+        if (items[i] == self || c->path == NULL) {
+            continue;
+        }
+        int same = PyUnicode_Compare(c->path, path);
+        if (same != 0) {
+            PyErr_Clear();
+            continue;
+        }
+        PyObject *where = hkn_format_opener(c);
         if (where == NULL) {
             failed = 1;
             break;
@@ -957,11 +942,7 @@ hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
         Py_XDECREF(value);
         Py_DECREF(where);
     }
-    for (Py_ssize_t i = 0; i < k; i++) {
-        Py_DECREF(owners[i]);
-    }
-    PyMem_Free(entries);
-    PyMem_Free(owners);
+    hkn_snapshot_free(items, count);
     if (failed) {
         Py_DECREF(counter);
         return NULL;

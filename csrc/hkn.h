@@ -133,6 +133,20 @@ static inline void hkn_error_drop(hkn_saved_error *s)
  * inconsistent. */
 void hkn_registry_add(hkn_state *state, hkn_conn *conn);
 void hkn_registry_remove(hkn_state *state, hkn_conn *conn);
+/* Strong references to every registered connection (their count in
+ * *count), taken without allocating Python objects during the walk; free
+ * with hkn_snapshot_free().  NULL with MemoryError set on failure. */
+PyObject **hkn_registry_snapshot(hkn_state *state, Py_ssize_t *count);
+void hkn_snapshot_free(PyObject **items, Py_ssize_t count);
+
+/* Whether this connection was opened in this process: a forked child has
+ * a higher fork generation than its inherited connections (cheaper than a
+ * getpid() system call on every close). */
+static inline int
+hkn_same_process(hkn_state *state, hkn_conn *conn)
+{
+    return conn->fork_generation == state->fork_generation;
+}
 
 /* guard.c: the WAL-generation guard (OFD locks); see the file's comment. */
 int hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db);
@@ -143,6 +157,8 @@ const char *hkn_guard_unavailable(void);   /* NULL when available */
 
 /* connection.c */
 int hkn_connection_exec(PyObject *module, hkn_state *state);
+/* Our part of a WalSafeConnection instance (of any subclass). */
+hkn_conn *hkn_conn_get(PyObject *self);
 PyObject *hkn_format_opener(hkn_conn *conn);
 /* Closes (or, when only its owner thread may, checkpoints) a connection left
  * open at interpreter exit.  Never raises; reports through warnings. */

@@ -47,7 +47,7 @@ hkn_registry_remove(hkn_state *state, hkn_conn *conn)
 /* Strong references to every registered connection, taken without
  * allocating Python objects while walking: an allocation can run the GC,
  * whose finalizers unregister connections under the walk. */
-static PyObject **
+PyObject **
 hkn_registry_snapshot(hkn_state *state, Py_ssize_t *count)
 {
     Py_ssize_t n = 0;
@@ -67,7 +67,7 @@ hkn_registry_snapshot(hkn_state *state, Py_ssize_t *count)
     return items;
 }
 
-static void
+void
 hkn_snapshot_free(PyObject **items, Py_ssize_t count)
 {
     for (Py_ssize_t i = 0; i < count; i++) {
@@ -178,14 +178,13 @@ hkn_live_connections(PyObject *module, PyObject *Py_UNUSED(ignored))
     if (result == NULL) {
         goto done;
     }
-    pid_t me = getpid();
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *self = items[i];
-        hkn_conn *conn = (hkn_conn *)((char *)self + HKN_CONN_OFFSET(state->base_type->tp_basicsize));
-        /* Closed behind our back through sqlite3.Connection.close(), or
-         * inherited over fork: not live here. */
-        if (hkn_connection_handle(self) == NULL || conn->pid != me
-            || conn->fork_generation != state->fork_generation) {
+        hkn_conn *conn = hkn_conn_get(self);
+        /* Closed behind our back through sqlite3.Connection.close(), still
+         * opening, or inherited over fork: not live here. */
+        if (hkn_connection_handle(self) == NULL || conn->pid == 0
+            || !hkn_same_process(state, conn)) {
             continue;
         }
         PyObject *opener = hkn_format_opener(conn);
@@ -320,9 +319,8 @@ hkn_guard_switch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     sqlite3 *db = hkn_connection_handle(args[0]);
-    hkn_conn *conn = (hkn_conn *)((char *)args[0] + HKN_CONN_OFFSET(state->base_type->tp_basicsize));
-    if (db == NULL || conn->pid != getpid() || conn->fork_generation != state->fork_generation
-        || !state->api.native) {
+    hkn_conn *conn = hkn_conn_get(args[0]);
+    if (db == NULL || conn->pid == 0 || !hkn_same_process(state, conn) || !state->api.native) {
         Py_RETURN_NONE;
     }
     if (enabled) {

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import resource
-import select
 import shutil
 import sqlite3
 import subprocess
@@ -37,7 +36,7 @@ import time
 import warnings
 
 from . import ClosingWalSafeConnection, WalSafeConnection, sqlite_api, sqlite_fds
-from .reference import TruncatingConnection
+from .reference import ReaderProcess, TruncatingConnection
 
 SCHEMA_VERSION = 1
 TIMEOUT = 120               # hermes' busy timeout, seconds
@@ -108,20 +107,6 @@ def leave_unclosed(path, factory, timeout, count):
 '''
 _user = {}
 exec(compile(_USER_CODE, "<hkn-bench user code>", "exec"), _user)
-
-# A reader in another process: BEGIN; SELECT holds a snapshot that blocks
-# every checkpoint past it until stdin closes.
-_READER = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=120)
-conn.execute("BEGIN")
-conn.execute("SELECT count(*) FROM t").fetchone()
-print("ready", flush=True)
-sys.stdin.read()
-conn.execute("ROLLBACK")
-conn.close()
-"""
-
 
 # ------------------------------------------------------------ parameters
 
@@ -346,30 +331,10 @@ def scenario_write_tick(tmp, plan, log):
             "contenders": rows}
 
 
-def _start_reader(path):
-    child = subprocess.Popen([sys.executable, "-c", _READER, path],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    ready, _, _ = select.select([child.stdout], [], [], 30)
-    line = child.stdout.readline() if ready else ""
-    if line.strip() != "ready":
-        child.kill()
-        child.wait()
-        raise RuntimeError("the reader process did not start")
-    return child
-
-
-def _stop_reader(child):
-    try:
-        child.communicate("", timeout=30)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
-
-
 def scenario_close_with_reader(tmp, plan, log):
     path = _make_db(os.path.join(tmp, "reader.db"))
     holder = _holder(path)
-    reader = _start_reader(path)
+    reader = ReaderProcess(path)
     busy = {"walsafe": 0, "walsafe_truncate": 0}
     try:
         samplers = {}
@@ -389,7 +354,7 @@ def scenario_close_with_reader(tmp, plan, log):
         raw = _interleave(samplers, plan.close_rounds, plan.warmup,
                           limits={"python_truncate": plan.capped_closes})
     finally:
-        _stop_reader(reader)
+        reader.stop()
         holder.close()
     notes = {"python_truncate":
              f"measured with timeout={CAPPED_TIMEOUT:g} s ({plan.capped_closes} close(s)); "

@@ -29,7 +29,7 @@ import time
 import warnings
 
 from . import WalSafeConnection, sqlite_fds, stats
-from .reference import TruncatingConnection
+from .reference import ReaderProcess, TruncatingConnection
 
 # The demo's busy timeout.  hermes uses 120 s; the Python subclass waits out
 # the whole timeout on every close while a reader is open, so the demo uses
@@ -79,37 +79,6 @@ def _make_database(path: str) -> None:
         conn.close()
 
 
-class _Reader:
-    """Another process with a read transaction open (a CLI listing the board)."""
-
-    def __init__(self, path: str):
-        code = textwrap.dedent(f"""
-            import sqlite3, sys
-            conn = sqlite3.connect({path!r}, isolation_level=None)
-            conn.execute("BEGIN")
-            conn.execute("SELECT count(*) FROM task").fetchone()
-            print("ready", flush=True)
-            sys.stdin.readline()
-            conn.execute("COMMIT")
-            conn.close()
-        """)
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-        if self.proc.stdout.readline().strip() != "ready":
-            self.stop()
-            raise RuntimeError("the reader process did not start")
-
-    def stop(self) -> None:
-        try:
-            self.proc.stdin.write("done\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError):
-            pass
-        self.proc.wait(timeout=60)
-        self.proc.stdin.close()
-        self.proc.stdout.close()
-
-
 def _open_connections(keeper) -> int:
     """Connection objects still alive and open, the keeper aside (plain
     sqlite3.Connection takes no weak references, so ask the collector)."""
@@ -137,7 +106,7 @@ def _gateway(name: str, factory, path: str, seconds: float) -> dict:
 
     keeper = connect()
     keeper.execute("SELECT count(*) FROM task").fetchone()
-    reader = _Reader(path)
+    reader = ReaderProcess(path)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     ticks = 0
