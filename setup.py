@@ -20,7 +20,8 @@ def _flag(name):
 
 
 def _sources():
-    sources = ["csrc/module.c", "csrc/connection.c", "csrc/sqlite_api.c", "csrc/guard.c"]
+    sources = ["csrc/module.c", "csrc/connection.c", "csrc/sqlite_api.c", "csrc/guard.c",
+               "csrc/shmlock.c"]
     if sys.platform.startswith("linux"):
         sources.append("csrc/fdscan_linux.c")
     else:

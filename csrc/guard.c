@@ -64,6 +64,8 @@ struct hkn_guard {
     int capacity;
     int *fds;                   /* database descriptors we locked */
     int shm_fd;                 /* -shm descriptor we locked, or -1 */
+    int shm_native;             /* SQLite's own DMS lock on shm_fd is an OFD lock
+                                 * (shmlock.c): nothing to take or release */
     dev_t shm_dev;
     ino_t shm_ino;
 };
@@ -220,11 +222,16 @@ hkn_guard_shm(hkn_state *state, hkn_guard *guard, sqlite3 *db, const char *path)
     if (fd < 0 || stat(shm_path, &st) != 0 || !hkn_same_file(fd, st.st_dev, st.st_ino)) {
         return;
     }
-    if (hkn_ofd_lock(fd, F_RDLCK, HKN_DMS_OFFSET, 1) == 0) {
+    /* With SQLite's -shm locks already OFD locks on this descriptor, its
+     * own dead-man-switch lock is safe; ours would be the same lock, and
+     * releasing it would release SQLite's. */
+    int native = hkn_shmlock_owns(fd);
+    if (native || hkn_ofd_lock(fd, F_RDLCK, HKN_DMS_OFFSET, 1) == 0) {
         if (guard->shm_fd >= 0) {
             state->stats.relocks++;
         }
         guard->shm_fd = fd;
+        guard->shm_native = native;
         guard->shm_dev = st.st_dev;
         guard->shm_ino = st.st_ino;
     }
@@ -288,6 +295,9 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
         state->stats.guard_failures++;
         return 0;
     }
+    /* Before SQLite opens this database's -shm (at the first read), so that
+     * its wal-index locks are OFD locks from the start. */
+    (void)hkn_shmlock_install(state, fd);
     hkn_guard *guard = hkn_guard_find(state, st.st_dev, st.st_ino);
     int fresh = guard == NULL;
     if (fresh && hkn_guard_worth_taking(fd, path, &st) <= 0) {
@@ -375,7 +385,8 @@ hkn_guard_release(hkn_state *state, hkn_conn *conn)
             (void)hkn_ofd_lock(guard->fds[i], F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
         }
     }
-    if (guard->shm_fd >= 0 && hkn_same_file(guard->shm_fd, guard->shm_dev, guard->shm_ino)) {
+    if (guard->shm_fd >= 0 && !guard->shm_native
+        && hkn_same_file(guard->shm_fd, guard->shm_dev, guard->shm_ino)) {
         (void)hkn_ofd_lock(guard->shm_fd, F_UNLCK, HKN_DMS_OFFSET, 1);
     }
     hkn_guard **link = &state->guards;

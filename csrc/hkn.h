@@ -155,6 +155,16 @@ void hkn_guard_release(hkn_state *state, hkn_conn *conn);
 void hkn_guard_free_all(hkn_state *state);
 const char *hkn_guard_unavailable(void);   /* NULL when available */
 
+/* shmlock.c: SQLite's -shm locks as OFD locks (process-wide); see the
+ * file's comment.  install() is called by every guarded open with SQLite's
+ * database descriptor, and acts once: 1 when the wrappers are in place. */
+int hkn_shmlock_install(hkn_state *state, int db_fd);
+/* Whether SQLite's locks on this -shm descriptor are OFD locks. */
+int hkn_shmlock_owns(int fd);
+/* NULL when in place, else why not; counts of -shm descriptors translated
+ * (ever) and open now. */
+const char *hkn_shmlock_status(unsigned long long *opened, int *open_now);
+
 /* connection.c */
 int hkn_connection_exec(PyObject *module, hkn_state *state);
 /* Our part of a WalSafeConnection instance (of any subclass). */

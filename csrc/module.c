@@ -91,14 +91,19 @@ PyDoc_STRVAR(hkn_stats_doc,
 "was reached), guards_taken, guards_released, relocks (a guard lock taken\n"
 "again on another descriptor of an already guarded database), guard_failures\n"
 "(a guard could not be taken: another process held EXCLUSIVE, or SQLite's\n"
-"descriptor could not be verified), guard_available.");
+"descriptor could not be verified), guard_available, shm_ofd_files (-shm\n"
+"descriptors SQLite opened in this process whose locks are OFD locks, ever)\n"
+"and shm_ofd_open (those open now).");
 
 static PyObject *
 hkn_stats_dict(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     hkn_counters *s = &hkn_module_state(module)->stats;
+    unsigned long long shm_opened;
+    int shm_open_now;
+    (void)hkn_shmlock_status(&shm_opened, &shm_open_now);
     return Py_BuildValue(
-        "{sKsKsKsnsnsKsKsKsKsKsKsKsKsKsKsO}",
+        "{sKsKsKsnsnsKsKsKsKsKsKsKsKsKsKsOsKsi}",
         "opened", s->opened, "closed", s->closed, "finalized", s->finalized,
         "live", s->live, "peak_live", s->peak_live,
         "checkpoints", s->checkpoints, "checkpoints_busy", s->checkpoints_busy,
@@ -108,7 +113,8 @@ hkn_stats_dict(PyObject *module, PyObject *Py_UNUSED(ignored))
         "bound_collections", s->bound_collections,
         "guards_taken", s->guards_taken, "guards_released", s->guards_released,
         "relocks", s->relocks, "guard_failures", s->guard_failures,
-        "guard_available", hkn_guard_unavailable() == NULL ? Py_True : Py_False);
+        "guard_available", hkn_guard_unavailable() == NULL ? Py_True : Py_False,
+        "shm_ofd_files", shm_opened, "shm_ofd_open", shm_open_now);
 }
 
 PyDoc_STRVAR(hkn_reset_peak_doc,
@@ -132,8 +138,10 @@ PyDoc_STRVAR(hkn_sqlite_api_doc,
 "sqlite_version, reason (why sql mode is in use, else None), and self_check:\n"
 "'passed' (native), 'not run' (sql mode by choice or because SQLite's\n"
 "symbols are out of reach) or 'failed' (the layout or library check failed,\n"
-"so sql mode is used), and guard: 'available' or why the WAL-generation\n"
-"guard is not.");
+"so sql mode is used), guard: 'available' or why the WAL-generation\n"
+"guard is not, and shm_locks: 'ofd' once a guarded connection has put\n"
+"SQLite's -shm locks in this process on open-file-description locks, else\n"
+"'posix: ' and why not.");
 
 static PyObject *
 hkn_sqlite_api_info(PyObject *module, PyObject *Py_UNUSED(ignored))
@@ -149,13 +157,26 @@ hkn_sqlite_api_info(PyObject *module, PyObject *Py_UNUSED(ignored))
     if (no_guard == NULL && !state->api.native) {
         no_guard = "needs native access to SQLite";
     }
-    PyObject *info = Py_BuildValue("{sssOsOsOsssz}",
+    unsigned long long shm_opened;
+    int shm_open_now;
+    const char *no_ofd = hkn_shmlock_status(&shm_opened, &shm_open_now);
+    if (no_ofd != NULL && !state->api.native) {
+        no_ofd = "needs native access to SQLite";
+    }
+    PyObject *shm_locks = no_ofd == NULL ? PyUnicode_FromString("ofd")
+                          : PyUnicode_FromFormat("posix: %s", no_ofd);
+    if (shm_locks == NULL) {
+        Py_DECREF(version);
+        return NULL;
+    }
+    PyObject *info = Py_BuildValue("{sssOsOsOsssssN}",
                                    "mode", state->api.native ? "native" : "sql",
                                    "library", state->api_library,
                                    "sqlite_version", version,
                                    "reason", state->api_reason,
                                    "self_check", check,
-                                   "guard", no_guard == NULL ? "available" : no_guard);
+                                   "guard", no_guard == NULL ? "available" : no_guard,
+                                   "shm_locks", shm_locks);
     Py_DECREF(version);
     return info;
 }

@@ -207,6 +207,7 @@ hkn_sqlite_api_init(hkn_state *state)
     /* Optional: SQLite 3.34+.  Without it an open transaction is detected
      * with get_autocommit, which cannot tell a read from a write. */
     *(void **)(&api->txn_state) = hkn_lookup(handle, "sqlite3_txn_state");
+    *(void **)(&api->vfs_find) = hkn_lookup(handle, "sqlite3_vfs_find");
 
     /* The library must be the one whose version sqlite3 reports. */
     PyObject *expected = PyObject_GetAttrString(state->sqlite3_module, "sqlite_version");

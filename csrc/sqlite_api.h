@@ -61,8 +61,28 @@ typedef struct sqlite3_mutex sqlite3_mutex;
 
 typedef int (*hkn_busy_fn)(void *, int);
 
+/* sqlite3_vfs as sqlite3.h declares it (iVersion 3, SQLite 3.7.6+), for its
+ * system-call table (shmlock.c).  The members we never call are generic. */
+typedef void (*hkn_syscall_ptr)(void);
+typedef struct hkn_sqlite3_vfs hkn_sqlite3_vfs;
+struct hkn_sqlite3_vfs {
+    int iVersion;
+    int szOsFile;
+    int mxPathname;
+    hkn_sqlite3_vfs *pNext;
+    const char *zName;
+    void *pAppData;
+    hkn_syscall_ptr xOpen, xDelete, xAccess, xFullPathname, xDlOpen, xDlError, xDlSym,
+                    xDlClose, xRandomness, xSleep, xCurrentTime, xGetLastError;
+    hkn_syscall_ptr xCurrentTimeInt64;                  /* iVersion 2 */
+    int (*xSetSystemCall)(hkn_sqlite3_vfs *, const char *, hkn_syscall_ptr);
+    hkn_syscall_ptr (*xGetSystemCall)(hkn_sqlite3_vfs *, const char *);
+    const char *(*xNextSystemCall)(hkn_sqlite3_vfs *, const char *);
+};
+
 /* The resolved functions.  Every member is non-NULL when `native` is set,
- * except txn_state (SQLite 3.34+), which has a fallback. */
+ * except txn_state (SQLite 3.34+), which has a fallback, and vfs_find
+ * (absent only from builds without the OS layer: no -shm locks to shim). */
 typedef struct {
     int native;
     void *dl_handle;
@@ -91,6 +111,7 @@ typedef struct {
     void (*mutex_enter)(sqlite3_mutex *);
     void (*mutex_leave)(sqlite3_mutex *);
     int (*close_v2)(sqlite3 *);
+    hkn_sqlite3_vfs *(*vfs_find)(const char *);
 } hkn_sqlite_api;
 
 struct hkn_state;

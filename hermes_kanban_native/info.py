@@ -46,8 +46,8 @@ def _exercise() -> dict:
 
 
 def run(args) -> int:
-    api = sqlite_api()
     exercise = _exercise()
+    api = sqlite_api()          # after the exercise, whose guarded open sets shm_locks
     ok = api["self_check"] != "failed" and exercise["ok"]
     report = {
         "package": __version__,
@@ -68,6 +68,8 @@ def run(args) -> int:
         print(f"  SQLite version  {api['sqlite_version']}")
         if api["reason"]:
             print(f"  why sql mode    {api['reason']}")
+        print(f"  WAL guard       {api['guard']}")
+        print(f"  -shm locks      {api['shm_locks']}")
         ckpt = exercise["checkpoint_on_close"]
         print(f"  close() test    {'ok' if exercise['ok'] else 'FAILED'}: {ckpt}")
     return 0 if ok else 1

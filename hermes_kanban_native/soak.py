@@ -61,14 +61,16 @@ table goes to stderr.
 ``--stray-close`` injects ``os.open(db)``/``os.close()`` and the same on
 ``-shm`` in this process during the run (``--stray-files`` picks which): that cancels its
 POSIX locks (sqlite-facts 2 and 8).  walsafe's WAL-generation guard keeps
-stray closes of the database harmless (lost POSIX locks under a held guard
-are not violations); with ``--no-guard``, or another factory, lost locks and
-stale sidecars are expected and reported as violations, and a lost ``-shm``
-dead-man-switch lock can let another process rebuild the wal-index under
-this one, which then dies with SIGBUS.  The guard holds the dead-man switch
-too, but not the transient wal-index locks of a transaction in progress: a
-stray close of the ``-shm`` while this process writes can still let another
-process write at the same time and lose a commit (seen here in 1 run of 5).
+them harmless: it holds the database's SHARED range as OFD locks (lost POSIX
+locks under a held guard are not violations), and SQLite's own ``-shm`` locks
+in a process with a guarded connection are OFD locks (csrc/shmlock.c), so a
+stray close of the ``-shm`` while this process writes cannot hand the WAL
+write lock to another process.  With ``--no-guard``, or another factory, lost
+locks and stale sidecars are expected and reported as violations, a lost
+``-shm`` dead-man-switch lock can let another process rebuild the wal-index
+under this one (which then dies with SIGBUS), and a lost write lock loses
+commits (with ``HERMES_KANBAN_NATIVE_SHM_LOCKS=posix``: 2 runs of 5 lost a
+row here, one with a damaged index).
 """
 from __future__ import annotations
 

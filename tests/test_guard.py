@@ -134,6 +134,146 @@ def test_stray_close_of_the_shm_then_a_new_process(tmp_path, mode):
     assert child_count(path) == (written, "ok")     # every commit kept
 
 
+STRAY_CLOSE_MID_WRITE = textwrap.dedent("""
+    import os, sqlite3, subprocess, sys
+    import hermes_kanban_native as hkn
+
+    class Factory(hkn.WalSafeConnection):
+        guard_wal = sys.argv[2] == "guard"
+
+    path, other_writer = sys.argv[1], sys.argv[3]
+    conn = sqlite3.connect(path, factory=Factory, isolation_level=None)
+    conn.execute("INSERT INTO t VALUES (0)")        # opens the -shm; a frame in the WAL
+    sqlite3.connect(path, factory=Factory).close()  # the guard, if any, now holds the DMS too
+    conn.execute("BEGIN IMMEDIATE")                 # holds the WAL write lock
+    conn.execute("INSERT INTO t VALUES (1)")
+    os.close(os.open(path + "-shm", os.O_RDONLY))   # a stray close mid-transaction
+    other = subprocess.run([sys.executable, other_writer, path], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    try:
+        conn.execute("COMMIT")
+        committed = "committed"
+    except sqlite3.OperationalError as exc:
+        committed = str(exc)
+    conn.close()
+    print(hkn.sqlite_api()["shm_locks"].split(":")[0])
+    print(other)
+    print(committed)
+""")
+
+OTHER_WRITER = textwrap.dedent("""
+    import sqlite3, sys
+    conn = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t VALUES (2)")
+        conn.execute("COMMIT")
+        print("committed")
+    except sqlite3.OperationalError as exc:
+        print(exc)
+""")
+
+
+@pytest.mark.parametrize("mode", ["guard", "no guard", "posix shm locks"])
+def test_stray_close_of_the_shm_during_a_write_transaction(tmp_path, mode):
+    # The WAL write lock is a transient lock on the -shm, taken by SQLite
+    # itself: only its own locks being OFD locks (shmlock.c) keep it.
+    path = make_wal_db(tmp_path / "board.db")
+    script, other = tmp_path / "holder.py", tmp_path / "other.py"
+    script.write_text(STRAY_CLOSE_MID_WRITE)
+    other.write_text(OTHER_WRITER)
+    env = dict(os.environ)
+    if mode == "posix shm locks":
+        env["HERMES_KANBAN_NATIVE_SHM_LOCKS"] = "posix"
+    result = subprocess.run([sys.executable, str(script), path,
+                             "no guard" if mode == "no guard" else "guard", str(other)],
+                            capture_output=True, text=True, cwd="/", env=env)
+    assert result.returncode == 0, result.stderr
+    shm_locks, other_said, holder_said = result.stdout.strip().split("\n")
+    rows, integrity = child_rows(path)
+    print(f"{mode}: shm locks {shm_locks}; other writer: {other_said}; "
+          f"holder: {holder_said}; rows {rows}")
+    assert integrity == "ok"
+    if mode == "guard":
+        assert shm_locks == "ofd"
+        assert other_said == "database is locked"
+        assert holder_said == "committed" and rows == [0, 1]
+        return
+    # Reproduced: the other process took the write lock while the holder's
+    # transaction was open, and committed; the two commits, written at the
+    # same WAL frame, do not both survive.
+    assert shm_locks == "posix"
+    assert other_said == "committed"
+    assert holder_said != "committed" or 2 not in rows
+
+
+def child_rows(path):
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import sqlite3
+        conn = sqlite3.connect({path!r})
+        print(sorted(x for (x,) in conn.execute("SELECT x FROM t")))
+        print(conn.execute("PRAGMA integrity_check").fetchone()[0])
+        conn.close()
+    """)], check=True, capture_output=True, text=True, cwd="/").stdout.splitlines()
+    return eval(out[0]), out[1]
+
+
+def test_shm_locks_are_ofd_locks_of_sqlites_own_descriptor(tmp_path):
+    path = make_wal_db(tmp_path / "board.db")
+    conn = hkn.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO t VALUES (1)")
+    assert hkn.sqlite_api()["shm_locks"] == "ofd"
+    shm = hkn.sqlite_fds(path).shm
+    assert len(shm) == 1
+    st = os.stat(path + "-shm")
+    rows = [row for row in hkn._native._scan_fd_locks(os.getpid(), shm[0].fd)
+            if (row[4], row[5]) == (st.st_dev, st.st_ino)]
+    kinds = {(row[0], row[6]) for row in rows}
+    # The write lock (120), this reader's mark, the dead-man switch (128):
+    # all OFD, none a POSIX lock of this process a stray close could drop.
+    assert ("OFDLCK", 120) in kinds and ("OFDLCK", 128) in kinds
+    assert not [row for row in rows if row[0] == "POSIX" and row[3] == os.getpid()]
+    os.close(os.open(path + "-shm", os.O_RDONLY))
+    assert ("OFDLCK", 120) in {(row[0], row[6])
+                               for row in hkn._native._scan_fd_locks(os.getpid(), shm[0].fd)}
+    conn.execute("COMMIT")
+    stats = hkn.stats()
+    assert stats["shm_ofd_open"] >= 1 and stats["shm_ofd_files"] >= stats["shm_ofd_open"]
+    conn.close()
+
+
+def test_forked_child_does_not_keep_the_parents_shm_locks(tmp_path):
+    # A fork child inherits SQLite's -shm descriptor; with a shared open
+    # file description it would keep the parent's OFD locks alive after the
+    # parent closed (or died).  The child gets a description of its own.
+    path = make_wal_db(tmp_path / "fork.db")
+    result = run_python(f"""
+        import os
+        import hermes_kanban_native as hkn
+        conn = hkn.connect({path!r}, isolation_level=None)
+        conn.execute("INSERT INTO t VALUES (1)")
+        ino = os.stat({path!r} + "-shm").st_ino
+        held = [line for line in open("/proc/locks") if f":{{ino}} " in line]
+        r, w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(ready_w, b"x")     # the fork handlers have run
+            os.read(r, 1)
+            os._exit(0)
+        os.read(ready_r, 1)
+        conn.close()                # the last close: -shm unlinked and closed
+        left = [line for line in open("/proc/locks") if f":{{ino}} " in line]
+        os.write(w, b"x")
+        os.waitpid(pid, 0)
+        print(len(held), len(left))
+    """)
+    assert result.returncode == 0, result.stderr
+    held, left = map(int, result.stdout.split())
+    assert held >= 1 and left == 0
+
+
 @pytest.mark.parametrize("mode", FACTORIES)
 def test_normal_life_is_unchanged(tmp_path, mode):
     path = str(tmp_path / "board.db")
