@@ -305,6 +305,7 @@ def test_no_lock_outlives_its_connection_over_10000_cycles(tmp_path):
     path = make_wal_db(tmp_path / "cycles.db")
     rng = random.Random(1234)
     before = hkn.stats()
+    shm_inodes = set()
     open_now = []
     for _ in range(10_000):
         if open_now and (len(open_now) >= 6 or rng.random() < 0.5):
@@ -313,6 +314,7 @@ def test_no_lock_outlives_its_connection_over_10000_cycles(tmp_path):
             conn = sqlite3.connect(path, factory=Guarded, isolation_level=None)
             if rng.random() < 0.5:
                 conn.execute("SELECT count(*) FROM t").fetchone()
+                shm_inodes.add(os.stat(path + "-shm").st_ino)
             open_now.append(conn)
         if open_now:
             assert ofd_locks(path), "a live guarded connection lost its guard"
@@ -325,6 +327,14 @@ def test_no_lock_outlives_its_connection_over_10000_cycles(tmp_path):
     assert after["guards_taken"] - before["guards_taken"] == \
         after["guards_released"] - before["guards_released"] > 0
     assert hkn.sqlite_fds(path).db == ()
+    # Each -shm generation of the run (ext4 hands the unlinked one's inode
+    # number to the next) was opened with OFD locks, and none left a lock or
+    # a descriptor-table entry behind.
+    assert after["shm_ofd_files"] - before["shm_ofd_files"] > 100 and shm_inodes
+    assert after["shm_ofd_open"] == before["shm_ofd_open"]
+    with open("/proc/locks") as locks:
+        assert not [line for line in locks
+                    if any(f":{ino} " in line for ino in shm_inodes)]
 
 
 def test_guard_can_be_turned_off_on_the_instance_before_it_opens(tmp_path):
