@@ -28,6 +28,11 @@
  * process_vm_readv (a bad address is an error, not a crash), and every
  * descriptor must fstat() to the inode stat() gives for its path.  When a
  * check fails the guard is simply not taken (counted in guard_failures).
+ *
+ * The first claim in the process also puts SQLite's own -shm locks on OFD
+ * locks (shmlock.c).  A -shm opened from then on needs no dead-man-switch
+ * lock of ours: SQLite's is already one, and releasing ours, the same lock
+ * on the same description, would release SQLite's.
  */
 #include "hkn.h"
 
@@ -63,9 +68,8 @@ struct hkn_guard {
     int nfds;
     int capacity;
     int *fds;                   /* database descriptors we locked */
-    int shm_fd;                 /* -shm descriptor we locked, or -1 */
-    int shm_native;             /* SQLite's own DMS lock on shm_fd is an OFD lock
-                                 * (shmlock.c): nothing to take or release */
+    int shm_fd;                 /* -shm descriptor we locked (or found locked
+                                 * by SQLite itself, shmlock.c), or -1 */
     dev_t shm_dev;
     ino_t shm_ino;
 };
@@ -225,13 +229,11 @@ hkn_guard_shm(hkn_state *state, hkn_guard *guard, sqlite3 *db, const char *path)
     /* With SQLite's -shm locks already OFD locks on this descriptor, its
      * own dead-man-switch lock is safe; ours would be the same lock, and
      * releasing it would release SQLite's. */
-    int native = hkn_shmlock_owns(fd);
-    if (native || hkn_ofd_lock(fd, F_RDLCK, HKN_DMS_OFFSET, 1) == 0) {
+    if (hkn_shmlock_owns(fd) || hkn_ofd_lock(fd, F_RDLCK, HKN_DMS_OFFSET, 1) == 0) {
         if (guard->shm_fd >= 0) {
             state->stats.relocks++;
         }
         guard->shm_fd = fd;
-        guard->shm_native = native;
         guard->shm_dev = st.st_dev;
         guard->shm_ino = st.st_ino;
     }
@@ -385,7 +387,9 @@ hkn_guard_release(hkn_state *state, hkn_conn *conn)
             (void)hkn_ofd_lock(guard->fds[i], F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
         }
     }
-    if (guard->shm_fd >= 0 && !guard->shm_native
+    /* Asked now, not when it was locked: SQLite may have closed that -shm
+     * and opened it again under the same number, inode and OFD locks. */
+    if (guard->shm_fd >= 0 && !hkn_shmlock_owns(guard->shm_fd)
         && hkn_same_file(guard->shm_fd, guard->shm_dev, guard->shm_ino)) {
         (void)hkn_ofd_lock(guard->shm_fd, F_UNLCK, HKN_DMS_OFFSET, 1);
     }

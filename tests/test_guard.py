@@ -243,6 +243,48 @@ def test_shm_locks_are_ofd_locks_of_sqlites_own_descriptor(tmp_path):
     conn.close()
 
 
+def test_guard_release_leaves_sqlites_own_dead_man_switch_alone(tmp_path):
+    # The guard locked the dead-man switch of a -shm opened before the
+    # wrappers were in place; SQLite closes it and opens it again (same
+    # number, same inode) with OFD locks.  The guard's last release must not
+    # unlock that, which would unlock SQLite's own lock.
+    path = make_wal_db(tmp_path / "reopen.db")
+    keeper = sqlite3.connect(path)                  # the -shm is never unlinked
+    keeper.execute("SELECT count(*) FROM t").fetchone()
+    result = run_python(f"""
+        import os, sqlite3
+        import hermes_kanban_native as hkn
+        from hermes_kanban_native import _native
+
+        path = {path!r}
+        def dms_locks():
+            fd = hkn.sqlite_fds(path).shm[0].fd
+            st = os.stat(path + "-shm")
+            return [row for row in _native._scan_fd_locks(os.getpid(), fd)
+                    if row[0] == "OFDLCK" and row[6] == 128 and row[5] == st.st_ino]
+
+        plain = sqlite3.connect(path)
+        plain.execute("SELECT count(*) FROM t").fetchone()   # -shm opened, POSIX locks
+        first = hkn.connect(path)
+        first.execute("SELECT count(*) FROM t").fetchone()
+        first.checkpoint()                                   # the guard locks the DMS
+        second = sqlite3.connect(path, factory=hkn.WalSafeConnection)  # a claim, no read
+        fd, ino = hkn.sqlite_fds(path).shm[0].fd, os.stat(path + "-shm").st_ino
+        plain.close()
+        first.close()                                        # SQLite closes the -shm
+        again = sqlite3.connect(path)
+        again.execute("SELECT count(*) FROM t").fetchone()   # and opens it again
+        assert (hkn.sqlite_fds(path).shm[0].fd, os.stat(path + "-shm").st_ino) == (fd, ino)
+        print(hkn.stats()["shm_ofd_open"], len(dms_locks()))
+        second.close()                                       # the guard's last release
+        print(len(dms_locks()))
+        again.close()
+    """)
+    keeper.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "1", "1"]
+
+
 def test_forked_child_does_not_keep_the_parents_shm_locks(tmp_path):
     # A fork child inherits SQLite's -shm descriptor; with a shared open
     # file description it would keep the parent's OFD locks alive after the
