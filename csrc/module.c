@@ -507,6 +507,11 @@ hkn_module_exec(PyObject *module)
     if (hkn_fdscan_exec(module) < 0) {
         return -1;
     }
+#ifdef HKN_FAULTS
+    if (hkn_faults_exec(module) < 0) {
+        return -1;
+    }
+#endif
 
     PyObject *atexit = PyImport_ImportModule("atexit");
     if (atexit == NULL) {
