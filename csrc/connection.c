@@ -530,10 +530,11 @@ hkn_sql_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
             }
             PyObject *value = HKN_FAULT_PY("connection.sql_checkpoint.timeout_item", NULL,
                                            PyTuple_GetItem(row, 0));
-            saved_timeout = HKN_FAULT_PY("connection.sql_checkpoint.timeout_value", -1,
-                                         PyLong_AsLong(value));
+            saved_timeout = value == NULL ? -1
+                            : HKN_FAULT_PY("connection.sql_checkpoint.timeout_value", -1,
+                                           PyLong_AsLong(value));
             Py_CLEAR(row);
-            if (PyErr_Occurred()) {
+            if (saved_timeout == -1 && PyErr_Occurred()) {
                 return -1;
             }
         }
