@@ -988,9 +988,12 @@ hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
         }
         PyObject *seen = HKN_FAULT_PY("connection.openers.get", NULL,
                                       PyDict_GetItemWithError(counter, where));
-        long total = seen == NULL ? 1
-                     : HKN_FAULT_PY("connection.openers.count_value", -1, PyLong_AsLong(seen)) + 1;
-        PyObject *value = HKN_FAULT_PY("connection.openers.count", NULL, PyLong_FromLong(total));
+        long total = seen == NULL ? 0
+                     : HKN_FAULT_PY("connection.openers.count_value", -1, PyLong_AsLong(seen));
+        PyObject *value = NULL;
+        if (!PyErr_Occurred()) {
+            value = HKN_FAULT_PY("connection.openers.count", NULL, PyLong_FromLong(total + 1));
+        }
         if (value == NULL
             || HKN_FAULT_PY("connection.openers.set", -1,
                             PyDict_SetItem(counter, where, value)) < 0) {
