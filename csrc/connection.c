@@ -34,6 +34,7 @@
 /* Close-time policy values besides the SQLITE_CHECKPOINT_* modes. */
 #define HKN_POLICY_OFF      (-1)
 #define HKN_POLICY_INVALID  (-2)
+#define HKN_POLICY_ERROR    (-3)    /* parsing itself failed: exception set */
 
 /* Why a close-time checkpoint did not run (counted in checkpoints_skipped). */
 typedef enum {
@@ -141,7 +142,8 @@ hkn_match_mode(hkn_state *state, PyObject *value, int allow_off)
 
 /* Parses a mode name: SQLITE_CHECKPOINT_*, HKN_POLICY_OFF when `allow_off`
  * and the value is "off", HKN_POLICY_INVALID otherwise.  Case-insensitive,
- * as SQLite's own PRAGMA is; never raises. */
+ * as SQLite's own PRAGMA is.  HKN_POLICY_ERROR with the exception set when
+ * lower() itself fails: a MemoryError there says nothing about the value. */
 static int
 hkn_parse_mode(hkn_state *state, PyObject *value, int allow_off)
 {
@@ -156,8 +158,7 @@ hkn_parse_mode(hkn_state *state, PyObject *value, int allow_off)
     PyObject *lower = HKN_FAULT_PY("connection.parse_mode.lower", NULL,
                                    PyObject_CallMethod(value, "lower", NULL));
     if (lower == NULL) {
-        PyErr_Clear();
-        return HKN_POLICY_INVALID;
+        return HKN_POLICY_ERROR;
     }
     mode = PyUnicode_Check(lower) ? hkn_match_mode(state, lower, allow_off) : HKN_POLICY_INVALID;
     Py_DECREF(lower);
@@ -703,7 +704,7 @@ hkn_policy(hkn_state *state, PyObject *self, PyObject **value)
     if (mode != HKN_POLICY_INVALID) {
         Py_CLEAR(*value);
     }
-    return mode;
+    return mode == HKN_POLICY_ERROR ? HKN_POLICY_INVALID : mode;
 }
 
 static PyObject *
@@ -851,6 +852,9 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
     }
     hkn_conn *conn = hkn_conn_get(self);
     int mode = mode_obj == NULL ? SQLITE_CHECKPOINT_PASSIVE : hkn_parse_mode(state, mode_obj, 0);
+    if (mode == HKN_POLICY_ERROR) {
+        return NULL;
+    }
     if (mode < 0) {
         return hkn_mode_error(mode_obj, 0);
     }
