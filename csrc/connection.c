@@ -1058,12 +1058,20 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
         Py_DECREF(limit_obj);
         return 0;
     }
-    Py_ssize_t limit = PyLong_Check(limit_obj) && !PyBool_Check(limit_obj)
-                       ? HKN_FAULT_PY("connection.bound.limit_value", -1,
-                                      PyLong_AsSsize_t(limit_obj))
-                       : -1;
+    Py_ssize_t limit = -1;
+    if (PyLong_Check(limit_obj) && !PyBool_Check(limit_obj)) {
+        limit = HKN_FAULT_PY("connection.bound.limit_value", -1, PyLong_AsSsize_t(limit_obj));
+        /* Too large is a bad value; anything else (memory) is not the
+         * value's fault and propagates. */
+        if (limit == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                Py_DECREF(limit_obj);
+                return -1;
+            }
+            PyErr_Clear();
+        }
+    }
     if (limit < 0) {
-        PyErr_Clear();
         PyErr_Format(PyExc_ValueError,
                      "max_live_per_database must be None or an int >= 0, not %R", limit_obj);
         Py_DECREF(limit_obj);
