@@ -813,26 +813,32 @@ PyDoc_STRVAR(hkn_checkpoint_doc,
 "when it is closed or used from another thread; ValueError for an unknown\n"
 "mode.  On a database not in WAL mode the result has log_frames == -1.");
 
-/* Reads the busy timeout with a native PRAGMA (there is no C getter).  With
- * the GIL held: a trace callback may run. */
+/* Reads the busy timeout into *timeout with a native PRAGMA (there is no C
+ * getter).  With the GIL held: a trace callback may run.  SQLITE_OK, or the
+ * error of the statement. */
 static int
-hkn_read_busy_timeout(const hkn_sqlite_api *api, sqlite3 *db)
+hkn_read_busy_timeout(const hkn_sqlite_api *api, sqlite3 *db, int *timeout)
 {
     sqlite3_stmt *stmt = NULL;
-    int timeout = -1;
-    if (HKN_FAULT_SQLITE("connection.read_busy_timeout.prepare", SQLITE_NOMEM,
-                         api->prepare_v2(db, "PRAGMA busy_timeout", -1, &stmt, NULL)) == SQLITE_OK
-        && stmt != NULL) {
-        if (HKN_FAULT_SQLITE("connection.read_busy_timeout.step", SQLITE_IOERR,
-                             api->step(stmt)) == SQLITE_ROW) {
-            timeout = api->column_int(stmt, 0);
+    int rc = HKN_FAULT_SQLITE("connection.read_busy_timeout.prepare", SQLITE_NOMEM,
+                              api->prepare_v2(db, "PRAGMA busy_timeout", -1, &stmt, NULL));
+    if (rc == SQLITE_OK) {
+        rc = HKN_FAULT_SQLITE("connection.read_busy_timeout.step", SQLITE_IOERR,
+                              api->step(stmt));
+        if (rc == SQLITE_ROW) {
+            *timeout = api->column_int(stmt, 0);
+            rc = SQLITE_OK;
+        }
+        else if (rc == SQLITE_DONE) {
+            rc = SQLITE_ERROR;  /* the PRAGMA always has a row */
         }
     }
     if (stmt != NULL) {
+        /* finalize() repeats the step's error, which rc already holds. */
         (void)HKN_FAULT_RELEASE("connection.read_busy_timeout.finalize", SQLITE_IOERR,
                                 api->finalize(stmt));
     }
-    return timeout;
+    return rc;
 }
 
 static PyObject *
@@ -897,22 +903,32 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
         sqlite3 *db = hkn_connection_handle(self);
         int restore = -1;
         if (!wait && mode != SQLITE_CHECKPOINT_PASSIVE) {
-            restore = hkn_read_busy_timeout(api, db);
-            api->busy_handler(db, NULL, NULL);
+            /* Without the old timeout nothing could put the busy handler
+             * back afterwards: fail instead of leaving the connection
+             * without it. */
+            out.rc = hkn_read_busy_timeout(api, db, &restore);
+            if (out.rc == SQLITE_OK) {
+                api->busy_handler(db, NULL, NULL);
+            }
+            else {
+                hkn_describe_error(api, db, &out);
+            }
         }
-        Py_BEGIN_ALLOW_THREADS
-        sqlite3_mutex *mutex = api->db_mutex(db);
-        api->mutex_enter(mutex);
-        out.rc = HKN_FAULT_SQLITE("connection.checkpoint.wal_checkpoint", SQLITE_IOERR,
-                                  api->wal_checkpoint_v2(db, NULL, mode, &out.log_frames,
-                                                         &out.checkpointed_frames));
-        if (out.rc != SQLITE_OK && out.rc != SQLITE_BUSY) {
-            hkn_describe_error(api, db, &out);
-        }
-        api->mutex_leave(mutex);
-        Py_END_ALLOW_THREADS
-        if (restore >= 0) {
-            api->busy_timeout(db, restore);
+        if (out.rc == SQLITE_OK) {
+            Py_BEGIN_ALLOW_THREADS
+            sqlite3_mutex *mutex = api->db_mutex(db);
+            api->mutex_enter(mutex);
+            out.rc = HKN_FAULT_SQLITE("connection.checkpoint.wal_checkpoint", SQLITE_IOERR,
+                                      api->wal_checkpoint_v2(db, NULL, mode, &out.log_frames,
+                                                             &out.checkpointed_frames));
+            if (out.rc != SQLITE_OK && out.rc != SQLITE_BUSY) {
+                hkn_describe_error(api, db, &out);
+            }
+            api->mutex_leave(mutex);
+            Py_END_ALLOW_THREADS
+            if (restore >= 0) {
+                api->busy_timeout(db, restore);
+            }
         }
         hkn_guard_refresh(state, conn, db);
     }
