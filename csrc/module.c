@@ -482,7 +482,8 @@ hkn_find_package_dir(PyObject *module, hkn_state *state)
  * os.register_at_fork (forked children leave inherited connections alone; a
  * counter bumped after fork is cheaper to compare than getpid() on each
  * close).  Last in the exec slot, so that nothing else can fail after a hook
- * holds the module. */
+ * holds the module; os.register_at_fork has no way back, so it goes second
+ * and a failure of it takes the atexit hook back. */
 static int
 hkn_register_hooks(PyObject *module)
 {
@@ -523,6 +524,15 @@ hkn_register_hooks(PyObject *module)
     Py_XDECREF(after_fork);
     Py_XDECREF(register_at_fork);
     Py_XDECREF(kwargs);
+    if (status < 0) {
+        hkn_saved_error saved;
+        hkn_error_save(&saved);
+        PyObject *undone = HKN_FAULT_PY("module.exec.atexit_unregister", NULL,
+                                        PyObject_CallMethod(atexit, "unregister", "O", closer));
+        Py_XDECREF(undone);
+        PyErr_Clear();          /* best effort: the module then lives on in atexit */
+        hkn_error_restore(&saved);
+    }
     Py_DECREF(closer);
     Py_DECREF(atexit);
     return status;
