@@ -1149,6 +1149,32 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
 
 /* ----------------------------------------------------------------- slots */
 
+/* Closes the handle of `self` without the base's close(), for when that
+ * cannot run (another thread) or failed before closing, because from 3.12 on
+ * the base's dealloc no longer closes at all (its finalizer does, which ours
+ * replaces; the fault tests leak the descriptors on 3.12 and 3.13 without
+ * this).  Natively when we can: sqlite3_close_v2 is safe from any thread,
+ * and nobody else can use a connection being finalized or failing its
+ * __init__.  Otherwise through the base's finalizer (SQL mode; 3.13's also
+ * warns); on 3.10 and 3.11 the base's dealloc closes.  Cost of bypassing
+ * the base: on 3.12+ the few bytes of its trace/progress/authorizer
+ * callback records, if the user set any, are not freed. */
+static void
+hkn_close_handle(hkn_state *state, PyObject *self)
+{
+    if (state->api.native) {
+        sqlite3 *db = hkn_connection_handle(self);
+        hkn_connection_forget_handle(self);
+        const hkn_sqlite_api *api = &state->api;
+        Py_BEGIN_ALLOW_THREADS
+        (void)api->close_v2(db);
+        Py_END_ALLOW_THREADS
+    }
+    else if (hkn_base_type(self)->tp_finalize != NULL) {
+        hkn_base_type(self)->tp_finalize(self);
+    }
+}
+
 static int
 hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
 {
@@ -1269,6 +1295,9 @@ fail:
         PyObject *res = hkn_base_close(state, self);
         Py_XDECREF(res);
         PyErr_Clear();
+        if (hkn_connection_handle(self) != NULL) {
+            hkn_close_handle(state, self);
+        }
         hkn_error_restore(&saved);
     }
     return -1;
@@ -1348,13 +1377,8 @@ hkn_connection_finalize(PyObject *self)
         Py_XDECREF(opener);
     }
     /* Close now.  The base's close() refuses another thread (the collector
-     * runs wherever it is triggered), and from 3.13 on the base's dealloc no
-     * longer closes at all (its finalizer does, which we replace).  So from
-     * another thread the handle is closed natively: sqlite3_close_v2 is safe
-     * from any thread, and nobody else can use a connection being finalized.
-     * Cost of bypassing the base: on 3.12+ the few bytes of its trace/
-     * progress/authorizer callback records, if the user set any, are not
-     * freed. */
+     * runs wherever it is triggered); from another thread, or when the base's
+     * close() failed before closing, the handle is closed without it. */
     if (hkn_thread_ok(conn)) {
         PyObject *res = hkn_base_close(state, self);
         if (res == NULL) {
@@ -1362,17 +1386,8 @@ hkn_connection_finalize(PyObject *self)
         }
         Py_XDECREF(res);
     }
-    else if (state->api.native) {
-        sqlite3 *db = hkn_connection_handle(self);
-        hkn_connection_forget_handle(self);
-        const hkn_sqlite_api *api = &state->api;
-        Py_BEGIN_ALLOW_THREADS
-        (void)api->close_v2(db);
-        Py_END_ALLOW_THREADS
-    }
-    else if (hkn_base_type(self)->tp_finalize != NULL) {
-        /* SQL mode on 3.13+: the base's finalizer closes (and warns too). */
-        hkn_base_type(self)->tp_finalize(self);
+    if (hkn_connection_handle(self) != NULL) {
+        hkn_close_handle(state, self);
     }
     hkn_unregister(state, conn);
     if (locked) {
