@@ -1244,7 +1244,7 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
                                               PyLong_AsLongLong(changes));
             Py_DECREF(changes);
         }
-        else {
+        if (changes == NULL || (conn->changes_base == -1 && PyErr_Occurred())) {
             Py_CLEAR(path);
         }
     }
