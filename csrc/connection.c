@@ -768,13 +768,14 @@ hkn_connection_close(PyObject *self, PyObject *Py_UNUSED(ignored))
         }
     }
     hkn_drop_guard(state, conn);
-    state->stats.closed++;
     PyObject *res = hkn_base_close(state, self);
     /* Live until its handle is gone: SQLite parks the descriptor of a
      * connection closing while others are open, and the peak number of
-     * live connections is what bounds parked descriptors. */
+     * live connections is what bounds parked descriptors.  A base close
+     * that failed before closing leaves it open, live and closable again. */
     if (hkn_connection_handle(self) == NULL) {
         hkn_unregister(state, conn);
+        state->stats.closed++;
     }
     hkn_unlock(conn);
 
