@@ -1271,7 +1271,6 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
     if (first_open && PyUnicode_GetLength(path) > 0 && hkn_enforce_bound(state, self, path) < 0) {
         goto fail;
     }
-    state->stats.opened++;
     if (state->api.native && conn->guard == NULL && PyUnicode_GetLength(path) > 0) {
         PyObject *wanted = HKN_FAULT_PY("connection.init.guard_wal", NULL,
                                         PyObject_GetAttr(self, state->str_guard_wal));
@@ -1283,6 +1282,7 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
             goto fail;
         }
     }
+    state->stats.opened++;
     return 0;
 
 fail:
