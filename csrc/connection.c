@@ -1258,7 +1258,12 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
     conn->check_same_thread = check_same_thread;
     conn->thread_ident = PyThread_get_thread_ident();
     struct timespec now;
-    (void)HKN_FAULT_SYS("connection.init.clock", EINVAL, -1, clock_gettime(CLOCK_REALTIME, &now));
+    if (HKN_FAULT_SYS("connection.init.clock", EINVAL, -1,
+                      clock_gettime(CLOCK_REALTIME, &now)) != 0) {
+        /* Never seen on Linux; `now` would be garbage, the second is not. */
+        now.tv_sec = time(NULL);
+        now.tv_nsec = 0;
+    }
     conn->opened_time = (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
     hkn_capture_opener(state, conn);
     if (state->opened_paths != NULL
