@@ -173,7 +173,11 @@ hkn_sqlite_api_init(hkn_state *state)
     Py_DECREF(sqlite3_ext);
     PyObject *encoded = NULL;
     if (file == NULL) {
-        /* Built into the interpreter: its symbols, if exported, are global. */
+        /* No __file__: built into the interpreter, whose symbols, if
+         * exported, are global.  Any other error is an error. */
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
         PyErr_Clear();
     }
     else {
