@@ -344,17 +344,18 @@ hkn_native_close_checkpoint(const hkn_sqlite_api *api, sqlite3 *db, int mode, hk
 
     const char *file = HKN_FAULT_SQLITE("connection.close_checkpoint.db_filename", NULL,
                                         api->db_filename(db, "main"));
-    int write_txn;
-    if (api->txn_state != NULL) {
-        write_txn = HKN_FAULT_SQLITE("connection.close_checkpoint.txn_state", -1,
-                                     api->txn_state(db, "main")) == SQLITE_TXN_WRITE;
-    }
-    else {
-        write_txn = !api->get_autocommit(db);
-    }
+    int txn = api->txn_state == NULL ? -1
+              : HKN_FAULT_SQLITE("connection.close_checkpoint.txn_state", -1,
+                                 api->txn_state(db, "main"));
+    /* Without txn_state (before 3.34, or if it fails) get_autocommit tells
+     * that some transaction is open, which may only be a read. */
+    int write_txn = txn >= 0 ? txn == SQLITE_TXN_WRITE : !api->get_autocommit(db);
     int wrote = 0, high = 0;
-    (void)HKN_FAULT_SQLITE("connection.close_checkpoint.db_status", SQLITE_MISUSE,
-                           api->db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0));
+    if (HKN_FAULT_SQLITE("connection.close_checkpoint.db_status", SQLITE_MISUSE,
+                         api->db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0))
+        != SQLITE_OK) {
+        wrote = 1;              /* unknown: checkpoint rather than skip */
+    }
 
     if (file == NULL || file[0] == '\0') {
         out->skipped = HKN_SKIP_NOT_FILE;
