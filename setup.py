@@ -5,6 +5,10 @@ Environment switches (all off by default; users get the compiler's normal flags)
   HKN_WERROR=1    -Wall -Wextra -Werror (CI)
   HKN_DEBUG=1     -O0 -g3, assertions on
   HKN_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer (CI's sanitizer stage)
+  HKN_FAULTS=1    fault injection: every call of ours that can fail becomes a named
+                  point that _native._fault_arm() makes fail (csrc/faults.h;
+                  tests/test_faults.py).  GCC or Clang on Linux.  Without it the
+                  points compile to the plain calls.
 
 The extension never links SQLite: it calls the library that CPython's
 _sqlite3 already loaded (see csrc/sqlite_api.c for why).
@@ -13,6 +17,8 @@ import os
 import sys
 
 from setuptools import Extension, setup
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _flag(name):
@@ -26,6 +32,8 @@ def _sources():
         sources.append("csrc/fdscan_linux.c")
     else:
         sources.append("csrc/fdscan_other.c")
+    if _flag("HKN_FAULTS"):
+        sources.append("csrc/faults.c")
     return sources
 
 
@@ -44,6 +52,14 @@ def _flags():
                     "-fno-sanitize-recover=undefined"]
         compile_args += sanitize
         link_args += sanitize
+    if _flag("HKN_FAULTS"):
+        # The points are collected in an ELF section (csrc/faults.h).
+        if not sys.platform.startswith("linux"):
+            sys.exit("HKN_FAULTS=1 needs Linux (an ELF linker and GCC or Clang)")
+        macros.append(("HKN_FAULTS", "1"))
+        # ld lists the section's __start_/__stop_ symbols in the dynamic
+        # table even when hidden: a version script keeps PyInit__native alone.
+        link_args.append("-Wl,--version-script=" + os.path.join(_HERE, "csrc", "exports.map"))
     return compile_args, link_args, macros
 
 
@@ -54,7 +70,8 @@ setup(
         Extension(
             "hermes_kanban_native._native",
             sources=_sources(),
-            depends=["csrc/hkn.h", "csrc/sqlite_api.h"],
+            depends=["csrc/hkn.h", "csrc/sqlite_api.h", "csrc/fdscan.h", "csrc/faults.h",
+                     "csrc/exports.map"],
             include_dirs=["csrc"],
             define_macros=_macros,
             extra_compile_args=_compile_args,

@@ -34,6 +34,7 @@
 /* Close-time policy values besides the SQLITE_CHECKPOINT_* modes. */
 #define HKN_POLICY_OFF      (-1)
 #define HKN_POLICY_INVALID  (-2)
+#define HKN_POLICY_ERROR    (-3)    /* parsing itself failed: exception set */
 
 /* Why a close-time checkpoint did not run (counted in checkpoints_skipped). */
 typedef enum {
@@ -141,7 +142,8 @@ hkn_match_mode(hkn_state *state, PyObject *value, int allow_off)
 
 /* Parses a mode name: SQLITE_CHECKPOINT_*, HKN_POLICY_OFF when `allow_off`
  * and the value is "off", HKN_POLICY_INVALID otherwise.  Case-insensitive,
- * as SQLite's own PRAGMA is; never raises. */
+ * as SQLite's own PRAGMA is.  HKN_POLICY_ERROR with the exception set when
+ * lower() itself fails: a MemoryError there says nothing about the value. */
 static int
 hkn_parse_mode(hkn_state *state, PyObject *value, int allow_off)
 {
@@ -153,10 +155,10 @@ hkn_parse_mode(hkn_state *state, PyObject *value, int allow_off)
         return mode;
     }
     /* Only the rare mixed-case spelling pays for lower(). */
-    PyObject *lower = PyObject_CallMethod(value, "lower", NULL);
+    PyObject *lower = HKN_FAULT_PY("connection.parse_mode.lower", NULL,
+                                   PyObject_CallMethod(value, "lower", NULL));
     if (lower == NULL) {
-        PyErr_Clear();
-        return HKN_POLICY_INVALID;
+        return HKN_POLICY_ERROR;
     }
     mode = PyUnicode_Check(lower) ? hkn_match_mode(state, lower, allow_off) : HKN_POLICY_INVALID;
     Py_DECREF(lower);
@@ -192,7 +194,8 @@ hkn_lock(hkn_conn *conn)
     while (conn->busy_owner != 0) {
         Py_BEGIN_ALLOW_THREADS
         struct timespec pause = {0, 50000};
-        nanosleep(&pause, NULL);
+        /* An interrupted sleep only shortens one turn of the loop. */
+        (void)HKN_FAULT_SYS("connection.lock.nanosleep", EINTR, -1, nanosleep(&pause, NULL));
         Py_END_ALLOW_THREADS
     }
     conn->busy_owner = me;
@@ -210,9 +213,11 @@ hkn_unlock(hkn_conn *conn)
 static PyObject *
 hkn_make_result(hkn_state *state, int mode, int busy, int log_frames, int checkpointed)
 {
-    return PyObject_CallFunction(state->checkpoint_result, "OOii",
-                                 state->mode_names[mode], busy ? Py_True : Py_False,
-                                 log_frames, checkpointed);
+    return HKN_FAULT_PY("connection.make_result.call", NULL,
+                        PyObject_CallFunction(state->checkpoint_result, "OOii",
+                                              state->mode_names[mode],
+                                              busy ? Py_True : Py_False,
+                                              log_frames, checkpointed));
 }
 
 /* Records a checkpoint that ran: last_checkpoint and the counters. */
@@ -266,11 +271,13 @@ PyObject *
 hkn_format_opener(hkn_conn *conn)
 {
     if (conn->opener_code == NULL) {
-        return PyUnicode_FromString("<unknown>");
+        return HKN_FAULT_PY("connection.format_opener.unknown", NULL,
+                            PyUnicode_FromString("<unknown>"));
     }
     PyCodeObject *code = (PyCodeObject *)conn->opener_code;
-    return PyUnicode_FromFormat("%U:%d", code->co_filename,
-                                PyCode_Addr2Line(code, conn->opener_lasti));
+    return HKN_FAULT_PY("connection.format_opener.format", NULL,
+                        PyUnicode_FromFormat("%U:%d", code->co_filename,
+                                             PyCode_Addr2Line(code, conn->opener_lasti)));
 }
 
 /* The first frame outside this package: where the user opened it.  Only
@@ -307,6 +314,18 @@ hkn_capture_opener(hkn_state *state, hkn_conn *conn)
 
 /* ------------------------------------------------------ native checkpoint */
 
+/* The message and extended code of a failed checkpoint.  errmsg() describes
+ * the handle's latest error, which is the checkpoint's own only when the
+ * codes agree; otherwise the result code's generic text is the honest one. */
+static void
+hkn_describe_error(const hkn_sqlite_api *api, sqlite3 *db, hkn_outcome *out)
+{
+    int extended = api->extended_errcode(db);
+    const char *msg = (extended & 0xff) == (out->rc & 0xff) ? api->errmsg(db) : NULL;
+    out->extended = msg != NULL ? extended : out->rc;
+    snprintf(out->message, sizeof(out->message), "%s", msg ? msg : api->errstr(out->rc));
+}
+
 /* Runs under the connection lock, without the GIL, holding SQLite's own
  * connection mutex so that no other thread steps a statement between the
  * reset and the checkpoint.  Touches no Python object. */
@@ -323,21 +342,26 @@ hkn_native_close_checkpoint(const hkn_sqlite_api *api, sqlite3 *db, int mode, hk
         }
     }
 
-    const char *file = api->db_filename(db, "main");
-    int write_txn;
-    if (api->txn_state != NULL) {
-        write_txn = api->txn_state(db, "main") == SQLITE_TXN_WRITE;
-    }
-    else {
-        write_txn = !api->get_autocommit(db);
-    }
+    const char *file = HKN_FAULT_SQLITE("connection.close_checkpoint.db_filename", NULL,
+                                        api->db_filename(db, "main"));
+    int txn = api->txn_state == NULL ? -1
+              : HKN_FAULT_SQLITE("connection.close_checkpoint.txn_state", -1,
+                                 api->txn_state(db, "main"));
+    /* Without txn_state (before 3.34, or if it fails) get_autocommit tells
+     * that some transaction is open, which may only be a read. */
+    int write_txn = txn >= 0 ? txn == SQLITE_TXN_WRITE : !api->get_autocommit(db);
     int wrote = 0, high = 0;
-    api->db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0);
+    if (HKN_FAULT_SQLITE("connection.close_checkpoint.db_status", SQLITE_MISUSE,
+                         api->db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0))
+        != SQLITE_OK) {
+        wrote = 1;              /* unknown: checkpoint rather than skip */
+    }
 
     if (file == NULL || file[0] == '\0') {
         out->skipped = HKN_SKIP_NOT_FILE;
     }
-    else if (api->db_readonly(db, "main") == 1) {
+    else if (HKN_FAULT_SQLITE("connection.close_checkpoint.db_readonly", -1,
+                              api->db_readonly(db, "main")) == 1) {
         out->skipped = HKN_SKIP_READONLY;
     }
     else if (write_txn) {
@@ -356,22 +380,24 @@ hkn_native_close_checkpoint(const hkn_sqlite_api *api, sqlite3 *db, int mode, hk
             for (sqlite3_stmt *stmt = api->next_stmt(db, NULL); stmt != NULL;
                  stmt = api->next_stmt(db, stmt)) {
                 if (api->stmt_busy(stmt)) {
-                    (void)api->reset(stmt);
+                    /* reset() returns the statement's last error; it resets
+                     * regardless. */
+                    (void)HKN_FAULT_RELEASE("connection.close_checkpoint.reset", SQLITE_IOERR,
+                                            api->reset(stmt));
                 }
             }
         }
         /* The connection is closing: nothing is left to restore the
          * handler for, so close() can never wait on another process. */
         api->busy_handler(db, NULL, NULL);
-        out->rc = api->wal_checkpoint_v2(db, NULL, mode, &out->log_frames,
-                                         &out->checkpointed_frames);
+        out->rc = HKN_FAULT_SQLITE("connection.close_checkpoint.wal_checkpoint", SQLITE_IOERR,
+                                   api->wal_checkpoint_v2(db, NULL, mode, &out->log_frames,
+                                                          &out->checkpointed_frames));
         if (out->rc == SQLITE_OK && out->log_frames < 0) {
             out->skipped = HKN_SKIP_NOT_WAL;
         }
         else if (out->rc != SQLITE_OK && out->rc != SQLITE_BUSY) {
-            out->extended = api->extended_errcode(db);
-            const char *msg = api->errmsg(db);
-            snprintf(out->message, sizeof(out->message), "%s", msg ? msg : api->errstr(out->rc));
+            hkn_describe_error(api, db, out);
         }
     }
     api->mutex_leave(mutex);
@@ -386,25 +412,32 @@ static PyObject *
 hkn_sql_first_row(hkn_state *state, PyObject *self, const char *sql)
 {
     PyObject *row = NULL;
-    PyObject *make_cursor = PyObject_GetAttrString((PyObject *)state->base_type, "cursor");
+    PyObject *make_cursor = HKN_FAULT_PY("connection.sql_first_row.cursor_method", NULL,
+                                         PyObject_GetAttrString((PyObject *)state->base_type,
+                                                                "cursor"));
     if (make_cursor == NULL) {
         return NULL;
     }
-    PyObject *cursor = PyObject_CallOneArg(make_cursor, self);
+    PyObject *cursor = HKN_FAULT_PY("connection.sql_first_row.cursor", NULL,
+                                    PyObject_CallOneArg(make_cursor, self));
     Py_DECREF(make_cursor);
     if (cursor == NULL) {
         return NULL;
     }
-    if (PyObject_SetAttrString(cursor, "row_factory", Py_None) == 0) {
-        PyObject *executed = PyObject_CallMethod(cursor, "execute", "s", sql);
+    if (HKN_FAULT_PY("connection.sql_first_row.row_factory", -1,
+                     PyObject_SetAttrString(cursor, "row_factory", Py_None)) == 0) {
+        PyObject *executed = HKN_FAULT_PY("connection.sql_first_row.execute", NULL,
+                                          PyObject_CallMethod(cursor, "execute", "s", sql));
         if (executed != NULL) {
             Py_DECREF(executed);
-            row = PyObject_CallMethod(cursor, "fetchone", NULL);
+            row = HKN_FAULT_PY("connection.sql_first_row.fetchone", NULL,
+                               PyObject_CallMethod(cursor, "fetchone", NULL));
         }
     }
     hkn_saved_error saved;
     hkn_error_save(&saved);
-    PyObject *closed = PyObject_CallMethod(cursor, "close", NULL);
+    PyObject *closed = HKN_FAULT_PY("connection.sql_first_row.close_cursor", NULL,
+                                    PyObject_CallMethod(cursor, "close", NULL));
     Py_DECREF(cursor);
     Py_XDECREF(closed);
     PyErr_Clear();
@@ -412,34 +445,47 @@ hkn_sql_first_row(hkn_state *state, PyObject *self, const char *sql)
     return row;
 }
 
-/* The sqlite3 result code of a sqlite3 exception: sqlite_errorcode on
- * 3.11+, otherwise guessed from the message. */
-static int
-hkn_sql_error_code(PyObject *exc)
+/* The text of exception `exc` into `buf` ("unknown error" when it cannot
+ * be had).  Called with no exception pending; never raises. */
+static void
+hkn_exception_text(PyObject *exc, char *buf, size_t size)
 {
-    PyObject *code = PyObject_GetAttrString(exc, "sqlite_errorcode");
+    PyObject *text = HKN_FAULT_PY("connection.exception_text.str", NULL, PyObject_Str(exc));
+    const char *s = text == NULL ? NULL
+                    : HKN_FAULT_PY("connection.exception_text.utf8", NULL,
+                                   PyUnicode_AsUTF8(text));
+    snprintf(buf, size, "%s", s ? s : "unknown error");
+    Py_XDECREF(text);
+    PyErr_Clear();
+}
+
+/* The sqlite3 result code of a sqlite3 exception: sqlite_errorcode on
+ * 3.11+, otherwise (or if reading it fails) guessed from its message.
+ * Never raises. */
+static int
+hkn_sql_error_code(PyObject *exc, const char *message)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *code = HKN_FAULT_PY("connection.sql_error_code.attribute", NULL,
+                                  PyObject_GetAttrString(exc, "sqlite_errorcode"));
     if (code != NULL) {
-        long value = PyLong_AsLong(code);
+        long value = HKN_FAULT_PY("connection.sql_error_code.value", -1, PyLong_AsLong(code));
         Py_DECREF(code);
         if (!(value == -1 && PyErr_Occurred())) {
             return (int)value;
         }
     }
     PyErr_Clear();
-    PyObject *text = PyObject_Str(exc);
-    int rc = SQLITE_ERROR;
-    if (text != NULL) {
-        const char *s = PyUnicode_AsUTF8(text);
-        if (s != NULL && strstr(s, "locked") != NULL) {
-            rc = SQLITE_LOCKED;
-        }
-        else if (s != NULL && strstr(s, "readonly") != NULL) {
-            rc = SQLITE_READONLY;
-        }
-        Py_DECREF(text);
+#else
+    (void)exc;
+#endif
+    if (strstr(message, "locked") != NULL) {
+        return SQLITE_LOCKED;
     }
-    PyErr_Clear();
-    return rc;
+    if (strstr(message, "readonly") != NULL) {
+        return SQLITE_READONLY;
+    }
+    return SQLITE_ERROR;
 }
 
 /* The checkpoint through the connection's own Python API, for when the
@@ -460,11 +506,13 @@ hkn_sql_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
             return 0;
         }
         if (mode == SQLITE_CHECKPOINT_PASSIVE) {
-            PyObject *changes = PyObject_GetAttrString(self, "total_changes");
+            PyObject *changes = HKN_FAULT_PY("connection.sql_checkpoint.total_changes", NULL,
+                                             PyObject_GetAttrString(self, "total_changes"));
             if (changes == NULL) {
                 return -1;
             }
-            long long now = PyLong_AsLongLong(changes);
+            long long now = HKN_FAULT_PY("connection.sql_checkpoint.total_changes_value", -1,
+                                         PyLong_AsLongLong(changes));
             Py_DECREF(changes);
             if (now == -1 && PyErr_Occurred()) {
                 return -1;
@@ -482,9 +530,13 @@ hkn_sql_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
             if (row == NULL) {
                 goto sqlite_error;
             }
-            saved_timeout = PyLong_AsLong(PyTuple_GetItem(row, 0));
+            PyObject *value = HKN_FAULT_PY("connection.sql_checkpoint.timeout_item", NULL,
+                                           PyTuple_GetItem(row, 0));
+            saved_timeout = value == NULL ? -1
+                            : HKN_FAULT_PY("connection.sql_checkpoint.timeout_value", -1,
+                                           PyLong_AsLong(value));
             Py_CLEAR(row);
-            if (PyErr_Occurred()) {
+            if (saved_timeout == -1 && PyErr_Occurred()) {
                 return -1;
             }
         }
@@ -517,7 +569,9 @@ hkn_sql_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
         goto sqlite_error;
     }
     int busy = 0;
-    if (!PyArg_ParseTuple(row, "iii", &busy, &out->log_frames, &out->checkpointed_frames)) {
+    if (!HKN_FAULT_PY("connection.sql_checkpoint.parse_row", 0,
+                      PyArg_ParseTuple(row, "iii", &busy, &out->log_frames,
+                                       &out->checkpointed_frames))) {
         Py_DECREF(row);
         return -1;
     }
@@ -541,13 +595,9 @@ sqlite_error:
         PyErr_NormalizeException(&saved.type, &saved.value, &saved.tb);
         PyObject *exc = saved.value;
 #endif
-        out->rc = hkn_sql_error_code(exc);
+        hkn_exception_text(exc, out->message, sizeof(out->message));
+        out->rc = hkn_sql_error_code(exc, out->message);
         out->extended = out->rc;
-        PyObject *text = PyObject_Str(exc);
-        const char *s = text ? PyUnicode_AsUTF8(text) : NULL;
-        snprintf(out->message, sizeof(out->message), "%s", s ? s : "unknown error");
-        Py_XDECREF(text);
-        PyErr_Clear();
         hkn_error_drop(&saved);
     }
     if (closing && ((out->rc & 0xff) == SQLITE_LOCKED || (out->rc & 0xff) == SQLITE_READONLY)) {
@@ -586,19 +636,15 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
     else if (hkn_sql_checkpoint(state, conn, self, mode, 1, 1, &out) < 0) {
         /* Not SQLite's doing (memory, a broken subclass attribute): report
          * it like a checkpoint error; the close must still happen. */
-        PyObject *text = NULL;
         hkn_saved_error saved;
         hkn_error_save(&saved);
 #if PY_VERSION_HEX >= 0x030C0000
-        text = saved.exc ? PyObject_Str(saved.exc) : NULL;
+        PyObject *exc = saved.exc;
 #else
         PyErr_NormalizeException(&saved.type, &saved.value, &saved.tb);
-        text = saved.value ? PyObject_Str(saved.value) : NULL;
+        PyObject *exc = saved.value;
 #endif
-        const char *s = text ? PyUnicode_AsUTF8(text) : NULL;
-        snprintf(out.message, sizeof(out.message), "%s", s ? s : "unknown error");
-        Py_XDECREF(text);
-        PyErr_Clear();
+        hkn_exception_text(exc, out.message, sizeof(out.message));
         hkn_error_drop(&saved);
         out.rc = SQLITE_ERROR;
     }
@@ -614,12 +660,13 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
     }
     else {
         state->stats.checkpoint_errors++;
-        if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
-                             "%s checkpoint on close of %R failed (%s): %s",
-                             PyUnicode_AsUTF8(state->mode_names[mode]),
-                             conn->path ? conn->path : Py_None,
-                             out.rc == SQLITE_ERROR ? "error" : "sqlite",
-                             out.message) < 0) {
+        if (HKN_FAULT_PY("connection.close_checkpoint.warn_failed", -1,
+                         PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                                          "%s checkpoint on close of %R failed (%s): %s",
+                                          PyUnicode_AsUTF8(state->mode_names[mode]),
+                                          conn->path ? conn->path : Py_None,
+                                          out.rc == SQLITE_ERROR ? "error" : "sqlite",
+                                          out.message)) < 0) {
             status = -1;
         }
     }
@@ -629,11 +676,12 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
      * files) alive until that cursor is collected. */
     if (out.busy_statements > 0 && status == 0 && conn->path != NULL
         && PyUnicode_GetLength(conn->path) > 0) {
-        if (PyErr_WarnFormat(PyExc_ResourceWarning, 1,
-                             "close() of %R with %d statement(s) still stepping: "
-                             "SQLite keeps the database open until the cursor(s) "
-                             "using them are released",
-                             conn->path, out.busy_statements) < 0) {
+        if (HKN_FAULT_PY("connection.close_checkpoint.warn_stepping", -1,
+                         PyErr_WarnFormat(PyExc_ResourceWarning, 1,
+                                          "close() of %R with %d statement(s) still stepping: "
+                                          "SQLite keeps the database open until the cursor(s) "
+                                          "using them are released",
+                                          conn->path, out.busy_statements)) < 0) {
             status = -1;
         }
     }
@@ -648,7 +696,8 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
 static int
 hkn_policy(hkn_state *state, PyObject *self, PyObject **value)
 {
-    *value = PyObject_GetAttr(self, state->str_checkpoint_on_close);
+    *value = HKN_FAULT_PY("connection.policy.getattr", NULL,
+                          PyObject_GetAttr(self, state->str_checkpoint_on_close));
     if (*value == NULL) {
         return HKN_POLICY_INVALID;
     }
@@ -656,13 +705,14 @@ hkn_policy(hkn_state *state, PyObject *self, PyObject **value)
     if (mode != HKN_POLICY_INVALID) {
         Py_CLEAR(*value);
     }
-    return mode;
+    return mode == HKN_POLICY_ERROR ? HKN_POLICY_INVALID : mode;
 }
 
 static PyObject *
 hkn_base_close(hkn_state *state, PyObject *self)
 {
-    return PyObject_CallOneArg(state->base_close, self);
+    return HKN_FAULT_PY("connection.base_close.call", NULL,
+                        PyObject_CallOneArg(state->base_close, self));
 }
 
 
@@ -719,13 +769,14 @@ hkn_connection_close(PyObject *self, PyObject *Py_UNUSED(ignored))
         }
     }
     hkn_drop_guard(state, conn);
-    state->stats.closed++;
     PyObject *res = hkn_base_close(state, self);
     /* Live until its handle is gone: SQLite parks the descriptor of a
      * connection closing while others are open, and the peak number of
-     * live connections is what bounds parked descriptors. */
+     * live connections is what bounds parked descriptors.  A base close
+     * that failed before closing leaves it open, live and closable again. */
     if (hkn_connection_handle(self) == NULL) {
         hkn_unregister(state, conn);
+        state->stats.closed++;
     }
     hkn_unlock(conn);
 
@@ -764,22 +815,32 @@ PyDoc_STRVAR(hkn_checkpoint_doc,
 "when it is closed or used from another thread; ValueError for an unknown\n"
 "mode.  On a database not in WAL mode the result has log_frames == -1.");
 
-/* Reads the busy timeout with a native PRAGMA (there is no C getter).  With
- * the GIL held: a trace callback may run. */
+/* Reads the busy timeout into *timeout with a native PRAGMA (there is no C
+ * getter).  With the GIL held: a trace callback may run.  SQLITE_OK, or the
+ * error of the statement. */
 static int
-hkn_read_busy_timeout(const hkn_sqlite_api *api, sqlite3 *db)
+hkn_read_busy_timeout(const hkn_sqlite_api *api, sqlite3 *db, int *timeout)
 {
     sqlite3_stmt *stmt = NULL;
-    int timeout = -1;
-    if (api->prepare_v2(db, "PRAGMA busy_timeout", -1, &stmt, NULL) == SQLITE_OK && stmt != NULL) {
-        if (api->step(stmt) == SQLITE_ROW) {
-            timeout = api->column_int(stmt, 0);
+    int rc = HKN_FAULT_SQLITE("connection.read_busy_timeout.prepare", SQLITE_NOMEM,
+                              api->prepare_v2(db, "PRAGMA busy_timeout", -1, &stmt, NULL));
+    if (rc == SQLITE_OK) {
+        rc = HKN_FAULT_SQLITE("connection.read_busy_timeout.step", SQLITE_IOERR,
+                              api->step(stmt));
+        if (rc == SQLITE_ROW) {
+            *timeout = api->column_int(stmt, 0);
+            rc = SQLITE_OK;
+        }
+        else if (rc == SQLITE_DONE) {
+            rc = SQLITE_ERROR;  /* the PRAGMA always has a row */
         }
     }
     if (stmt != NULL) {
-        api->finalize(stmt);
+        /* finalize() repeats the step's error, which rc already holds. */
+        (void)HKN_FAULT_RELEASE("connection.read_busy_timeout.finalize", SQLITE_IOERR,
+                                api->finalize(stmt));
     }
-    return timeout;
+    return rc;
 }
 
 static PyObject *
@@ -788,7 +849,9 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"mode", "wait", NULL};
     PyObject *mode_obj = NULL;
     int wait = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$p:checkpoint", kwlist, &mode_obj, &wait)) {
+    if (!HKN_FAULT_PY("connection.checkpoint.parse_args", 0,
+                      PyArg_ParseTupleAndKeywords(args, kwds, "|O$p:checkpoint", kwlist,
+                                                  &mode_obj, &wait))) {
         return NULL;
     }
     hkn_state *state = hkn_state_get(self);
@@ -797,6 +860,9 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
     }
     hkn_conn *conn = hkn_conn_get(self);
     int mode = mode_obj == NULL ? SQLITE_CHECKPOINT_PASSIVE : hkn_parse_mode(state, mode_obj, 0);
+    if (mode == HKN_POLICY_ERROR) {
+        return NULL;
+    }
     if (mode < 0) {
         return hkn_mode_error(mode_obj, 0);
     }
@@ -839,23 +905,32 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
         sqlite3 *db = hkn_connection_handle(self);
         int restore = -1;
         if (!wait && mode != SQLITE_CHECKPOINT_PASSIVE) {
-            restore = hkn_read_busy_timeout(api, db);
-            api->busy_handler(db, NULL, NULL);
+            /* Without the old timeout nothing could put the busy handler
+             * back afterwards: fail instead of leaving the connection
+             * without it. */
+            out.rc = hkn_read_busy_timeout(api, db, &restore);
+            if (out.rc == SQLITE_OK) {
+                api->busy_handler(db, NULL, NULL);
+            }
+            else {
+                hkn_describe_error(api, db, &out);
+            }
         }
-        Py_BEGIN_ALLOW_THREADS
-        sqlite3_mutex *mutex = api->db_mutex(db);
-        api->mutex_enter(mutex);
-        out.rc = api->wal_checkpoint_v2(db, NULL, mode, &out.log_frames,
-                                        &out.checkpointed_frames);
-        if (out.rc != SQLITE_OK && out.rc != SQLITE_BUSY) {
-            out.extended = api->extended_errcode(db);
-            const char *msg = api->errmsg(db);
-            snprintf(out.message, sizeof(out.message), "%s", msg ? msg : api->errstr(out.rc));
-        }
-        api->mutex_leave(mutex);
-        Py_END_ALLOW_THREADS
-        if (restore >= 0) {
-            api->busy_timeout(db, restore);
+        if (out.rc == SQLITE_OK) {
+            Py_BEGIN_ALLOW_THREADS
+            sqlite3_mutex *mutex = api->db_mutex(db);
+            api->mutex_enter(mutex);
+            out.rc = HKN_FAULT_SQLITE("connection.checkpoint.wal_checkpoint", SQLITE_IOERR,
+                                      api->wal_checkpoint_v2(db, NULL, mode, &out.log_frames,
+                                                             &out.checkpointed_frames));
+            if (out.rc != SQLITE_OK && out.rc != SQLITE_BUSY) {
+                hkn_describe_error(api, db, &out);
+            }
+            api->mutex_leave(mutex);
+            Py_END_ALLOW_THREADS
+            if (restore >= 0) {
+                api->busy_timeout(db, restore);
+            }
         }
         hkn_guard_refresh(state, conn, db);
     }
@@ -905,7 +980,7 @@ hkn_count_live(hkn_state *state, PyObject *self, PyObject *path)
 static PyObject *
 hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
 {
-    PyObject *counter = PyDict_New();
+    PyObject *counter = HKN_FAULT_PY("connection.openers.dict", NULL, PyDict_New());
     if (counter == NULL) {
         return NULL;
     }
@@ -933,10 +1008,17 @@ hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
             failed = 1;
             break;
         }
-        PyObject *seen = PyDict_GetItemWithError(counter, where);
-        long total = seen ? PyLong_AsLong(seen) + 1 : 1;
-        PyObject *value = PyLong_FromLong(total);
-        if (value == NULL || PyDict_SetItem(counter, where, value) < 0) {
+        PyObject *seen = HKN_FAULT_PY("connection.openers.get", NULL,
+                                      PyDict_GetItemWithError(counter, where));
+        long total = seen == NULL ? 0
+                     : HKN_FAULT_PY("connection.openers.count_value", -1, PyLong_AsLong(seen));
+        PyObject *value = NULL;
+        if (!PyErr_Occurred()) {
+            value = HKN_FAULT_PY("connection.openers.count", NULL, PyLong_FromLong(total + 1));
+        }
+        if (value == NULL
+            || HKN_FAULT_PY("connection.openers.set", -1,
+                            PyDict_SetItem(counter, where, value)) < 0) {
             failed = 1;
         }
         Py_XDECREF(value);
@@ -947,12 +1029,14 @@ hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
         Py_DECREF(counter);
         return NULL;
     }
-    PyObject *parts = PyList_New(0);
+    PyObject *parts = HKN_FAULT_PY("connection.openers.list", NULL, PyList_New(0));
     PyObject *key, *value;
     Py_ssize_t pos = 0;
     while (parts != NULL && PyDict_Next(counter, &pos, &key, &value)) {
-        PyObject *part = PyUnicode_FromFormat("%U (x%S)", key, value);
-        if (part == NULL || PyList_Append(parts, part) < 0) {
+        PyObject *part = HKN_FAULT_PY("connection.openers.part", NULL,
+                                      PyUnicode_FromFormat("%U (x%S)", key, value));
+        if (part == NULL
+            || HKN_FAULT_PY("connection.openers.append", -1, PyList_Append(parts, part)) < 0) {
             Py_CLEAR(parts);
         }
         Py_XDECREF(part);
@@ -961,8 +1045,9 @@ hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
     if (parts == NULL) {
         return NULL;
     }
-    PyObject *sep = PyUnicode_FromString(", ");
-    PyObject *joined = sep ? PyUnicode_Join(sep, parts) : NULL;
+    PyObject *sep = HKN_FAULT_PY("connection.openers.separator", NULL, PyUnicode_FromString(", "));
+    PyObject *joined = sep == NULL ? NULL
+                       : HKN_FAULT_PY("connection.openers.join", NULL, PyUnicode_Join(sep, parts));
     Py_XDECREF(sep);
     Py_DECREF(parts);
     return joined;
@@ -982,7 +1067,8 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
     if (live == 0) {
         return 0;
     }
-    PyObject *limit_obj = PyObject_GetAttr(self, state->str_max_live);
+    PyObject *limit_obj = HKN_FAULT_PY("connection.bound.getattr", NULL,
+                                       PyObject_GetAttr(self, state->str_max_live));
     if (limit_obj == NULL) {
         return -1;
     }
@@ -990,10 +1076,20 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
         Py_DECREF(limit_obj);
         return 0;
     }
-    Py_ssize_t limit = PyLong_Check(limit_obj) && !PyBool_Check(limit_obj)
-                       ? PyLong_AsSsize_t(limit_obj) : -1;
+    Py_ssize_t limit = -1;
+    if (PyLong_Check(limit_obj) && !PyBool_Check(limit_obj)) {
+        limit = HKN_FAULT_PY("connection.bound.limit_value", -1, PyLong_AsSsize_t(limit_obj));
+        /* Too large is a bad value; anything else (memory) is not the
+         * value's fault and propagates. */
+        if (limit == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                Py_DECREF(limit_obj);
+                return -1;
+            }
+            PyErr_Clear();
+        }
+    }
     if (limit < 0) {
-        PyErr_Clear();
         PyErr_Format(PyExc_ValueError,
                      "max_live_per_database must be None or an int >= 0, not %R", limit_obj);
         Py_DECREF(limit_obj);
@@ -1003,21 +1099,29 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
     if (limit == 0) {
         return 0;
     }
-    int contains = PySet_Contains(state->bound_exceeded, path);
+    int contains = HKN_FAULT_PY("connection.bound.contains", -1,
+                                PySet_Contains(state->bound_exceeded, path));
     if (contains < 0) {
         return -1;
     }
     if (live < limit) {
         /* Under the bound again: the next excess collects and warns anew. */
-        return contains ? PySet_Discard(state->bound_exceeded, path) < 0 ? -1 : 0 : 0;
+        if (contains
+            && HKN_FAULT_PY("connection.bound.discard", -1,
+                            PySet_Discard(state->bound_exceeded, path)) < 0) {
+            return -1;
+        }
+        return 0;
     }
     if (contains) {
         return 0;
     }
     /* gc.collect() rather than PyGC_Collect(): the latter does nothing while
      * automatic collection is disabled, which is exactly when this matters. */
-    PyObject *gc = PyImport_ImportModule("gc");
-    PyObject *collected = gc ? PyObject_CallMethod(gc, "collect", NULL) : NULL;
+    PyObject *gc = HKN_FAULT_PY("connection.bound.import_gc", NULL, PyImport_ImportModule("gc"));
+    PyObject *collected = gc == NULL ? NULL
+                          : HKN_FAULT_PY("connection.bound.collect", NULL,
+                                         PyObject_CallMethod(gc, "collect", NULL));
     Py_XDECREF(gc);
     if (collected == NULL) {
         return -1;
@@ -1028,22 +1132,50 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
     if (live < limit) {
         return 0;
     }
-    if (PySet_Add(state->bound_exceeded, path) < 0) {
+    if (HKN_FAULT_PY("connection.bound.add", -1, PySet_Add(state->bound_exceeded, path)) < 0) {
         return -1;
     }
     PyObject *openers = hkn_openers_of(state, self, path);
     if (openers == NULL) {
         return -1;
     }
-    int rc = PyErr_WarnFormat(PyExc_ResourceWarning, 1,
-                              "%zd WalSafeConnections to %R are open (max_live_per_database=%zd) "
-                              "even after a garbage collection; opening one more. Opened at: %U",
-                              live, path, limit, openers);
+    int rc = HKN_FAULT_PY("connection.bound.warn", -1,
+                          PyErr_WarnFormat(PyExc_ResourceWarning, 1,
+                                           "%zd WalSafeConnections to %R are open "
+                                           "(max_live_per_database=%zd) even after a garbage "
+                                           "collection; opening one more. Opened at: %U",
+                                           live, path, limit, openers));
     Py_DECREF(openers);
     return rc;
 }
 
 /* ----------------------------------------------------------------- slots */
+
+/* Closes the handle of `self` without the base's close(), for when that
+ * cannot run (another thread) or failed before closing, because from 3.12 on
+ * the base's dealloc no longer closes at all (its finalizer does, which ours
+ * replaces; the fault tests leak the descriptors on 3.12 and 3.13 without
+ * this).  Natively when we can: sqlite3_close_v2 is safe from any thread,
+ * and nobody else can use a connection being finalized or failing its
+ * __init__.  Otherwise through the base's finalizer (SQL mode; 3.13's also
+ * warns); on 3.10 and 3.11 the base's dealloc closes.  Cost of bypassing
+ * the base: on 3.12+ the few bytes of its trace/progress/authorizer
+ * callback records, if the user set any, are not freed. */
+static void
+hkn_close_handle(hkn_state *state, PyObject *self)
+{
+    if (state->api.native) {
+        sqlite3 *db = hkn_connection_handle(self);
+        hkn_connection_forget_handle(self);
+        const hkn_sqlite_api *api = &state->api;
+        Py_BEGIN_ALLOW_THREADS
+        (void)api->close_v2(db);
+        Py_END_ALLOW_THREADS
+    }
+    else if (hkn_base_type(self)->tp_finalize != NULL) {
+        hkn_base_type(self)->tp_finalize(self);
+    }
+}
 
 static int
 hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
@@ -1067,7 +1199,7 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
     /* Everything the caller passed goes to the base unchanged: factory= is
      * called with sqlite3.connect's own arguments, and each Python version
      * validates its own set (sqlite-facts section 5). */
-    if (base->tp_init(self, args, kwds) < 0) {
+    if (HKN_FAULT_PY("connection.init.base_init", -1, base->tp_init(self, args, kwds)) < 0) {
         if (hkn_connection_handle(self) == NULL) {
             hkn_unregister(state, conn);
         }
@@ -1079,33 +1211,42 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
         flag = PyTuple_GET_ITEM(args, 4);
     }
     else if (kwds != NULL) {
-        flag = PyDict_GetItemWithError(kwds, state->str_check_same_thread);
+        flag = HKN_FAULT_PY("connection.init.check_same_thread_arg", NULL,
+                            PyDict_GetItemWithError(kwds, state->str_check_same_thread));
         if (flag == NULL && PyErr_Occurred()) {
             goto fail;
         }
     }
     int check_same_thread = 1;
-    if (flag != NULL && (check_same_thread = PyObject_IsTrue(flag)) < 0) {
+    if (flag != NULL
+        && (check_same_thread = HKN_FAULT_PY("connection.init.check_same_thread", -1,
+                                             PyObject_IsTrue(flag))) < 0) {
         goto fail;
     }
 
     PyObject *path = NULL;
     if (state->api.native) {
-        const char *file = state->api.db_filename(hkn_connection_handle(self), "main");
-        path = PyUnicode_DecodeFSDefault(file ? file : "");
+        const char *file = HKN_FAULT_SQLITE("connection.init.db_filename", NULL,
+                                            state->api.db_filename(hkn_connection_handle(self),
+                                                                   "main"));
+        path = HKN_FAULT_PY("connection.init.path", NULL,
+                            PyUnicode_DecodeFSDefault(file ? file : ""));
     }
     else {
         PyObject *row = hkn_sql_first_row(state, self, "PRAGMA database_list");
         if (row != NULL) {
-            path = PySequence_GetItem(row, 2);
+            path = HKN_FAULT_PY("connection.init.sql_path", NULL, PySequence_GetItem(row, 2));
             Py_DECREF(row);
         }
-        PyObject *changes = path ? PyObject_GetAttrString(self, "total_changes") : NULL;
+        PyObject *changes = path == NULL ? NULL
+                            : HKN_FAULT_PY("connection.init.sql_total_changes", NULL,
+                                           PyObject_GetAttrString(self, "total_changes"));
         if (changes != NULL) {
-            conn->changes_base = PyLong_AsLongLong(changes);
+            conn->changes_base = HKN_FAULT_PY("connection.init.sql_total_changes_value", -1,
+                                              PyLong_AsLongLong(changes));
             Py_DECREF(changes);
         }
-        else {
+        if (changes == NULL || (conn->changes_base == -1 && PyErr_Occurred())) {
             Py_CLEAR(path);
         }
     }
@@ -1118,10 +1259,17 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
     conn->check_same_thread = check_same_thread;
     conn->thread_ident = PyThread_get_thread_ident();
     struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
+    if (HKN_FAULT_SYS("connection.init.clock", EINVAL, -1,
+                      clock_gettime(CLOCK_REALTIME, &now)) != 0) {
+        /* Never seen on Linux; `now` would be garbage, the second is not. */
+        now.tv_sec = time(NULL);
+        now.tv_nsec = 0;
+    }
     conn->opened_time = (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
     hkn_capture_opener(state, conn);
-    if (state->opened_paths != NULL && PySet_Add(state->opened_paths, path) < 0) {
+    if (state->opened_paths != NULL
+        && HKN_FAULT_PY("connection.init.track_path", -1,
+                        PySet_Add(state->opened_paths, path)) < 0) {
         goto fail;
     }
     conn->pid = getpid();
@@ -1129,15 +1277,18 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
     if (first_open && PyUnicode_GetLength(path) > 0 && hkn_enforce_bound(state, self, path) < 0) {
         goto fail;
     }
-    state->stats.opened++;
     if (state->api.native && conn->guard == NULL && PyUnicode_GetLength(path) > 0) {
-        PyObject *wanted = PyObject_GetAttr(self, state->str_guard_wal);
-        int guard = wanted ? PyObject_IsTrue(wanted) : -1;
+        PyObject *wanted = HKN_FAULT_PY("connection.init.guard_wal", NULL,
+                                        PyObject_GetAttr(self, state->str_guard_wal));
+        int guard = wanted == NULL ? -1
+                    : HKN_FAULT_PY("connection.init.guard_wal_value", -1,
+                                   PyObject_IsTrue(wanted));
         Py_XDECREF(wanted);
         if (guard < 0 || (guard && hkn_guard_claim(state, conn, hkn_connection_handle(self)) < 0)) {
             goto fail;
         }
     }
+    state->stats.opened++;
     return 0;
 
 fail:
@@ -1151,6 +1302,9 @@ fail:
         PyObject *res = hkn_base_close(state, self);
         Py_XDECREF(res);
         PyErr_Clear();
+        if (hkn_connection_handle(self) != NULL) {
+            hkn_close_handle(state, self);
+        }
         hkn_error_restore(&saved);
     }
     return -1;
@@ -1220,22 +1374,18 @@ hkn_connection_finalize(PyObject *self)
     if (!finalizing) {
         PyObject *opener = hkn_format_opener(conn);
         if (opener == NULL
-            || PyErr_WarnFormat(PyExc_ResourceWarning, 1,
-                                "unclosed database %R opened at %U: "
-                                "WalSafeConnection %s on garbage collection",
-                                conn->path, opener, what) < 0) {
+            || HKN_FAULT_PY("connection.finalize.warn", -1,
+                            PyErr_WarnFormat(PyExc_ResourceWarning, 1,
+                                             "unclosed database %R opened at %U: "
+                                             "WalSafeConnection %s on garbage collection",
+                                             conn->path, opener, what)) < 0) {
             PyErr_WriteUnraisable(self);
         }
         Py_XDECREF(opener);
     }
     /* Close now.  The base's close() refuses another thread (the collector
-     * runs wherever it is triggered), and from 3.13 on the base's dealloc no
-     * longer closes at all (its finalizer does, which we replace).  So from
-     * another thread the handle is closed natively: sqlite3_close_v2 is safe
-     * from any thread, and nobody else can use a connection being finalized.
-     * Cost of bypassing the base: on 3.12+ the few bytes of its trace/
-     * progress/authorizer callback records, if the user set any, are not
-     * freed. */
+     * runs wherever it is triggered); from another thread, or when the base's
+     * close() failed before closing, the handle is closed without it. */
     if (hkn_thread_ok(conn)) {
         PyObject *res = hkn_base_close(state, self);
         if (res == NULL) {
@@ -1243,17 +1393,8 @@ hkn_connection_finalize(PyObject *self)
         }
         Py_XDECREF(res);
     }
-    else if (state->api.native) {
-        sqlite3 *db = hkn_connection_handle(self);
-        hkn_connection_forget_handle(self);
-        const hkn_sqlite_api *api = &state->api;
-        Py_BEGIN_ALLOW_THREADS
-        (void)api->close_v2(db);
-        Py_END_ALLOW_THREADS
-    }
-    else if (hkn_base_type(self)->tp_finalize != NULL) {
-        /* SQL mode on 3.13+: the base's finalizer closes (and warns too). */
-        hkn_base_type(self)->tp_finalize(self);
+    if (hkn_connection_handle(self) != NULL) {
+        hkn_close_handle(state, self);
     }
     hkn_unregister(state, conn);
     if (locked) {
@@ -1414,29 +1555,38 @@ hkn_connection_exec(PyObject *module, hkn_state *state)
         .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
         .slots = slots,
     };
-    PyObject *bases = PyTuple_Pack(1, (PyObject *)state->base_type);
+    PyObject *bases = HKN_FAULT_PY("connection.exec.bases", NULL,
+                                   PyTuple_Pack(1, (PyObject *)state->base_type));
     if (bases == NULL) {
         return -1;
     }
-    PyObject *type = PyType_FromModuleAndSpec(module, &spec, bases);
+    PyObject *type = HKN_FAULT_PY("connection.exec.type", NULL,
+                                  PyType_FromModuleAndSpec(module, &spec, bases));
     Py_DECREF(bases);
     if (type == NULL) {
         return -1;
     }
     state->walsafe_type = (PyTypeObject *)type;
-    if (PyObject_SetAttrString(type, "checkpoint_on_close",
-                               state->mode_names[SQLITE_CHECKPOINT_PASSIVE]) < 0) {
+    if (HKN_FAULT_PY("connection.exec.set_policy", -1,
+                     PyObject_SetAttrString(type, "checkpoint_on_close",
+                                            state->mode_names[SQLITE_CHECKPOINT_PASSIVE])) < 0) {
         return -1;
     }
-    PyObject *bound = PyLong_FromLong(HKN_DEFAULT_MAX_LIVE);
-    if (bound == NULL || PyObject_SetAttr(type, state->str_max_live, bound) < 0) {
+    PyObject *bound = HKN_FAULT_PY("connection.exec.bound", NULL,
+                                   PyLong_FromLong(HKN_DEFAULT_MAX_LIVE));
+    if (bound == NULL
+        || HKN_FAULT_PY("connection.exec.set_bound", -1,
+                        PyObject_SetAttr(type, state->str_max_live, bound)) < 0) {
         Py_XDECREF(bound);
         return -1;
     }
     Py_DECREF(bound);
-    if (PyObject_SetAttr(type, state->str_guard_wal,
-                         hkn_guard_unavailable() == NULL ? Py_True : Py_False) < 0) {
+    if (HKN_FAULT_PY("connection.exec.set_guard", -1,
+                     PyObject_SetAttr(type, state->str_guard_wal,
+                                      hkn_guard_unavailable() == NULL ? Py_True
+                                                                      : Py_False)) < 0) {
         return -1;
     }
-    return PyModule_AddObjectRef(module, "WalSafeConnection", type);
+    return HKN_FAULT_PY("connection.exec.add_type", -1,
+                        PyModule_AddObjectRef(module, "WalSafeConnection", type));
 }

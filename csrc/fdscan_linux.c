@@ -22,6 +22,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "faults.h"
 #include "fdscan.h"
 
 /* Large enough for "/proc/<pid>/fdinfo/<fd>" with any int pid and fd. */
@@ -111,7 +112,7 @@ hkn_reserve(void **items, size_t *cap, size_t need, size_t elem)
         }
         new_cap *= 2;
     }
-    void *grown = realloc(*items, new_cap * elem);
+    void *grown = HKN_FAULT_ALLOC("fdscan.reserve.alloc", realloc(*items, new_cap * elem));
     if (grown == NULL) {
         return -1;
     }
@@ -136,7 +137,7 @@ hkn_append(hkn_array *array, size_t elem)
 static int
 hkn_read_file(const char *path, hkn_text *text, hkn_failure *failure)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = HKN_FAULT_SYS("fdscan.read_file.open", EMFILE, -1, open(path, O_RDONLY | O_CLOEXEC));
     if (fd < 0) {
         hkn_fail(failure, errno, "open", path);
         return -1;
@@ -147,7 +148,8 @@ hkn_read_file(const char *path, hkn_text *text, hkn_failure *failure)
             hkn_fail(failure, ENOMEM, "read", path);
             goto done;
         }
-        ssize_t got = read(fd, text->data + text->len, text->cap - text->len);
+        ssize_t got = HKN_FAULT_SYS("fdscan.read_file.read", EIO, -1,
+                                    read(fd, text->data + text->len, text->cap - text->len));
         if (got < 0) {
             if (errno == EINTR) {
                 continue;
@@ -162,7 +164,8 @@ hkn_read_file(const char *path, hkn_text *text, hkn_failure *failure)
     }
     result = 0;
 done:
-    close(fd);
+    /* Read-only: a failing close loses nothing, and frees the fd anyway. */
+    (void)HKN_FAULT_RELEASE("fdscan.read_file.close", -1, close(fd));
     return result;
 }
 
@@ -177,34 +180,36 @@ hkn_raise(const hkn_failure *failure, int pid)
     if (err == ENOMEM) {
         return PyErr_NoMemory();
     }
-    PyObject *message;
+    /* The text is made in C and becomes a Python string in one call. */
+    char text[256];
     if (pid > 0 && (err == ENOENT || err == ESRCH)) {
-        if (access("/proc/self", F_OK) != 0) {
-            message = PyUnicode_FromFormat("%s: /proc is not mounted", failure->syscall);
+        /* A missing /proc/self means /proc is not mounted, not a dead pid. */
+        if (HKN_FAULT_SYS("fdscan.raise.access", ENOENT, -1, access("/proc/self", F_OK)) != 0) {
+            snprintf(text, sizeof(text), "%s: /proc is not mounted", failure->syscall);
         }
         else {
             err = ESRCH;
-            message = PyUnicode_FromFormat("no process with pid %d", pid);
+            snprintf(text, sizeof(text), "no process with pid %d", pid);
         }
     }
     else if (pid > 0 && (err == EACCES || err == EPERM)) {
-        message = PyUnicode_FromFormat("%s: not permitted to inspect pid %d (%s)",
-                                       failure->syscall, pid, strerror(err));
+        snprintf(text, sizeof(text), "%s: not permitted to inspect pid %d (%s)",
+                 failure->syscall, pid, strerror(err));
     }
     else {
-        message = PyUnicode_FromFormat("%s: %s", failure->syscall, strerror(err));
+        snprintf(text, sizeof(text), "%s: %s", failure->syscall, strerror(err));
     }
-    if (message == NULL) {
-        return NULL;
-    }
-    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "iNs", err, message,
-                                          failure->path);
+    PyObject *exc = HKN_FAULT_PY("fdscan.raise.exception", NULL,
+                                 PyObject_CallFunction(PyExc_OSError, "iss", err, text,
+                                                       failure->path));
     if (exc == NULL) {
         return NULL;
     }
     if (pid > 0) {
-        PyObject *pid_obj = PyLong_FromLong(pid);
-        if (pid_obj == NULL || PyObject_SetAttrString(exc, "pid", pid_obj) < 0) {
+        PyObject *pid_obj = HKN_FAULT_PY("fdscan.raise.pid", NULL, PyLong_FromLong(pid));
+        if (pid_obj == NULL
+            || HKN_FAULT_PY("fdscan.raise.set_pid", -1,
+                            PyObject_SetAttrString(exc, "pid", pid_obj)) < 0) {
             Py_XDECREF(pid_obj);
             Py_DECREF(exc);
             return NULL;
@@ -219,7 +224,7 @@ hkn_raise(const hkn_failure *failure, int pid)
 static int
 hkn_pid_from(PyObject *arg, int *pid)
 {
-    long value = PyLong_AsLong(arg);
+    long value = HKN_FAULT_PY("fdscan.pid.value", -1, PyLong_AsLong(arg));
     if (value == -1 && PyErr_Occurred()) {
         return -1;
     }
@@ -234,7 +239,8 @@ hkn_pid_from(PyObject *arg, int *pid)
 static PyObject *
 hkn_decode_path(const hkn_text *text, size_t off, size_t len)
 {
-    return PyUnicode_DecodeFSDefaultAndSize(text->data + off, (Py_ssize_t)len);
+    return HKN_FAULT_PY("fdscan.decode_path", NULL,
+                        PyUnicode_DecodeFSDefaultAndSize(text->data + off, (Py_ssize_t)len));
 }
 
 /* ------------------------------------------------------------------ fds */
@@ -245,17 +251,12 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
 {
     char path[HKN_PROC_PATH_MAX];
     snprintf(path, sizeof(path), "/proc/%d/fd", pid);
-    int dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dirfd < 0) {
-        hkn_fail(failure, errno, "open", path);
-        return -1;
-    }
-    DIR *dir = fdopendir(dirfd);
+    DIR *dir = HKN_FAULT_SYS("fdscan.collect_fds.opendir", EMFILE, NULL, opendir(path));
     if (dir == NULL) {
-        hkn_fail(failure, errno, "fdopendir", path);
-        close(dirfd);
+        hkn_fail(failure, errno, "opendir", path);
         return -1;
     }
+    int dir_fd = dirfd(dir);
     /* In our own process fstat(fd) reaches the same inode as a stat through
      * the /proc link, without the per-entry /proc lookup that dominates the
      * scan's cost (about 2 us each on a VM).  Neither opens the file. */
@@ -263,7 +264,7 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
     int result = -1;
     for (;;) {
         errno = 0;
-        struct dirent *entry = readdir(dir);
+        struct dirent *entry = HKN_FAULT_SYS("fdscan.collect_fds.readdir", EIO, NULL, readdir(dir));
         if (entry == NULL) {
             if (errno != 0) {
                 hkn_fail(failure, errno, "readdir", path);
@@ -276,7 +277,7 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
             continue;
         }
         int fd = atoi(name);
-        if (own && fd == dirfd) {
+        if (own && fd == dir_fd) {
             continue;   /* the scan's own descriptor is not the caller's */
         }
         ssize_t got = 0;
@@ -290,7 +291,8 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
                     hkn_fail(failure, ENOMEM, "readlinkat", path);
                     goto done;
                 }
-                got = readlinkat(dirfd, name, links->data + links->len, room);
+                got = HKN_FAULT_SYS("fdscan.collect_fds.readlinkat", EACCES, -1,
+                                    readlinkat(dir_fd, name, links->data + links->len, room));
                 if (got < 0 || (size_t)got < room || room >= HKN_LINK_MAX) {
                     break;
                 }
@@ -314,7 +316,9 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
         int stat_errno = 0;
         /* fstatat follows the magic link to the open inode: no open(), so no
          * POSIX lock of the scanned process is touched. */
-        if ((own ? fstat(fd, &st) : fstatat(dirfd, name, &st, 0)) != 0) {
+        if ((own ? HKN_FAULT_SYS("fdscan.collect_fds.fstat", EBADF, -1, fstat(fd, &st))
+                 : HKN_FAULT_SYS("fdscan.collect_fds.fstatat", EACCES, -1,
+                                 fstatat(dir_fd, name, &st, 0))) != 0) {
             stat_errno = errno;
             if (stat_errno == ENOENT || stat_errno == EBADF) {
                 continue;
@@ -345,7 +349,7 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
     }
     result = 0;
 done:
-    closedir(dir);
+    (void)HKN_FAULT_RELEASE("fdscan.collect_fds.closedir", -1, closedir(dir));
     return result;
 }
 
@@ -353,22 +357,30 @@ done:
 static PyObject *
 hkn_fd_row(const hkn_fd_record *r, const hkn_text *links)
 {
-    PyObject *row = PyTuple_New(7);
+    PyObject *row = HKN_FAULT_PY("fdscan.fd_row.tuple", NULL, PyTuple_New(7));
     if (row == NULL) {
         return NULL;
     }
+    /* Built one by one, stopping at the first failure: no call is made with
+     * an exception set. */
     PyObject *items[7] = {NULL};
-    items[0] = PyLong_FromLong(r->fd);
-    items[1] = r->has_link ? hkn_decode_path(links, r->path_off, r->path_len)
-                           : Py_NewRef(Py_None);
-    if (r->stat_errno == 0) {
-        items[2] = PyLong_FromUnsignedLongLong(r->dev);
-        items[3] = PyLong_FromUnsignedLongLong(r->ino);
-        items[4] = PyLong_FromUnsignedLongLong(r->nlink);
-        items[5] = PyLong_FromUnsignedLong(r->mode);
-        items[6] = PyLong_FromUnsignedLongLong(r->size);
+    items[0] = HKN_FAULT_PY("fdscan.fd_row.fd", NULL, PyLong_FromLong(r->fd));
+    if (items[0] != NULL) {
+        items[1] = r->has_link ? hkn_decode_path(links, r->path_off, r->path_len)
+                               : Py_NewRef(Py_None);
     }
-    else {
+    if (items[1] != NULL && r->stat_errno == 0
+        && (items[2] = HKN_FAULT_PY("fdscan.fd_row.dev", NULL,
+                                    PyLong_FromUnsignedLongLong(r->dev))) != NULL
+        && (items[3] = HKN_FAULT_PY("fdscan.fd_row.ino", NULL,
+                                    PyLong_FromUnsignedLongLong(r->ino))) != NULL
+        && (items[4] = HKN_FAULT_PY("fdscan.fd_row.nlink", NULL,
+                                    PyLong_FromUnsignedLongLong(r->nlink))) != NULL
+        && (items[5] = HKN_FAULT_PY("fdscan.fd_row.mode", NULL,
+                                    PyLong_FromUnsignedLong(r->mode))) != NULL) {
+        items[6] = HKN_FAULT_PY("fdscan.fd_row.size", NULL, PyLong_FromUnsignedLongLong(r->size));
+    }
+    else if (items[1] != NULL && r->stat_errno != 0) {
         for (int i = 2; i < 7; i++) {
             items[i] = Py_NewRef(Py_None);
         }
@@ -406,8 +418,9 @@ hkn_scan_fds(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     PyObject *pid_obj;
     int want_links = 1;
     int pid;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:_scan_fds", keywords,
-                                     &pid_obj, &want_links)) {
+    if (!HKN_FAULT_PY("fdscan.scan_fds.parse_args", 0,
+                      PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:_scan_fds", keywords,
+                                                  &pid_obj, &want_links))) {
         return NULL;
     }
     if (hkn_pid_from(pid_obj, &pid) < 0) {
@@ -426,7 +439,7 @@ hkn_scan_fds(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         hkn_raise(&failure, pid);
         goto done;
     }
-    result = PyList_New((Py_ssize_t)records.count);
+    result = HKN_FAULT_PY("fdscan.scan_fds.list", NULL, PyList_New((Py_ssize_t)records.count));
     if (result == NULL) {
         goto done;
     }
@@ -589,7 +602,7 @@ hkn_scan_maps(PyObject *Py_UNUSED(module), PyObject *arg)
         hkn_raise(&failure, pid);
         goto done;
     }
-    result = PyList_New((Py_ssize_t)records.count);
+    result = HKN_FAULT_PY("fdscan.scan_maps.list", NULL, PyList_New((Py_ssize_t)records.count));
     if (result == NULL) {
         goto done;
     }
@@ -601,8 +614,10 @@ hkn_scan_maps(PyObject *Py_UNUSED(module), PyObject *arg)
             Py_CLEAR(result);
             goto done;
         }
-        PyObject *row = Py_BuildValue("(KKsKKKN)", r->start, r->end, r->perms, r->offset,
-                                      r->dev, r->ino, map_path);
+        PyObject *row = HKN_FAULT_PY("fdscan.scan_maps.row", NULL,
+                                     Py_BuildValue("(KKsKKKO)", r->start, r->end, r->perms,
+                                                   r->offset, r->dev, r->ino, map_path));
+        Py_DECREF(map_path);
         if (row == NULL) {
             Py_CLEAR(result);
             goto done;
@@ -755,20 +770,28 @@ hkn_parse_lock_lines(const hkn_text *text, const char *prefix, hkn_array *record
 static PyObject *
 hkn_lock_rows(const hkn_array *records)
 {
-    PyObject *result = PyList_New((Py_ssize_t)records->count);
+    PyObject *result = HKN_FAULT_PY("fdscan.lock_rows.list", NULL,
+                                    PyList_New((Py_ssize_t)records->count));
     if (result == NULL) {
         return NULL;
     }
     const hkn_lock_record *items = records->items;
     for (size_t i = 0; i < records->count; i++) {
         const hkn_lock_record *r = &items[i];
-        PyObject *dev = r->has_inode ? PyLong_FromUnsignedLongLong(r->dev) : Py_NewRef(Py_None);
-        PyObject *ino = r->has_inode ? PyLong_FromUnsignedLongLong(r->ino) : Py_NewRef(Py_None);
-        PyObject *end = r->to_eof ? Py_NewRef(Py_None) : PyLong_FromLongLong(r->end);
-        PyObject *row = NULL;
-        if (dev != NULL && ino != NULL && end != NULL) {
-            row = Py_BuildValue("(sssLOOLOO)", r->kind, r->mode, r->access, r->pid, dev, ino,
-                                r->start, end, r->blocked ? Py_True : Py_False);
+        PyObject *dev = NULL, *ino = NULL, *end = NULL, *row = NULL;
+        if ((dev = r->has_inode ? HKN_FAULT_PY("fdscan.lock_rows.dev", NULL,
+                                               PyLong_FromUnsignedLongLong(r->dev))
+                                : Py_NewRef(Py_None)) != NULL
+            && (ino = r->has_inode ? HKN_FAULT_PY("fdscan.lock_rows.ino", NULL,
+                                                  PyLong_FromUnsignedLongLong(r->ino))
+                                   : Py_NewRef(Py_None)) != NULL
+            && (end = r->to_eof ? Py_NewRef(Py_None)
+                                : HKN_FAULT_PY("fdscan.lock_rows.end", NULL,
+                                               PyLong_FromLongLong(r->end))) != NULL) {
+            row = HKN_FAULT_PY("fdscan.lock_rows.row", NULL,
+                               Py_BuildValue("(sssLOOLOO)", r->kind, r->mode, r->access, r->pid,
+                                             dev, ino, r->start, end,
+                                             r->blocked ? Py_True : Py_False));
         }
         Py_XDECREF(dev);
         Py_XDECREF(ino);
@@ -833,7 +856,8 @@ static PyObject *
 hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int pid, fd;
-    if (!PyArg_ParseTuple(args, "ii:_scan_fd_locks", &pid, &fd)) {
+    if (!HKN_FAULT_PY("fdscan.scan_fd_locks.parse_args", 0,
+                      PyArg_ParseTuple(args, "ii:_scan_fd_locks", &pid, &fd))) {
         return NULL;
     }
     if (pid <= 0 || fd < 0) {
@@ -854,7 +878,8 @@ hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     rc = hkn_read_file(path, &text, &failure);
     if (rc < 0 && failure.err == ENOENT) {
-        process_exists = (access(proc_dir, F_OK) == 0);
+        process_exists = HKN_FAULT_SYS("fdscan.scan_fd_locks.access", ENOENT, -1,
+                                       access(proc_dir, F_OK)) == 0;
     }
     if (rc == 0 && hkn_parse_lock_lines(&text, "lock:", &records) < 0) {
         hkn_fail(&failure, ENOMEM, "read", path);
@@ -863,7 +888,8 @@ hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         if (failure.err == ENOENT && process_exists) {
-            result = PyList_New(0);   /* the fd was closed: it holds nothing */
+            /* the fd was closed: it holds nothing */
+            result = HKN_FAULT_PY("fdscan.scan_fd_locks.empty", NULL, PyList_New(0));
         }
         else {
             hkn_raise(&failure, pid);
@@ -889,5 +915,6 @@ static PyMethodDef hkn_fdscan_methods[] = {
 int
 hkn_fdscan_exec(PyObject *module)
 {
-    return PyModule_AddFunctions(module, hkn_fdscan_methods);
+    return HKN_FAULT_PY("fdscan.exec.add_functions", -1,
+                        PyModule_AddFunctions(module, hkn_fdscan_methods));
 }

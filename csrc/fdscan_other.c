@@ -8,6 +8,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "faults.h"
 #include "fdscan.h"
 
 static PyObject *
@@ -64,7 +65,8 @@ hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int pid, fd;
     /* Wrong arguments still fail as TypeError, as on Linux. */
-    if (!PyArg_ParseTuple(args, "ii:_scan_fd_locks", &pid, &fd)) {
+    if (!HKN_FAULT_PY("fdscan_other.scan_fd_locks.parse_args", 0,
+                      PyArg_ParseTuple(args, "ii:_scan_fd_locks", &pid, &fd))) {
         return NULL;
     }
     return hkn_unsupported("_scan_fd_locks");
@@ -81,5 +83,6 @@ static PyMethodDef hkn_fdscan_methods[] = {
 int
 hkn_fdscan_exec(PyObject *module)
 {
-    return PyModule_AddFunctions(module, hkn_fdscan_methods);
+    return HKN_FAULT_PY("fdscan_other.exec.add_functions", -1,
+                        PyModule_AddFunctions(module, hkn_fdscan_methods));
 }

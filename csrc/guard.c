@@ -80,14 +80,17 @@ hkn_peek(const void *address, void *out, size_t size)
 {
     struct iovec local = {out, size};
     struct iovec remote = {(void *)address, size};
-    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)size ? 0 : -1;
+    return HKN_FAULT_SYS("guard.peek.process_vm_readv", EPERM, -1,
+                         process_vm_readv(getpid(), &local, 1, &remote, 1, 0)) == (ssize_t)size
+           ? 0 : -1;
 }
 
 static int
 hkn_same_file(int fd, dev_t dev, ino_t ino)
 {
     struct stat st;
-    return fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+    return HKN_FAULT_SYS("guard.same_file.fstat", EBADF, -1, fstat(fd, &st)) == 0
+           && st.st_dev == dev && st.st_ino == ino;
 }
 
 static int
@@ -99,7 +102,7 @@ hkn_ofd_lock(int fd, short type, off_t start, off_t len)
     lock.l_whence = SEEK_SET;
     lock.l_start = start;
     lock.l_len = len;
-    return fcntl(fd, F_OFD_SETLK, &lock);
+    return HKN_FAULT_SYS("guard.ofd_lock.fcntl", EAGAIN, -1, fcntl(fd, F_OFD_SETLK, &lock));
 }
 
 /* SQLite's descriptor for the main database of `db`, checked; -1 if the
@@ -111,11 +114,14 @@ hkn_db_fd(hkn_state *state, sqlite3 *db, const char **zpath)
 {
     const hkn_sqlite_api *api = &state->api;
     void *file = NULL;
-    if (api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file) != SQLITE_OK
+    if (HKN_FAULT_SQLITE("guard.db_fd.file_pointer", SQLITE_NOTFOUND,
+                         api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file))
+            != SQLITE_OK
         || file == NULL) {
         return -1;
     }
-    const char *name = api->db_filename(db, "main");
+    const char *name = HKN_FAULT_SQLITE("guard.db_fd.db_filename", NULL,
+                                        api->db_filename(db, "main"));
     if (name == NULL) {
         return -1;
     }
@@ -147,7 +153,9 @@ hkn_shm_fd(hkn_state *state, sqlite3 *db, const char *shm_path)
     void *file = NULL, *shm = NULL, *node = NULL;
     char *zname = NULL;
     int fd = -1;
-    if (api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file) != SQLITE_OK
+    if (HKN_FAULT_SQLITE("guard.shm_fd.file_pointer", SQLITE_NOTFOUND,
+                         api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file))
+            != SQLITE_OK
         || file == NULL) {
         return -1;
     }
@@ -169,7 +177,7 @@ hkn_shm_fd(hkn_state *state, sqlite3 *db, const char *shm_path)
         return -1;
     }
     size_t length = strlen(shm_path) + 1;
-    char *copy = malloc(length);
+    char *copy = HKN_FAULT_ALLOC("guard.shm_fd.alloc", malloc(length));
     if (copy == NULL) {
         return -1;
     }
@@ -199,7 +207,8 @@ hkn_guard_remember(hkn_guard *guard, int fd)
     }
     if (guard->nfds == guard->capacity) {
         int capacity = guard->capacity ? guard->capacity * 2 : 4;
-        int *grown = realloc(guard->fds, (size_t)capacity * sizeof(int));
+        int *grown = HKN_FAULT_ALLOC("guard.remember.alloc",
+                                     realloc(guard->fds, (size_t)capacity * sizeof(int)));
         if (grown == NULL) {
             return -1;
         }
@@ -223,7 +232,8 @@ hkn_guard_shm(hkn_state *state, hkn_guard *guard, sqlite3 *db, const char *path)
     }
     int fd = hkn_shm_fd(state, db, shm_path);
     struct stat st;
-    if (fd < 0 || stat(shm_path, &st) != 0 || !hkn_same_file(fd, st.st_dev, st.st_ino)) {
+    if (fd < 0 || HKN_FAULT_SYS("guard.shm.stat", ENOENT, -1, stat(shm_path, &st)) != 0
+        || !hkn_same_file(fd, st.st_dev, st.st_ino)) {
         return;
     }
     /* With SQLite's -shm locks already OFD locks on this descriptor, its
@@ -247,7 +257,8 @@ static int
 hkn_guard_worth_taking(int fd, const char *path, const struct stat *st)
 {
     unsigned char header[20];
-    ssize_t got = pread(fd, header, sizeof(header), 0);
+    ssize_t got = HKN_FAULT_SYS("guard.worth_taking.pread", EIO, -1,
+                                pread(fd, header, sizeof(header), 0));
     if (got == (ssize_t)sizeof(header)) {
         if (header[18] != 2 || header[19] != 2) {
             return 0;
@@ -259,12 +270,13 @@ hkn_guard_worth_taking(int fd, const char *path, const struct stat *st)
         char wal_path[4096];
         struct stat wal;
         if (got != 0 || snprintf(wal_path, sizeof(wal_path), "%s-wal", path) >= (int)sizeof(wal_path)
-            || stat(wal_path, &wal) != 0) {
+            || HKN_FAULT_SYS("guard.worth_taking.stat_wal", ENOENT, -1, stat(wal_path, &wal)) != 0) {
             return 0;
         }
     }
     struct stat at_path;
-    return stat(path, &at_path) == 0 && at_path.st_dev == st->st_dev
+    return HKN_FAULT_SYS("guard.worth_taking.stat_path", ENOENT, -1, stat(path, &at_path)) == 0
+           && at_path.st_dev == st->st_dev
            && at_path.st_ino == st->st_ino;
 }
 
@@ -293,7 +305,7 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
     const char *path = NULL;
     int fd = hkn_db_fd(state, db, &path);
     struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0) {
+    if (fd < 0 || HKN_FAULT_SYS("guard.claim.fstat", EBADF, -1, fstat(fd, &st)) != 0) {
         state->stats.guard_failures++;
         return 0;
     }
@@ -306,7 +318,7 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
         return 0;
     }
     if (fresh) {
-        guard = calloc(1, sizeof(*guard));
+        guard = HKN_FAULT_ALLOC("guard.claim.alloc", calloc(1, sizeof(*guard)));
         if (guard == NULL) {
             PyErr_NoMemory();
             return -1;
@@ -362,7 +374,8 @@ hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db)
          * again only at the next claim of a fresh guard. */
         return;
     }
-    const char *path = state->api.db_filename(db, "main");
+    const char *path = HKN_FAULT_SQLITE("guard.refresh.db_filename", NULL,
+                                        state->api.db_filename(db, "main"));
     if (path != NULL) {
         hkn_guard_shm(state, guard, db, path);
         hkn_guard_shm_any(state, guard, path);

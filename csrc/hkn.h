@@ -12,6 +12,7 @@
 #include <Python.h>
 #include <sys/types.h>
 
+#include "faults.h"
 #include "sqlite_api.h"
 #include "fdscan.h"
 

@@ -54,7 +54,8 @@ hkn_registry_snapshot(hkn_state *state, Py_ssize_t *count)
     for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
         n++;
     }
-    PyObject **items = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(PyObject *));
+    PyObject **items = HKN_FAULT_ALLOC(
+        "module.snapshot.alloc", PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(PyObject *)));
     if (items == NULL) {
         PyErr_NoMemory();
         return NULL;
@@ -102,7 +103,7 @@ hkn_stats_dict(PyObject *module, PyObject *Py_UNUSED(ignored))
     unsigned long long shm_opened;
     int shm_open_now;
     (void)hkn_shmlock_status(&shm_opened, &shm_open_now);
-    return Py_BuildValue(
+    return HKN_FAULT_PY("module.stats.build", NULL, Py_BuildValue(
         "{sKsKsKsnsnsKsKsKsKsKsKsKsKsKsKsOsKsi}",
         "opened", s->opened, "closed", s->closed, "finalized", s->finalized,
         "live", s->live, "peak_live", s->peak_live,
@@ -114,7 +115,7 @@ hkn_stats_dict(PyObject *module, PyObject *Py_UNUSED(ignored))
         "guards_taken", s->guards_taken, "guards_released", s->guards_released,
         "relocks", s->relocks, "guard_failures", s->guard_failures,
         "guard_available", hkn_guard_unavailable() == NULL ? Py_True : Py_False,
-        "shm_ofd_files", shm_opened, "shm_ofd_open", shm_open_now);
+        "shm_ofd_files", shm_opened, "shm_ofd_open", shm_open_now));
 }
 
 PyDoc_STRVAR(hkn_reset_peak_doc,
@@ -128,7 +129,7 @@ hkn_reset_peak_live(PyObject *module, PyObject *Py_UNUSED(ignored))
     hkn_counters *s = &hkn_module_state(module)->stats;
     Py_ssize_t previous = s->peak_live;
     s->peak_live = s->live;
-    return PyLong_FromSsize_t(previous);
+    return HKN_FAULT_PY("module.reset_peak_live.result", NULL, PyLong_FromSsize_t(previous));
 }
 
 PyDoc_STRVAR(hkn_sqlite_api_doc,
@@ -147,7 +148,9 @@ static PyObject *
 hkn_sqlite_api_info(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     hkn_state *state = hkn_module_state(module);
-    PyObject *version = PyObject_GetAttrString(state->sqlite3_module, "sqlite_version");
+    PyObject *version = HKN_FAULT_PY("module.sqlite_api.version", NULL,
+                                     PyObject_GetAttrString(state->sqlite3_module,
+                                                            "sqlite_version"));
     if (version == NULL) {
         return NULL;
     }
@@ -163,20 +166,25 @@ hkn_sqlite_api_info(PyObject *module, PyObject *Py_UNUSED(ignored))
     if (no_ofd != NULL && !state->api.native) {
         no_ofd = "needs native access to SQLite";
     }
-    PyObject *shm_locks = no_ofd == NULL ? PyUnicode_FromString("ofd")
-                          : PyUnicode_FromFormat("posix: %s", no_ofd);
+    PyObject *shm_locks = no_ofd == NULL
+        ? HKN_FAULT_PY("module.sqlite_api.shm_locks_ofd", NULL, PyUnicode_FromString("ofd"))
+        : HKN_FAULT_PY("module.sqlite_api.shm_locks_posix", NULL,
+                       PyUnicode_FromFormat("posix: %s", no_ofd));
     if (shm_locks == NULL) {
         Py_DECREF(version);
         return NULL;
     }
-    PyObject *info = Py_BuildValue("{sssOsOsOsssssN}",
-                                   "mode", state->api.native ? "native" : "sql",
-                                   "library", state->api_library,
-                                   "sqlite_version", version,
-                                   "reason", state->api_reason,
-                                   "self_check", check,
-                                   "guard", no_guard == NULL ? "available" : no_guard,
-                                   "shm_locks", shm_locks);
+    PyObject *info = HKN_FAULT_PY("module.sqlite_api.build", NULL,
+                                  Py_BuildValue("{sssOsOsOsssssO}",
+                                                "mode", state->api.native ? "native" : "sql",
+                                                "library", state->api_library,
+                                                "sqlite_version", version,
+                                                "reason", state->api_reason,
+                                                "self_check", check,
+                                                "guard", no_guard == NULL ? "available"
+                                                                          : no_guard,
+                                                "shm_locks", shm_locks));
+    Py_DECREF(shm_locks);
     Py_DECREF(version);
     return info;
 }
@@ -195,7 +203,7 @@ hkn_live_connections(PyObject *module, PyObject *Py_UNUSED(ignored))
     if (items == NULL) {
         return NULL;
     }
-    PyObject *result = PyList_New(0);
+    PyObject *result = HKN_FAULT_PY("module.live_connections.list", NULL, PyList_New(0));
     if (result == NULL) {
         goto done;
     }
@@ -213,9 +221,14 @@ hkn_live_connections(PyObject *module, PyObject *Py_UNUSED(ignored))
             Py_CLEAR(result);
             goto done;
         }
-        PyObject *row = Py_BuildValue("(OkNd)", conn->path ? conn->path : Py_None,
-                                      conn->thread_ident, opener, conn->opened_time);
-        if (row == NULL || PyList_Append(result, row) < 0) {
+        PyObject *row = HKN_FAULT_PY("module.live_connections.row", NULL,
+                                     Py_BuildValue("(OkOd)", conn->path ? conn->path : Py_None,
+                                                   conn->thread_ident, opener,
+                                                   conn->opened_time));
+        Py_DECREF(opener);
+        if (row == NULL
+            || HKN_FAULT_PY("module.live_connections.append", -1,
+                            PyList_Append(result, row)) < 0) {
             Py_XDECREF(row);
             Py_CLEAR(result);
             goto done;
@@ -263,7 +276,7 @@ hkn_connection_and_flag(PyObject *const *args, Py_ssize_t nargs, const char *fun
                      function, type->tp_name, Py_TYPE(args[0])->tp_name);
         return -1;
     }
-    *enabled = PyObject_IsTrue(args[1]);
+    *enabled = HKN_FAULT_PY("module.connection_and_flag.is_true", -1, PyObject_IsTrue(args[1]));
     return *enabled < 0 ? -1 : 0;
 }
 
@@ -294,7 +307,10 @@ hkn_set_persist_wal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = state->api.file_control(db, "main", SQLITE_FCNTL_PERSIST_WAL, &enabled);
+    /* SQLITE_NOTFOUND is what a VFS without persistent WAL answers. */
+    rc = HKN_FAULT_SQLITE("module.set_persist_wal.file_control", SQLITE_NOTFOUND,
+                          state->api.file_control(db, "main", SQLITE_FCNTL_PERSIST_WAL,
+                                                  &enabled));
     Py_END_ALLOW_THREADS
     if (rc != SQLITE_OK) {
         hkn_set_sqlite_error(state, rc, rc, state->api.errstr(rc));
@@ -313,12 +329,12 @@ static PyObject *
 hkn_track_opened(PyObject *module, PyObject *enable)
 {
     hkn_state *state = hkn_module_state(module);
-    int on = PyObject_IsTrue(enable);
+    int on = HKN_FAULT_PY("module.track_opened.is_true", -1, PyObject_IsTrue(enable));
     if (on < 0) {
         return NULL;
     }
     PyObject *fresh = NULL;
-    if (on && (fresh = PySet_New(NULL)) == NULL) {
+    if (on && (fresh = HKN_FAULT_PY("module.track_opened.new_set", NULL, PySet_New(NULL))) == NULL) {
         return NULL;
     }
     PyObject *previous = state->opened_paths;
@@ -388,47 +404,162 @@ static PyMethodDef hkn_module_methods[] = {
 
 /* ------------------------------------------------------------------ init */
 
+/* Each helper below is one fault point hit from several places of the exec
+ * slot, and returns at the first failure, so that no Python call runs with
+ * an exception already set. */
 static int
 hkn_take(PyObject *from, const char *name, PyObject **slot)
 {
-    *slot = PyObject_GetAttrString(from, name);
+    *slot = HKN_FAULT_PY("module.exec.getattr", NULL, PyObject_GetAttrString(from, name));
     return *slot == NULL ? -1 : 0;
+}
+
+static int
+hkn_intern(const char *text, PyObject **slot)
+{
+    *slot = HKN_FAULT_PY("module.exec.intern", NULL, PyUnicode_InternFromString(text));
+    return *slot == NULL ? -1 : 0;
+}
+
+static PyObject *
+hkn_import(const char *name)
+{
+    return HKN_FAULT_PY("module.exec.import", NULL, PyImport_ImportModule(name));
 }
 
 static int
 hkn_make_checkpoint_result(PyObject *module, hkn_state *state)
 {
-    PyObject *collections = PyImport_ImportModule("collections");
+    PyObject *collections = hkn_import("collections");
     if (collections == NULL) {
         return -1;
     }
-    PyObject *cls = PyObject_CallMethod(collections, "namedtuple", "ss",
-                                        "CheckpointResult",
-                                        "mode busy log_frames checkpointed_frames");
+    PyObject *cls = HKN_FAULT_PY("module.checkpoint_result.namedtuple", NULL,
+                                 PyObject_CallMethod(collections, "namedtuple", "ss",
+                                                     "CheckpointResult",
+                                                     "mode busy log_frames checkpointed_frames"));
     Py_DECREF(collections);
     if (cls == NULL) {
         return -1;
     }
     state->checkpoint_result = cls;
-    PyObject *owner = PyUnicode_FromString("hermes_kanban_native");
-    if (owner == NULL || PyObject_SetAttrString(cls, "__module__", owner) < 0) {
+    PyObject *owner = HKN_FAULT_PY("module.checkpoint_result.module_name", NULL,
+                                   PyUnicode_FromString("hermes_kanban_native"));
+    if (owner == NULL
+        || HKN_FAULT_PY("module.checkpoint_result.set_module", -1,
+                        PyObject_SetAttrString(cls, "__module__", owner)) < 0) {
         Py_XDECREF(owner);
         return -1;
     }
     Py_DECREF(owner);
-    PyObject *doc = PyUnicode_FromString(
+    PyObject *doc = HKN_FAULT_PY("module.checkpoint_result.doc", NULL, PyUnicode_FromString(
         "CheckpointResult(mode, busy, log_frames, checkpointed_frames)\n\n"
         "What one WAL checkpoint did.  mode: 'passive', 'full', 'restart' or\n"
         "'truncate'.  busy: True when SQLite returned SQLITE_BUSY (another\n"
         "connection kept it from finishing; close() never waits for it).\n"
         "log_frames: frames in the WAL, checkpointed_frames: frames copied back\n"
-        "into the database; both -1 when the database is not in WAL mode.");
-    if (doc == NULL || PyObject_SetAttrString(cls, "__doc__", doc) < 0) {
+        "into the database; both -1 when the database is not in WAL mode."));
+    if (doc == NULL
+        || HKN_FAULT_PY("module.checkpoint_result.set_doc", -1,
+                        PyObject_SetAttrString(cls, "__doc__", doc)) < 0) {
         Py_XDECREF(doc);
         return -1;
     }
     Py_DECREF(doc);
-    return PyModule_AddObjectRef(module, "CheckpointResult", cls);
+    return HKN_FAULT_PY("module.checkpoint_result.add", -1,
+                        PyModule_AddObjectRef(module, "CheckpointResult", cls));
+}
+
+/* Frames of files in this package's directory are skipped when looking for
+ * the user code that opened a connection. */
+static int
+hkn_find_package_dir(PyObject *module, hkn_state *state)
+{
+    PyObject *file = HKN_FAULT_PY("module.exec.filename", NULL,
+                                  PyModule_GetFilenameObject(module));
+    if (file == NULL) {
+        return -1;
+    }
+    PyObject *os_path = hkn_import("os.path");
+    if (os_path == NULL) {
+        Py_DECREF(file);
+        return -1;
+    }
+    PyObject *dir = HKN_FAULT_PY("module.exec.dirname", NULL,
+                                 PyObject_CallMethod(os_path, "dirname", "O", file));
+    Py_DECREF(file);
+    PyObject *sep = NULL;
+    if (dir == NULL || hkn_take(os_path, "sep", &sep) < 0) {
+        Py_DECREF(os_path);
+        Py_XDECREF(dir);
+        return -1;
+    }
+    Py_DECREF(os_path);
+    state->package_dir = HKN_FAULT_PY("module.exec.package_dir", NULL,
+                                      PyUnicode_Concat(dir, sep));
+    Py_DECREF(dir);
+    Py_DECREF(sep);
+    return state->package_dir == NULL ? -1 : 0;
+}
+
+/* atexit (connections held by daemon threads are never collected) and
+ * os.register_at_fork (forked children leave inherited connections alone; a
+ * counter bumped after fork is cheaper to compare than getpid() on each
+ * close).  Last in the exec slot, so that nothing else can fail after a hook
+ * holds the module; os.register_at_fork has no way back, so it goes second
+ * and a failure of it takes the atexit hook back. */
+static int
+hkn_register_hooks(PyObject *module)
+{
+    PyObject *atexit = hkn_import("atexit");
+    if (atexit == NULL) {
+        return -1;
+    }
+    PyObject *closer = NULL;
+    if (hkn_take(module, "_close_all_at_exit", &closer) < 0) {
+        Py_DECREF(atexit);
+        return -1;
+    }
+    PyObject *res = HKN_FAULT_PY("module.exec.atexit_register", NULL,
+                                 PyObject_CallMethod(atexit, "register", "O", closer));
+    if (res == NULL) {
+        Py_DECREF(closer);
+        Py_DECREF(atexit);
+        return -1;
+    }
+    Py_DECREF(res);
+
+    int status = -1;
+    PyObject *os = hkn_import("os");
+    PyObject *after_fork = NULL, *register_at_fork = NULL, *kwargs = NULL;
+    if (os != NULL
+        && hkn_take(module, "_after_fork_in_child", &after_fork) == 0
+        && hkn_take(os, "register_at_fork", &register_at_fork) == 0
+        && (kwargs = HKN_FAULT_PY("module.exec.fork_kwargs", NULL,
+                                  Py_BuildValue("{sO}", "after_in_child", after_fork))) != NULL) {
+        res = HKN_FAULT_PY("module.exec.register_at_fork", NULL,
+                           PyObject_VectorcallDict(register_at_fork, NULL, 0, kwargs));
+        if (res != NULL) {
+            Py_DECREF(res);
+            status = 0;
+        }
+    }
+    Py_XDECREF(os);
+    Py_XDECREF(after_fork);
+    Py_XDECREF(register_at_fork);
+    Py_XDECREF(kwargs);
+    if (status < 0) {
+        hkn_saved_error saved;
+        hkn_error_save(&saved);
+        PyObject *undone = HKN_FAULT_PY("module.exec.atexit_unregister", NULL,
+                                        PyObject_CallMethod(atexit, "unregister", "O", closer));
+        Py_XDECREF(undone);
+        PyErr_Clear();          /* best effort: the module then lives on in atexit */
+        hkn_error_restore(&saved);
+    }
+    Py_DECREF(closer);
+    Py_DECREF(atexit);
+    return status;
 }
 
 static int
@@ -437,12 +568,12 @@ hkn_module_exec(PyObject *module)
     hkn_state *state = hkn_module_state(module);
     state->registry.prev = state->registry.next = &state->registry;
 
-    state->sqlite3_module = PyImport_ImportModule("sqlite3");
+    state->sqlite3_module = hkn_import("sqlite3");
     if (state->sqlite3_module == NULL) {
         return -1;
     }
-    PyObject *base = PyObject_GetAttrString(state->sqlite3_module, "Connection");
-    if (base == NULL) {
+    PyObject *base = NULL;
+    if (hkn_take(state->sqlite3_module, "Connection", &base) < 0) {
         return -1;
     }
     if (!PyType_Check(base) || !(((PyTypeObject *)base)->tp_flags & Py_TPFLAGS_BASETYPE)
@@ -469,47 +600,23 @@ hkn_module_exec(PyObject *module)
 
     static const char *const modes[4] = {"passive", "full", "restart", "truncate"};
     for (int i = 0; i < 4; i++) {
-        state->mode_names[i] = PyUnicode_InternFromString(modes[i]);
-        if (state->mode_names[i] == NULL) {
+        if (hkn_intern(modes[i], &state->mode_names[i]) < 0) {
             return -1;
         }
     }
-    state->str_off = PyUnicode_InternFromString("off");
-    state->str_checkpoint_on_close = PyUnicode_InternFromString("checkpoint_on_close");
-    state->str_max_live = PyUnicode_InternFromString("max_live_per_database");
-    state->str_guard_wal = PyUnicode_InternFromString("guard_wal");
-    state->str_check_same_thread = PyUnicode_InternFromString("check_same_thread");
-    state->base_close = PyObject_GetAttrString((PyObject *)state->base_type, "close");
-    if (state->str_guard_wal == NULL || state->str_check_same_thread == NULL
-        || state->base_close == NULL) {
+    if (hkn_intern("off", &state->str_off) < 0
+        || hkn_intern("checkpoint_on_close", &state->str_checkpoint_on_close) < 0
+        || hkn_intern("max_live_per_database", &state->str_max_live) < 0
+        || hkn_intern("guard_wal", &state->str_guard_wal) < 0
+        || hkn_intern("check_same_thread", &state->str_check_same_thread) < 0
+        || hkn_take((PyObject *)state->base_type, "close", &state->base_close) < 0) {
         return -1;
     }
-    state->bound_exceeded = PySet_New(NULL);
-    if (state->str_off == NULL || state->str_checkpoint_on_close == NULL
-        || state->str_max_live == NULL || state->bound_exceeded == NULL) {
+    state->bound_exceeded = HKN_FAULT_PY("module.exec.bound_set", NULL, PySet_New(NULL));
+    if (state->bound_exceeded == NULL) {
         return -1;
     }
-
-    /* Frames of files in this package's directory are skipped when looking
-     * for the user code that opened a connection. */
-    PyObject *file = PyModule_GetFilenameObject(module);
-    if (file == NULL) {
-        return -1;
-    }
-    PyObject *os_path = PyImport_ImportModule("os.path");
-    PyObject *dir = os_path ? PyObject_CallMethod(os_path, "dirname", "O", file) : NULL;
-    Py_DECREF(file);
-    PyObject *sep = os_path ? PyObject_GetAttrString(os_path, "sep") : NULL;
-    Py_XDECREF(os_path);
-    if (dir == NULL || sep == NULL) {
-        Py_XDECREF(dir);
-        Py_XDECREF(sep);
-        return -1;
-    }
-    state->package_dir = PyUnicode_Concat(dir, sep);
-    Py_DECREF(dir);
-    Py_DECREF(sep);
-    if (state->package_dir == NULL) {
+    if (hkn_find_package_dir(module, state) < 0) {
         return -1;
     }
 
@@ -522,45 +629,19 @@ hkn_module_exec(PyObject *module)
     if (hkn_connection_exec(module, state) < 0) {
         return -1;
     }
-    if (PyModule_AddFunctions(module, hkn_module_methods) < 0) {
+    if (HKN_FAULT_PY("module.exec.add_functions", -1,
+                     PyModule_AddFunctions(module, hkn_module_methods)) < 0) {
         return -1;
     }
     if (hkn_fdscan_exec(module) < 0) {
         return -1;
     }
-
-    PyObject *atexit = PyImport_ImportModule("atexit");
-    if (atexit == NULL) {
+#ifdef HKN_FAULTS
+    if (hkn_faults_exec(module) < 0) {
         return -1;
     }
-    PyObject *closer = PyObject_GetAttrString(module, "_close_all_at_exit");
-    PyObject *res = closer ? PyObject_CallMethod(atexit, "register", "O", closer) : NULL;
-    Py_XDECREF(closer);
-    Py_DECREF(atexit);
-    if (res == NULL) {
-        return -1;
-    }
-    Py_DECREF(res);
-
-    /* Forked children must leave inherited connections alone; a counter
-     * bumped after fork is cheaper to compare than getpid() on each close. */
-    PyObject *os = PyImport_ImportModule("os");
-    PyObject *after_fork = PyObject_GetAttrString(module, "_after_fork_in_child");
-    PyObject *kwargs = after_fork ? Py_BuildValue("{sO}", "after_in_child", after_fork) : NULL;
-    PyObject *register_at_fork = os ? PyObject_GetAttrString(os, "register_at_fork") : NULL;
-    PyObject *empty = PyTuple_New(0);
-    res = (register_at_fork && kwargs && empty) ? PyObject_Call(register_at_fork, empty, kwargs)
-                                                : NULL;
-    Py_XDECREF(os);
-    Py_XDECREF(after_fork);
-    Py_XDECREF(kwargs);
-    Py_XDECREF(register_at_fork);
-    Py_XDECREF(empty);
-    if (res == NULL) {
-        return -1;
-    }
-    Py_DECREF(res);
-    return 0;
+#endif
+    return hkn_register_hooks(module);
 }
 
 static int

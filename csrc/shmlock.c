@@ -127,7 +127,7 @@ hkn_hook_open(const char *path, int flags, int mode)
     }
     /* Any failure here leaves the descriptor untranslated: SQLite then
      * uses POSIX locks on it, as it would without us. */
-    char *copy = strdup(path);
+    char *copy = HKN_FAULT_ALLOC("shmlock.hook_open.strdup", strdup(path));
     if (copy == NULL) {
         return fd;
     }
@@ -144,7 +144,9 @@ hkn_hook_open(const char *path, int flags, int mode)
     else {
         if (hkn_shm_count == hkn_shm_capacity) {
             int capacity = hkn_shm_capacity ? hkn_shm_capacity * 2 : 8;
-            hkn_shm_entry *grown = realloc(hkn_shm_table, (size_t)capacity * sizeof(*grown));
+            hkn_shm_entry *grown = HKN_FAULT_ALLOC(
+                "shmlock.hook_open.realloc",
+                realloc(hkn_shm_table, (size_t)capacity * sizeof(*grown)));
             if (grown != NULL) {
                 hkn_shm_table = grown;
                 hkn_shm_capacity = capacity;
@@ -193,7 +195,9 @@ hkn_hook_mmap(void *address, size_t length, int prot, int flags, int fd, off_t o
         hkn_shm_entry *entry = &hkn_shm_table[index];
         if (entry->nregions == entry->cregions) {
             int capacity = entry->cregions ? entry->cregions * 2 : 4;
-            hkn_shm_region *grown = realloc(entry->regions, (size_t)capacity * sizeof(*grown));
+            hkn_shm_region *grown = HKN_FAULT_ALLOC(
+                "shmlock.hook_mmap.realloc",
+                realloc(entry->regions, (size_t)capacity * sizeof(*grown)));
             if (grown != NULL) {
                 entry->regions = grown;
                 entry->cregions = capacity;
@@ -328,28 +332,38 @@ hkn_shmlock_install(hkn_state *state, int db_fd)
     probe.l_whence = SEEK_SET;
     probe.l_start = 0;
     probe.l_len = 1;
-    if (fcntl(db_fd, F_OFD_GETLK, &probe) != 0) {
+    if (HKN_FAULT_SYS("shmlock.install.fcntl_probe", EINVAL, -1,
+                      fcntl(db_fd, F_OFD_GETLK, &probe)) != 0) {
         hkn_shm_reason = "the kernel refuses open-file-description locks";
         return 0;
     }
-    hkn_sqlite3_vfs *vfs = state->api.vfs_find ? state->api.vfs_find("unix") : NULL;
+    hkn_sqlite3_vfs *vfs = state->api.vfs_find
+        ? HKN_FAULT_SQLITE("shmlock.install.vfs_find", NULL, state->api.vfs_find("unix"))
+        : NULL;
     if (vfs == NULL || vfs->iVersion < 3 || vfs->xGetSystemCall == NULL
         || vfs->xSetSystemCall == NULL) {
         hkn_shm_reason = "SQLite's unix VFS offers no system-call table";
         return 0;
     }
-    hkn_syscall_ptr real_open = vfs->xGetSystemCall(vfs, "open");
-    hkn_syscall_ptr real_close = vfs->xGetSystemCall(vfs, "close");
-    hkn_syscall_ptr real_fcntl = vfs->xGetSystemCall(vfs, "fcntl");
-    hkn_syscall_ptr real_mmap = vfs->xGetSystemCall(vfs, "mmap");
-    hkn_syscall_ptr real_munmap = vfs->xGetSystemCall(vfs, "munmap");
+    hkn_syscall_ptr real_open = HKN_FAULT_SQLITE("shmlock.install.get_open", NULL,
+                                                vfs->xGetSystemCall(vfs, "open"));
+    hkn_syscall_ptr real_close = HKN_FAULT_SQLITE("shmlock.install.get_close", NULL,
+                                                vfs->xGetSystemCall(vfs, "close"));
+    hkn_syscall_ptr real_fcntl = HKN_FAULT_SQLITE("shmlock.install.get_fcntl", NULL,
+                                                vfs->xGetSystemCall(vfs, "fcntl"));
+    hkn_syscall_ptr real_mmap = HKN_FAULT_SQLITE("shmlock.install.get_mmap", NULL,
+                                                vfs->xGetSystemCall(vfs, "mmap"));
+    hkn_syscall_ptr real_munmap = HKN_FAULT_SQLITE("shmlock.install.get_munmap", NULL,
+                                                vfs->xGetSystemCall(vfs, "munmap"));
     if (real_open == NULL || real_close == NULL || real_fcntl == NULL || real_mmap == NULL
         || real_munmap == NULL) {
         hkn_shm_reason = "SQLite's unix VFS lacks open, close, fcntl, mmap or munmap "
                          "in its system-call table";
         return 0;
     }
-    if (pthread_atfork(hkn_shm_prepare_fork, hkn_shm_parent_fork, hkn_shm_child_fork) != 0) {
+    if (HKN_FAULT_SYS("shmlock.install.pthread_atfork", ENOMEM, ENOMEM,
+                      pthread_atfork(hkn_shm_prepare_fork, hkn_shm_parent_fork,
+                                     hkn_shm_child_fork)) != 0) {
         hkn_shm_reason = "pthread_atfork failed";
         return 0;
     }
@@ -361,11 +375,21 @@ hkn_shmlock_install(hkn_state *state, int db_fd)
     /* "open" last: until it is ours no descriptor is in the table, so a
      * thread inside SQLite during the switch sees plain behaviour from
      * whichever pointer it reads. */
-    if (vfs->xSetSystemCall(vfs, "fcntl", (hkn_syscall_ptr)hkn_hook_fcntl) != SQLITE_OK
-        || vfs->xSetSystemCall(vfs, "mmap", (hkn_syscall_ptr)hkn_hook_mmap) != SQLITE_OK
-        || vfs->xSetSystemCall(vfs, "munmap", (hkn_syscall_ptr)hkn_hook_munmap) != SQLITE_OK
-        || vfs->xSetSystemCall(vfs, "close", (hkn_syscall_ptr)hkn_hook_close) != SQLITE_OK
-        || vfs->xSetSystemCall(vfs, "open", (hkn_syscall_ptr)hkn_hook_open) != SQLITE_OK) {
+    if (HKN_FAULT_SQLITE("shmlock.install.set_fcntl", SQLITE_NOTFOUND,
+                            vfs->xSetSystemCall(vfs, "fcntl", (hkn_syscall_ptr)hkn_hook_fcntl))
+               != SQLITE_OK
+        || HKN_FAULT_SQLITE("shmlock.install.set_mmap", SQLITE_NOTFOUND,
+                            vfs->xSetSystemCall(vfs, "mmap", (hkn_syscall_ptr)hkn_hook_mmap))
+               != SQLITE_OK
+        || HKN_FAULT_SQLITE("shmlock.install.set_munmap", SQLITE_NOTFOUND,
+                            vfs->xSetSystemCall(vfs, "munmap", (hkn_syscall_ptr)hkn_hook_munmap))
+               != SQLITE_OK
+        || HKN_FAULT_SQLITE("shmlock.install.set_close", SQLITE_NOTFOUND,
+                            vfs->xSetSystemCall(vfs, "close", (hkn_syscall_ptr)hkn_hook_close))
+               != SQLITE_OK
+        || HKN_FAULT_SQLITE("shmlock.install.set_open", SQLITE_NOTFOUND,
+                            vfs->xSetSystemCall(vfs, "open", (hkn_syscall_ptr)hkn_hook_open))
+               != SQLITE_OK) {
         hkn_shm_reason = "SQLite refused to replace a system call";
         return 0;
     }

@@ -26,7 +26,8 @@ static int
 hkn_sql_mode(hkn_state *state, const char *why)
 {
     memset(&state->api, 0, sizeof(state->api));
-    Py_XSETREF(state->api_reason, PyUnicode_FromString(why));
+    Py_XSETREF(state->api_reason,
+               HKN_FAULT_PY("sqlite_api.sql_mode.reason", NULL, PyUnicode_FromString(why)));
     return state->api_reason ? 0 : -1;
 }
 
@@ -35,9 +36,9 @@ hkn_lookup(void *handle, const char *name)
 {
     /* Same order as the dynamic linker uses for _sqlite3 (loaded RTLD_LOCAL,
      * never RTLD_DEEPBIND): a definition in the global scope wins. */
-    void *sym = dlsym(RTLD_DEFAULT, name);
+    void *sym = HKN_FAULT_SYS("sqlite_api.lookup.dlsym_global", 0, NULL, dlsym(RTLD_DEFAULT, name));
     if (sym == NULL) {
-        sym = dlsym(handle, name);
+        sym = HKN_FAULT_SYS("sqlite_api.lookup.dlsym_library", 0, NULL, dlsym(handle, name));
     }
     return sym;
 }
@@ -61,13 +62,15 @@ hkn_self_check(hkn_state *state, const char **why)
 {
     hkn_sqlite_api *api = &state->api;
     int ok = 0;
-    PyObject *conn = NULL, *res = NULL;
+    PyObject *res = NULL;
 
     if (state->base_type->tp_basicsize < (Py_ssize_t)(sizeof(PyObject) + sizeof(void *))) {
         *why = "sqlite3.Connection is smaller than the handle layout assumes";
         return 0;
     }
-    conn = PyObject_CallFunction((PyObject *)state->base_type, "s", ":memory:");
+    PyObject *conn = HKN_FAULT_PY("sqlite_api.self_check.open", NULL,
+                                  PyObject_CallFunction((PyObject *)state->base_type, "s",
+                                                        ":memory:"));
     if (conn == NULL) {
         return -1;
     }
@@ -79,7 +82,9 @@ hkn_self_check(hkn_state *state, const char **why)
 #if PY_VERSION_HEX >= 0x030B0000
     int before = api->limit(db, SQLITE_LIMIT_VARIABLE_NUMBER, -1);
     int probe = before > 1 ? before - 1 : 1;
-    res = PyObject_CallMethod(conn, "setlimit", "ii", SQLITE_LIMIT_VARIABLE_NUMBER, probe);
+    res = HKN_FAULT_PY("sqlite_api.self_check.setlimit", NULL,
+                       PyObject_CallMethod(conn, "setlimit", "ii", SQLITE_LIMIT_VARIABLE_NUMBER,
+                                           probe));
     if (res == NULL) {
         goto done;
     }
@@ -90,52 +95,56 @@ hkn_self_check(hkn_state *state, const char **why)
     }
 #else
     /* 3.10 has no setlimit(): count row changes made through the Python API. */
-    res = PyObject_CallMethod(conn, "executescript", "s",
-                              "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);");
+    res = HKN_FAULT_PY("sqlite_api.self_check.executescript", NULL,
+                       PyObject_CallMethod(conn, "executescript", "s",
+                                           "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);"));
     if (res == NULL) {
         goto done;
     }
     Py_CLEAR(res);
     int (*total_changes)(sqlite3 *) = NULL;
     *(void **)(&total_changes) = hkn_lookup(api->dl_handle, "sqlite3_total_changes");
-    res = PyObject_GetAttrString(conn, "total_changes");
+    res = HKN_FAULT_PY("sqlite_api.self_check.total_changes", NULL,
+                       PyObject_GetAttrString(conn, "total_changes"));
     if (res == NULL) {
         goto done;
     }
-    if (total_changes == NULL || PyLong_AsLong(res) != 3 || total_changes(db) != 3) {
-        if (PyErr_Occurred()) {
-            goto done;
-        }
+    long changes = HKN_FAULT_PY("sqlite_api.self_check.total_changes_value", -1,
+                                PyLong_AsLong(res));
+    if (changes == -1 && PyErr_Occurred()) {
+        goto done;
+    }
+    if (total_changes == NULL || changes != 3 || total_changes(db) != 3) {
         *why = "row changes made through sqlite3.Connection did not read back "
                "through the resolved library";
         goto done;
     }
 #endif
-    Py_CLEAR(res);
-    res = PyObject_CallMethod(conn, "close", NULL);
-    if (res == NULL) {
-        goto done;
-    }
-    if (hkn_connection_handle(conn) != NULL) {
-        *why = "the handle did not become NULL on close()";
-        goto done;
-    }
     ok = 1;
 done:
     Py_XDECREF(res);
-    if (conn != NULL && hkn_connection_handle(conn) != NULL && ok == 0) {
+    /* One close for every outcome; that it empties the handle is part of the
+     * proof.  An error from before wins over one from the close. */
+    {
         hkn_saved_error saved;
         hkn_error_save(&saved);
-        PyObject *r = PyObject_CallMethod(conn, "close", NULL);
-        Py_XDECREF(r);
-        PyErr_Clear();
-        hkn_error_restore(&saved);
+        PyObject *closed = HKN_FAULT_PY("sqlite_api.self_check.close", NULL,
+                                        PyObject_CallMethod(conn, "close", NULL));
+        int close_failed = closed == NULL;
+        Py_XDECREF(closed);
+        if (hkn_error_saved(&saved)) {
+            PyErr_Clear();
+            hkn_error_restore(&saved);
+        }
+        if (!close_failed && ok && hkn_connection_handle(conn) != NULL) {
+            *why = "the handle did not become NULL on close()";
+            ok = 0;
+        }
     }
-    Py_XDECREF(conn);
-    if (ok == 0 && PyErr_Occurred()) {
-        return -1;
-    }
-    return ok;
+    /* Not closed after all: the base's dealloc (3.10, 3.11) or finalizer
+     * (3.12+) closes it. */
+    Py_DECREF(conn);
+    return PyErr_Occurred() ? -1 : ok;
 }
 
 int
@@ -143,7 +152,7 @@ hkn_sqlite_api_init(hkn_state *state)
 {
     hkn_sqlite_api *api = &state->api;
     const char *missing = NULL;
-    void *handle = NULL;
+    const char *why = NULL;
 
     memset(api, 0, sizeof(*api));
     Py_XSETREF(state->api_library, Py_NewRef(Py_None));
@@ -154,27 +163,36 @@ hkn_sqlite_api_init(hkn_state *state)
         return hkn_sql_mode(state, "forced by HERMES_KANBAN_NATIVE_MODE=sql");
     }
 
-    PyObject *sqlite3_ext = PyImport_ImportModule("_sqlite3");
+    PyObject *sqlite3_ext = HKN_FAULT_PY("sqlite_api.init.import", NULL,
+                                         PyImport_ImportModule("_sqlite3"));
     if (sqlite3_ext == NULL) {
         return -1;
     }
-    PyObject *file = PyObject_GetAttrString(sqlite3_ext, "__file__");
+    PyObject *file = HKN_FAULT_PY("sqlite_api.init.file", NULL,
+                                  PyObject_GetAttrString(sqlite3_ext, "__file__"));
     Py_DECREF(sqlite3_ext);
+    PyObject *encoded = NULL;
     if (file == NULL) {
-        /* Built into the interpreter: its symbols, if exported, are global. */
-        PyErr_Clear();
-        handle = dlopen(NULL, RTLD_NOW);
-    }
-    else {
-        PyObject *encoded = NULL;
-        if (!PyUnicode_FSConverter(file, &encoded)) {
-            Py_DECREF(file);
+        /* No __file__: built into the interpreter, whose symbols, if
+         * exported, are global.  Any other error is an error. */
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
             return -1;
         }
-        Py_DECREF(file);
-        handle = dlopen(PyBytes_AS_STRING(encoded), RTLD_NOW | RTLD_NOLOAD);
-        Py_DECREF(encoded);
+        PyErr_Clear();
     }
+    else {
+        int converted = HKN_FAULT_PY("sqlite_api.init.encode_file", 0,
+                                     PyUnicode_FSConverter(file, &encoded));
+        Py_DECREF(file);
+        if (!converted) {
+            return -1;
+        }
+    }
+    void *handle = HKN_FAULT_SYS("sqlite_api.init.dlopen", 0, NULL,
+                                 encoded != NULL
+                                 ? dlopen(PyBytes_AS_STRING(encoded), RTLD_NOW | RTLD_NOLOAD)
+                                 : dlopen(NULL, RTLD_NOW));
+    Py_XDECREF(encoded);
     if (handle == NULL) {
         return hkn_sql_mode(state, "_sqlite3's shared object could not be reopened with dlopen");
     }
@@ -210,11 +228,14 @@ hkn_sqlite_api_init(hkn_state *state)
     *(void **)(&api->vfs_find) = hkn_lookup(handle, "sqlite3_vfs_find");
 
     /* The library must be the one whose version sqlite3 reports. */
-    PyObject *expected = PyObject_GetAttrString(state->sqlite3_module, "sqlite_version");
+    PyObject *expected = HKN_FAULT_PY("sqlite_api.init.version", NULL,
+                                      PyObject_GetAttrString(state->sqlite3_module,
+                                                             "sqlite_version"));
     if (expected == NULL) {
         goto error;
     }
-    const char *expected_text = PyUnicode_AsUTF8(expected);
+    const char *expected_text = HKN_FAULT_PY("sqlite_api.init.version_text", NULL,
+                                             PyUnicode_AsUTF8(expected));
     if (expected_text == NULL) {
         Py_DECREF(expected);
         goto error;
@@ -222,45 +243,50 @@ hkn_sqlite_api_init(hkn_state *state)
     int same_version = strcmp(expected_text, api->libversion()) == 0;
     Py_DECREF(expected);
     if (!same_version) {
-        dlclose(handle);
-        state->api_check_failed = 1;
-        return hkn_sql_mode(state, "the resolved SQLite library reports another version "
-                                   "than sqlite3.sqlite_version");
+        why = "the resolved SQLite library reports another version than sqlite3.sqlite_version";
+        goto check_failed;
     }
 
+    /* Only informative (sqlite_api()["library"]): without it, None. */
     Dl_info info;
-    if (dladdr(*(void **)(&api->wal_checkpoint_v2), &info) != 0 && info.dli_fname != NULL) {
-        Py_XSETREF(state->api_library, PyUnicode_DecodeFSDefault(info.dli_fname));
-        if (state->api_library == NULL) {
+    if (HKN_FAULT_SYS("sqlite_api.init.dladdr", 0, 0,
+                      dladdr(*(void **)(&api->wal_checkpoint_v2), &info)) != 0
+        && info.dli_fname != NULL) {
+        PyObject *library = HKN_FAULT_PY("sqlite_api.init.library", NULL,
+                                         PyUnicode_DecodeFSDefault(info.dli_fname));
+        if (library == NULL) {
             goto error;
         }
+        Py_XSETREF(state->api_library, library);
     }
 
-    const char *why = NULL;
     int proven = hkn_self_check(state, &why);
     if (proven < 0) {
         goto error;
     }
     if (!proven) {
-        dlclose(handle);
-        Py_XSETREF(state->api_library, Py_NewRef(Py_None));
-        state->api_check_failed = 1;
-        return hkn_sql_mode(state, why);
+        goto check_failed;
     }
     api->native = 1;
     return 0;
 
+check_failed:
+    dlclose(handle);
+    Py_XSETREF(state->api_library, Py_NewRef(Py_None));
+    state->api_check_failed = 1;
+    return hkn_sql_mode(state, why);
+
 unresolved:
     dlclose(handle);
+    memset(api, 0, sizeof(*api));
     {
-        PyObject *why_obj = PyUnicode_FromFormat(
-            "%s is not reachable from _sqlite3's shared object "
-            "(SQLite linked statically with hidden symbols?)", missing);
+        PyObject *why_obj = HKN_FAULT_PY(
+            "sqlite_api.init.unresolved", NULL,
+            PyUnicode_FromFormat("%s is not reachable from _sqlite3's shared object "
+                                 "(SQLite linked statically with hidden symbols?)", missing));
         if (why_obj == NULL) {
-            memset(api, 0, sizeof(*api));
             return -1;
         }
-        memset(api, 0, sizeof(*api));
         Py_XSETREF(state->api_reason, why_obj);
     }
     return 0;
@@ -351,22 +377,27 @@ hkn_set_sqlite_error(hkn_state *state, int rc, int extended, const char *message
         PyErr_NoMemory();
         return;
     }
-    PyObject *msg = PyUnicode_FromString(message);
+    PyObject *msg = HKN_FAULT_PY("sqlite_api.set_error.message", NULL,
+                                 PyUnicode_FromString(message));
     if (msg == NULL) {
         return;
     }
-    PyObject *exc = PyObject_CallOneArg(cls, msg);
+    PyObject *exc = HKN_FAULT_PY("sqlite_api.set_error.exception", NULL,
+                                 PyObject_CallOneArg(cls, msg));
     Py_DECREF(msg);
     if (exc == NULL) {
         return;
     }
 #if PY_VERSION_HEX >= 0x030B0000
     /* sqlite3 exceptions carry these since 3.11. */
-    PyObject *code = PyLong_FromLong(extended);
-    PyObject *name = PyUnicode_FromString(hkn_result_name(rc));
-    if (code == NULL || name == NULL
-        || PyObject_SetAttrString(exc, "sqlite_errorcode", code) < 0
-        || PyObject_SetAttrString(exc, "sqlite_errorname", name) < 0) {
+    PyObject *code = NULL, *name = NULL;
+    if ((code = HKN_FAULT_PY("sqlite_api.set_error.code", NULL, PyLong_FromLong(extended))) == NULL
+        || (name = HKN_FAULT_PY("sqlite_api.set_error.name", NULL,
+                                PyUnicode_FromString(hkn_result_name(rc)))) == NULL
+        || HKN_FAULT_PY("sqlite_api.set_error.set_code", -1,
+                        PyObject_SetAttrString(exc, "sqlite_errorcode", code)) < 0
+        || HKN_FAULT_PY("sqlite_api.set_error.set_name", -1,
+                        PyObject_SetAttrString(exc, "sqlite_errorname", name)) < 0) {
         Py_XDECREF(code);
         Py_XDECREF(name);
         Py_DECREF(exc);

@@ -1,0 +1,401 @@
+"""Fault injection: every call of the C extension that can fail, made to fail.
+
+Only with a build made with HKN_FAULTS=1 (csrc/faults.h); skipped otherwise.
+For each fault point, its failure (first hit, then every hit) during the
+driving workload (fault_workload.py) must show as a clean exception, warning
+or unraisable report, never a crash or a SystemError; afterwards every
+connection still closes, no descriptor and no reference is left behind, and
+the database passes PRAGMA integrity_check.
+
+Points are reached in one of three places, found by an unarmed run of each:
+the package's own module (native mode, the public API on top), a private
+instance of the module in SQL mode, or the module's initialisation, which
+runs in a subprocess that executes fresh instances of the module.  The
+points of csrc/shmlock.c act once per process (the system-call wrappers are
+installed by the first guarded open) or inside those wrappers, without the
+GIL: each runs in a fresh process of its own (SHM_SCENARIO).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import shutil
+import sqlite3
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import hermes_kanban_native as hkn
+from hermes_kanban_native import _native
+
+if not hasattr(_native, "_fault_points"):
+    pytest.skip("the extension was built without HKN_FAULTS=1", allow_module_level=True)
+if _native.sqlite_api()["mode"] != "native":
+    # The native points are driven through the package's own instance.
+    pytest.skip("needs native access to SQLite", allow_module_level=True)
+
+from conftest import make_wal_db, run_python  # noqa: E402
+from fault_workload import (  # noqa: E402
+    ALWAYS,
+    COMBINATIONS,
+    PREREQUISITES,
+    Workload,
+    exec_instance,
+    fd_table,
+    growth,
+)
+
+POINTS = _native._fault_points()
+TESTS = Path(__file__).resolve().parent
+CSRC = TESTS.parent / "csrc"
+
+# Leak check: the workload steps that reach a point run this many more times
+# under the fault; allocated blocks may grow by less than one per run (a
+# leaked object per run is caught), tracked objects and the reference counts
+# of fault_workload.leak_probes() not at all.
+REPEAT = 4
+WINDOWS = 3
+
+
+@pytest.fixture(scope="module")
+def scratch():
+    """Databases on tmpfs when there is one: the workload's commits and
+    checkpoints fsync, which costs milliseconds each on a real disk."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    path = tempfile.mkdtemp(prefix="hkn-faults-", dir=base)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sql_module():
+    """A private instance of the extension in SQL mode (its own type,
+    registry and statistics)."""
+    return exec_instance(_native.__file__, sql=True)
+
+
+class Reach:
+    """Where each point is reached: 'native', 'sql' or 'init', and which
+    workload steps reach it."""
+
+    def __init__(self):
+        self.context = {}
+        self.steps = {}
+        self.hit = set()
+
+    def record(self, context, step, points):
+        for name in points:
+            self.context.setdefault(name, context)
+            if self.context[name] == context:
+                self.steps.setdefault(name, [])
+                if step not in self.steps[name]:
+                    self.steps[name].append(step)
+        self.hit |= set(points)
+
+
+def _hits():
+    return _native._fault_hits()
+
+
+def _reached(before, after):
+    return {name for name, count in after.items() if count > before.get(name, 0)}
+
+
+def _run_steps_recording(reach, context, workload):
+    """An unarmed run, step by step, recording what each step reaches; it
+    must raise nothing."""
+    for step in workload.steps():
+        before = _hits()
+        workload.run(only=[step.__name__])
+        reach.record(context, step.__name__, _reached(before, _hits()))
+    workload.finish()
+    assert workload.raised == [], workload.raised
+    assert workload.unraisable == [], workload.unraisable
+
+
+@pytest.fixture(scope="module")
+def init_results():
+    """Runs every initialisation-time point in one subprocess (each cycle
+    executes a fresh instance of the module) and returns its report."""
+    code = f"""
+        import json, sys
+        sys.path.insert(0, {str(TESTS)!r})
+        import fault_workload
+        print(json.dumps(fault_workload.init_faults({REPEAT}, {WINDOWS})))
+    """
+    proc = run_python(code, timeout=600)
+    assert proc.returncode == 0, (
+        f"the initialisation subprocess failed ({proc.returncode}); the last point it "
+        f"started is at the end of:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout)
+
+
+SHM_SCENARIO = """
+import json, os, sqlite3, sys
+import hermes_kanban_native as hkn
+from hermes_kanban_native import _native
+
+name, times, scratch = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+dbs = [os.path.join(scratch, f"{name}-{times}-{i}.db") for i in range(2)]
+baseline = sorted(os.listdir("/proc/self/fd"))
+before = _native._fault_hits()[name]
+_native._fault_arm(name, 1, times)
+conns = []
+try:
+    for db in dbs:
+        conn = hkn.connect(db, isolation_level=None)     # the first installs the wrappers
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t VALUES (1)")
+        conn.execute("COMMIT")
+        other = sqlite3.connect(db)
+        other.execute("SELECT count(*) FROM t").fetchone()
+        other.close()
+        conns.append(conn)
+    shm_locks = hkn.sqlite_api()["shm_locks"]
+    ofd_open = hkn.stats()["shm_ofd_open"]
+finally:
+    _native._fault_disarm()
+    for conn in conns:
+        conn.close()
+report = {"hits": _native._fault_hits()[name] - before, "shm_locks": shm_locks,
+          "ofd_open": ofd_open, "fds_left": sorted(os.listdir("/proc/self/fd")) != baseline,
+          "checks": []}
+for db in dbs:
+    conn = sqlite3.connect(db)
+    report["checks"].append([conn.execute("SELECT count(*) FROM t").fetchone()[0],
+                             conn.execute("PRAGMA integrity_check").fetchone()[0]])
+    conn.close()
+print(json.dumps(report))
+"""
+
+
+def _shm_scenario(name, times, scratch):
+    proc = run_python(SHM_SCENARIO.replace("sys.argv[1], int(sys.argv[2]), sys.argv[3]",
+                                           f"{name!r}, {times}, {scratch!r}"))
+    assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def shm_results(scratch):
+    """Each shmlock point, first hit and every hit failing, in a process of
+    its own."""
+    return {(name, times): _shm_scenario(name, times, scratch)
+            for name in POINTS if name.startswith("shmlock.") for times in (1, ALWAYS)}
+
+
+@pytest.fixture(scope="module")
+def reach(scratch, sql_module, init_results, shm_results):
+    reach = Reach()
+    db = make_wal_db(os.path.join(scratch, "reach.db"), rows=5)
+    _run_steps_recording(reach, "native", Workload(_native, db, scratch, api=hkn))
+    _run_steps_recording(reach, "sql", Workload(sql_module, db, scratch))
+    for name, result in init_results["points"].items():
+        reach.record("init", "exec", [name] if result["reached_unarmed"] else [])
+    for target, prerequisites in PREREQUISITES.items():
+        if target in init_results["points"] and init_results["points"][target]["cycles"]:
+            reach.record("init", "exec", [target])
+    for (name, _), result in shm_results.items():
+        reach.record("shm", "process", [name] if result["hits"] else [])
+    return reach
+
+
+# ------------------------------------------------------------ the checks
+
+
+def _integrity(db):
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()
+
+
+def _assert_clean(workload, name):
+    """What a failure may show: expected exceptions (recorded by the
+    workload), warnings, and unraisable reports of the same kinds."""
+    allowed = {"MemoryError", "OSError", "ValueError"} | {
+        cls.__name__ for cls in vars(sqlite3).values()
+        if isinstance(cls, type) and issubclass(cls, sqlite3.Error)}
+    for report in workload.unraisable:
+        kind = report.split(":", 1)[0]
+        assert kind in allowed, f"{name}: unraisable {report}"
+
+
+def _armed_run(mod, api, name, times, db, scratch, only=None, first=None):
+    workload = Workload(mod, db, scratch, api=api)
+    before = _hits()[name]
+    for prerequisite in PREREQUISITES.get(name, ()) if first is None else first:
+        _native._fault_arm(prerequisite)
+    _native._fault_arm(name, 1, times)
+    try:
+        workload.run(only=only)
+    finally:
+        _native._fault_disarm()
+    hit = _hits()[name] - before
+    workload.finish()           # every connection must still close
+    _assert_clean(workload, name)
+    return workload, hit
+
+
+def _check_in_process(mod, api, name, steps, db, scratch, first=None):
+    stats = mod.stats()
+    fds = fd_table()
+    for times in (1, ALWAYS):
+        # The whole workload: the failure, and everything after it.
+        workload, hit = _armed_run(mod, api, name, times, db, scratch, first=first)
+        assert hit > 0, f"{name} was not reached by the workload"
+        # The steps that reach the point, again and again: no growth.
+        def again():
+            _armed_run(mod, api, name, times, db, scratch, only=steps, first=first)
+
+        for _ in range(2):
+            again()
+        # CPython's caches may still be settling in the first window; a
+        # leak grows in every one.
+        for _ in range(WINDOWS):
+            blocks, objects, refs = growth(mod, again, REPEAT)
+            if blocks <= REPEAT // 2 and objects <= 0 and not any(refs):
+                break
+        else:
+            pytest.fail(f"{name} (times={times}): each {REPEAT} runs leave {blocks} blocks, "
+                        f"{objects} tracked objects and references {refs} more")
+    after = mod.stats()
+    assert after["live"] == stats["live"], "a connection is still registered as live"
+    assert (after["guards_taken"] - after["guards_released"]
+            == stats["guards_taken"] - stats["guards_released"]), "a guard was left behind"
+    assert fd_table() == fds, "descriptors were left open"
+    _integrity(db)
+
+
+def _in_process(context, name, steps, scratch, sql_module, first=None):
+    mod, api = (_native, hkn) if context == "native" else (sql_module, None)
+    db = make_wal_db(os.path.join(scratch, f"{name}.db"), rows=5)
+    gc.collect()
+    gc.freeze()                 # collections then only walk what the test made
+    try:
+        _check_in_process(mod, api, name, steps, db, scratch, first)
+    finally:
+        gc.unfreeze()
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(db + suffix)
+            except FileNotFoundError:
+                pass
+
+
+@pytest.mark.parametrize("name", POINTS)
+def test_fault_point(name, reach, scratch, sql_module, init_results):
+    context = reach.context.get(name)
+    assert context is not None, f"{name} is reached by no workload"
+    if context == "init":
+        result = init_results["points"][name]
+        assert result["problems"] == [], "\n".join(result["problems"])
+        return
+    if context == "shm":
+        _check_shm(name, scratch)
+        return
+    _in_process(context, name, reach.steps[name], scratch, sql_module)
+
+
+def _check_shm(name, scratch):
+    # A failure there is never an error anyone sees: the wrappers are not
+    # installed (shm_locks says why), or a -shm keeps POSIX locks, or a
+    # mapping is not remapped in a forked child.  SQLite works as without
+    # them either way.
+    for times in (1, ALWAYS):
+        result = _shm_scenario(name, times, scratch)
+        assert result["hits"] > 0, f"{name} was not reached"
+        assert result["checks"] == [[1, "ok"], [1, "ok"]], result
+        assert not result["fds_left"], f"{name}: descriptors were left open"
+        if name.startswith("shmlock.install."):
+            assert result["shm_locks"].startswith("posix: "), result
+            assert result["ofd_open"] == 0
+        else:
+            assert result["shm_locks"] == "ofd"
+        if times == ALWAYS and name in ("shmlock.hook_open.strdup",
+                                        "shmlock.hook_open.realloc"):
+            assert result["ofd_open"] == 0      # every -shm stayed with POSIX locks
+        if name == "shmlock.hook_mmap.realloc":
+            assert result["ofd_open"] == 2      # translated, only not remapped at fork
+
+
+@pytest.mark.parametrize("name, first", COMBINATIONS,
+                         ids=[f"{name}+{'+'.join(first)}" for name, first in COMBINATIONS])
+def test_fault_on_top_of_another(name, first, reach, scratch, sql_module):
+    context = reach.context[first[0]]
+    _in_process(context, name, reach.steps[first[0]], scratch, sql_module, first=first)
+
+
+def test_every_fault_point_is_reached(reach):
+    missed = sorted(set(POINTS) - reach.hit)
+    assert missed == [], f"fault points no workload reaches: {missed}"
+
+
+# ----------------------------------------------------- against the sources
+
+_MACRO = re.compile(r'HKN_FAULT_(?:PY|ALLOC|SYS|SQLITE|RELEASE)\(\s*"([^"]+)"')
+_PREFIX = {"module.c": "module.", "connection.c": "connection.", "sqlite_api.c": "sqlite_api.",
+           "guard.c": "guard.", "fdscan_linux.c": "fdscan.", "fdscan_other.c": "fdscan_other.",
+           "shmlock.c": "shmlock."}
+
+
+def _condition(expression):
+    """The preprocessor conditions csrc/ uses, for this interpreter and
+    Linux; anything else counts as true."""
+    match = re.fullmatch(r"PY_VERSION_HEX\s*(>=|<|>|<=)\s*(0x[0-9A-Fa-f]+)", expression.strip())
+    if match:
+        ops = {">=": int.__ge__, "<": int.__lt__, ">": int.__gt__, "<=": int.__le__}
+        return ops[match.group(1)](sys.hexversion, int(match.group(2), 16))
+    return True
+
+
+def _compiled_text(path):
+    """The lines of a C file the compiler sees here (others blanked)."""
+    stack = []
+    lines = []
+    for line in path.read_text().splitlines():
+        directive = line.strip()
+        if directive.startswith("#if "):
+            stack.append([_condition(directive[4:]), False])
+            stack[-1][1] = stack[-1][0]
+        elif directive.startswith(("#ifdef", "#ifndef")):
+            stack.append([True, True])
+        elif directive.startswith("#elif"):
+            taken = stack[-1][1]
+            stack[-1][0] = not taken and _condition(directive[6:])
+            stack[-1][1] = taken or stack[-1][0]
+        elif directive.startswith("#else"):
+            stack[-1][0] = not stack[-1][1]
+        elif directive.startswith("#endif"):
+            stack.pop()
+        active = all(level[0] for level in stack)
+        lines.append(line if active else "")
+    return "\n".join(lines)
+
+
+@pytest.mark.skipif(not CSRC.is_dir(), reason="needs the source tree")
+def test_fault_points_match_the_sources():
+    compiled = {"module.c", "connection.c", "sqlite_api.c", "guard.c", "fdscan_linux.c",
+                "shmlock.c"}
+    everywhere, here = [], []
+    for path in sorted(CSRC.glob("*.c")):
+        for name in _MACRO.findall(path.read_text()):
+            everywhere.append(name)
+            assert name.startswith(_PREFIX[path.name]), f"{name} is in {path.name}"
+        if path.name in compiled:
+            here.extend(_MACRO.findall(_compiled_text(path)))
+    assert len(set(everywhere)) == len(everywhere), "fault point names must be unique"
+    assert sorted(here) == sorted(POINTS)
+
+
+def test_arming_an_unknown_point_names_it():
+    with pytest.raises(ValueError, match="no.such.point"):
+        _native._fault_arm("no.such.point")
+    with pytest.raises(ValueError):
+        _native._fault_arm(POINTS[0], countdown=0)
