@@ -166,10 +166,9 @@ hkn_sqlite_api_info(PyObject *module, PyObject *Py_UNUSED(ignored))
     if (no_ofd != NULL && !state->api.native) {
         no_ofd = "needs native access to SQLite";
     }
-    PyObject *shm_locks = no_ofd == NULL
-        ? HKN_FAULT_PY("module.sqlite_api.shm_locks_ofd", NULL, PyUnicode_FromString("ofd"))
-        : HKN_FAULT_PY("module.sqlite_api.shm_locks_posix", NULL,
-                       PyUnicode_FromFormat("posix: %s", no_ofd));
+    PyObject *shm_locks = HKN_FAULT_PY("module.sqlite_api.shm_locks", NULL,
+                                       PyUnicode_FromFormat("%s%s", no_ofd ? "posix: " : "ofd",
+                                                            no_ofd ? no_ofd : ""));
     if (shm_locks == NULL) {
         Py_DECREF(version);
         return NULL;
