@@ -153,10 +153,19 @@ hkn_shm_fd(hkn_state *state, sqlite3 *db, const char *shm_path)
     void *file = NULL, *shm = NULL, *node = NULL;
     char *zname = NULL;
     int fd = -1;
-    if (HKN_FAULT_SQLITE("guard.shm_fd.file_pointer", SQLITE_NOTFOUND,
-                         api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file))
-            != SQLITE_OK
-        || file == NULL) {
+    /* `db` may be another thread's connection, and that thread inside
+     * SQLite holding this mutex, in a callback (a user function, a trace
+     * callback) that waits for the GIL we hold: never wait for it.  A busy
+     * connection is looked at again at the next claim or checkpoint. */
+    sqlite3_mutex *mutex = api->db_mutex(db);
+    if (HKN_FAULT_SQLITE("guard.shm_fd.mutex_try", SQLITE_BUSY, api->mutex_try(mutex))
+        != SQLITE_OK) {
+        return -1;
+    }
+    int rc = HKN_FAULT_SQLITE("guard.shm_fd.file_pointer", SQLITE_NOTFOUND,
+                              api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file));
+    api->mutex_leave(mutex);
+    if (rc != SQLITE_OK || file == NULL) {
         return -1;
     }
     /* The file object's layout is proven once hkn_db_fd() accepted its

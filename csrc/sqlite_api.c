@@ -221,6 +221,7 @@ hkn_sqlite_api_init(hkn_state *state)
     HKN_RESOLVE(db_mutex, "sqlite3_db_mutex");
     HKN_RESOLVE(mutex_enter, "sqlite3_mutex_enter");
     HKN_RESOLVE(mutex_leave, "sqlite3_mutex_leave");
+    HKN_RESOLVE(mutex_try, "sqlite3_mutex_try");
     HKN_RESOLVE(close_v2, "sqlite3_close_v2");
     /* Optional: SQLite 3.34+.  Without it an open transaction is detected
      * with get_autocommit, which cannot tell a read from a write. */

@@ -110,6 +110,7 @@ typedef struct {
     sqlite3_mutex *(*db_mutex)(sqlite3 *);
     void (*mutex_enter)(sqlite3_mutex *);
     void (*mutex_leave)(sqlite3_mutex *);
+    int (*mutex_try)(sqlite3_mutex *);
     int (*close_v2)(sqlite3 *);
     hkn_sqlite3_vfs *(*vfs_find)(const char *);
 } hkn_sqlite_api;

@@ -285,6 +285,45 @@ def test_guard_release_leaves_sqlites_own_dead_man_switch_alone(tmp_path):
     assert result.stdout.split() == ["1", "1", "1"]
 
 
+def test_a_claim_never_waits_for_a_connection_busy_in_another_thread(tmp_path):
+    # A guarded open looks for the -shm through the other guarded
+    # connections of the process.  One of them is inside SQLite (holding its
+    # connection mutex) in a user function that waits for this open: the
+    # open must not wait for that mutex while it holds the GIL (found by the
+    # fault tests as a hang on 3.10).
+    path = make_wal_db(tmp_path / "busy.db", rows=3)
+    result = run_python(f"""
+        import sqlite3, threading
+        import hermes_kanban_native as hkn
+
+        path = {path!r}
+        inside, opened = threading.Event(), threading.Event()
+
+        def block(x):
+            inside.set()
+            assert opened.wait(20), "the other thread's open never returned"
+            return x
+
+        busy = sqlite3.connect(path, factory=hkn.WalSafeConnection)
+        busy.create_function("block", 1, block)
+
+        def open_another():
+            inside.wait(20)
+            other = sqlite3.connect(path, factory=hkn.WalSafeConnection)
+            opened.set()
+            other.execute("SELECT count(*) FROM t").fetchone()
+            other.close()
+
+        thread = threading.Thread(target=open_another)
+        thread.start()
+        print(busy.execute("SELECT sum(block(x)) FROM t").fetchone()[0])
+        thread.join()
+        busy.close()
+    """, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["3"]
+
+
 def test_forked_child_does_not_keep_the_parents_shm_locks(tmp_path):
     # A fork child inherits SQLite's -shm descriptor; with a shared open
     # file description it would keep the parent's OFD locks alive after the
