@@ -348,8 +348,11 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
         return 0;
     }
     if (hkn_guard_remember(guard, fd) < 0) {
+        /* Not remembered, so the last release would not unlock it: a lock
+         * left on a parked descriptor would outlive every connection.
+         * (remember() fails only for a descriptor it does not hold yet.) */
+        (void)hkn_ofd_lock(fd, F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
         if (fresh) {
-            (void)hkn_ofd_lock(fd, F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
             free(guard->fds);
             free(guard);
         }

@@ -273,6 +273,9 @@ def _check_in_process(mod, api, name, steps, db, scratch, first=None):
     assert (after["guards_taken"] - after["guards_released"]
             == stats["guards_taken"] - stats["guards_released"]), "a guard was left behind"
     assert fd_table() == fds, "descriptors were left open"
+    if api is not None:
+        # No guard lock may outlive the connections (on a parked descriptor).
+        assert not api.sqlite_fds(db).guarded, "a guard lock was left behind"
     _integrity(db)
 
 
@@ -402,3 +405,23 @@ def test_arming_an_unknown_point_names_it():
         _native._fault_arm("no.such.point")
     with pytest.raises(ValueError):
         _native._fault_arm(POINTS[0], countdown=0)
+
+
+def test_a_failed_claim_on_a_guarded_database_leaves_no_lock(scratch):
+    # The guard remembers four descriptors before its list grows: the fifth
+    # open fails to be remembered and must take its lock back.  Left on the
+    # descriptor SQLite parks, the lock would outlive the guard's release and
+    # refuse SQLite's own last-close checkpoint-and-unlink.
+    db = make_wal_db(os.path.join(scratch, "remember.db"), rows=1)
+    conns = [hkn.connect(db) for _ in range(4)]
+    _native._fault_arm("guard.remember.alloc")
+    try:
+        with pytest.raises(MemoryError):
+            hkn.connect(db)
+    finally:
+        _native._fault_disarm()
+    assert hkn.sqlite_fds(db).guarded
+    for conn in conns:
+        conn.close()
+    assert not os.path.exists(db + "-wal") and not os.path.exists(db + "-shm")
+    _integrity(db)
