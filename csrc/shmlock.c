@@ -345,21 +345,26 @@ hkn_shmlock_install(hkn_state *state, int db_fd)
         hkn_shm_reason = "SQLite's unix VFS offers no system-call table";
         return 0;
     }
-    hkn_syscall_ptr real_open = HKN_FAULT_SQLITE("shmlock.install.get_open", NULL,
-                                                vfs->xGetSystemCall(vfs, "open"));
-    hkn_syscall_ptr real_close = HKN_FAULT_SQLITE("shmlock.install.get_close", NULL,
-                                                vfs->xGetSystemCall(vfs, "close"));
-    hkn_syscall_ptr real_fcntl = HKN_FAULT_SQLITE("shmlock.install.get_fcntl", NULL,
-                                                vfs->xGetSystemCall(vfs, "fcntl"));
-    hkn_syscall_ptr real_mmap = HKN_FAULT_SQLITE("shmlock.install.get_mmap", NULL,
-                                                vfs->xGetSystemCall(vfs, "mmap"));
-    hkn_syscall_ptr real_munmap = HKN_FAULT_SQLITE("shmlock.install.get_munmap", NULL,
-                                                vfs->xGetSystemCall(vfs, "munmap"));
-    if (real_open == NULL || real_close == NULL || real_fcntl == NULL || real_mmap == NULL
-        || real_munmap == NULL) {
-        hkn_shm_reason = "SQLite's unix VFS lacks open, close, fcntl, mmap or munmap "
-                         "in its system-call table";
-        return 0;
+    /* The wrapped calls, in the order they are switched: "open" last, for
+     * until it is ours no descriptor is in the table, so a thread inside
+     * SQLite during the switch sees plain behaviour from whichever pointer
+     * it reads. */
+    enum { FCNTL, MMAP, MUNMAP, CLOSE, OPEN, WRAPPED };
+    static const char *const names[WRAPPED] = {"fcntl", "mmap", "munmap", "close", "open"};
+    const hkn_syscall_ptr hooks[WRAPPED] = {
+        (hkn_syscall_ptr)hkn_hook_fcntl, (hkn_syscall_ptr)hkn_hook_mmap,
+        (hkn_syscall_ptr)hkn_hook_munmap, (hkn_syscall_ptr)hkn_hook_close,
+        (hkn_syscall_ptr)hkn_hook_open,
+    };
+    hkn_syscall_ptr real[WRAPPED];
+    for (int i = 0; i < WRAPPED; i++) {
+        real[i] = HKN_FAULT_SQLITE("shmlock.install.get_system_call", NULL,
+                                   vfs->xGetSystemCall(vfs, names[i]));
+        if (real[i] == NULL) {
+            hkn_shm_reason = "SQLite's unix VFS lacks open, close, fcntl, mmap or munmap "
+                             "in its system-call table";
+            return 0;
+        }
     }
     if (HKN_FAULT_SYS("shmlock.install.pthread_atfork", ENOMEM, ENOMEM,
                       pthread_atfork(hkn_shm_prepare_fork, hkn_shm_parent_fork,
@@ -367,29 +372,18 @@ hkn_shmlock_install(hkn_state *state, int db_fd)
         hkn_shm_reason = "pthread_atfork failed";
         return 0;
     }
-    hkn_real_open = (hkn_open_fn)real_open;
-    hkn_real_close = (hkn_close_fn)real_close;
-    hkn_real_fcntl = (hkn_fcntl_fn)real_fcntl;
-    hkn_real_mmap = (hkn_mmap_fn)real_mmap;
-    hkn_real_munmap = (hkn_munmap_fn)real_munmap;
-    /* "open" last: until it is ours no descriptor is in the table, so a
-     * thread inside SQLite during the switch sees plain behaviour from
-     * whichever pointer it reads. */
-    if (HKN_FAULT_SQLITE("shmlock.install.set_fcntl", SQLITE_NOTFOUND,
-                            vfs->xSetSystemCall(vfs, "fcntl", (hkn_syscall_ptr)hkn_hook_fcntl))
-               != SQLITE_OK
-        || HKN_FAULT_SQLITE("shmlock.install.set_mmap", SQLITE_NOTFOUND,
-                            vfs->xSetSystemCall(vfs, "mmap", (hkn_syscall_ptr)hkn_hook_mmap))
-               != SQLITE_OK
-        || HKN_FAULT_SQLITE("shmlock.install.set_munmap", SQLITE_NOTFOUND,
-                            vfs->xSetSystemCall(vfs, "munmap", (hkn_syscall_ptr)hkn_hook_munmap))
-               != SQLITE_OK
-        || HKN_FAULT_SQLITE("shmlock.install.set_close", SQLITE_NOTFOUND,
-                            vfs->xSetSystemCall(vfs, "close", (hkn_syscall_ptr)hkn_hook_close))
-               != SQLITE_OK
-        || HKN_FAULT_SQLITE("shmlock.install.set_open", SQLITE_NOTFOUND,
-                            vfs->xSetSystemCall(vfs, "open", (hkn_syscall_ptr)hkn_hook_open))
-               != SQLITE_OK) {
+    hkn_real_open = (hkn_open_fn)real[OPEN];
+    hkn_real_close = (hkn_close_fn)real[CLOSE];
+    hkn_real_fcntl = (hkn_fcntl_fn)real[FCNTL];
+    hkn_real_mmap = (hkn_mmap_fn)real[MMAP];
+    hkn_real_munmap = (hkn_munmap_fn)real[MUNMAP];
+    for (int i = 0; i < WRAPPED; i++) {
+        if (HKN_FAULT_SQLITE("shmlock.install.set_system_call", SQLITE_NOTFOUND,
+                             vfs->xSetSystemCall(vfs, names[i], hooks[i])) == SQLITE_OK) {
+            continue;
+        }
+        /* The ones switched already stay: with no descriptor ever in the
+         * table they only pass every call on. */
         hkn_shm_reason = "SQLite refused to replace a system call";
         return 0;
     }

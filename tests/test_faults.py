@@ -134,17 +134,17 @@ def init_results():
     return json.loads(proc.stdout)
 
 
+# Run after a line that sets name, countdown, times and scratch.
 SHM_SCENARIO = """
 import json, os, sqlite3, sys, tempfile
 import hermes_kanban_native as hkn
 from hermes_kanban_native import _native
 
-name, times, scratch = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 where = tempfile.mkdtemp(dir=scratch)
 dbs = [os.path.join(where, f"{i}.db") for i in range(2)]
 baseline = sorted(os.listdir("/proc/self/fd"))
 before = _native._fault_hits()[name]
-_native._fault_arm(name, 1, times)
+_native._fault_arm(name, countdown, times)
 conns = []
 try:
     for db in dbs:
@@ -175,9 +175,9 @@ print(json.dumps(report))
 """
 
 
-def _shm_scenario(name, times, scratch):
-    proc = run_python(SHM_SCENARIO.replace("sys.argv[1], int(sys.argv[2]), sys.argv[3]",
-                                           f"{name!r}, {times}, {scratch!r}"))
+def _shm_scenario(name, times, scratch, countdown=1):
+    proc = run_python(f"name, countdown, times, scratch = {name!r}, {countdown}, {times}, "
+                      f"{scratch!r}\n" + SHM_SCENARIO)
     assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
     return json.loads(proc.stdout)
 
@@ -314,9 +314,13 @@ def _check_shm(name, scratch):
     # installed (shm_locks says why), or a -shm keeps POSIX locks, or a
     # mapping is not remapped in a forked child.  SQLite works as without
     # them either way.
-    for times in (1, ALWAYS):
-        result = _shm_scenario(name, times, scratch)
-        assert result["hits"] > 0, f"{name} was not reached"
+    # The system-call table points are one call site for each of the five
+    # wrapped calls: fail each in turn (a later one fails with earlier ones
+    # switched already).
+    countdowns = range(1, 6) if name.endswith("_system_call") else (1,)
+    for countdown, times in [(c, 1) for c in countdowns] + [(1, ALWAYS)]:
+        result = _shm_scenario(name, times, scratch, countdown)
+        assert result["hits"] >= countdown, f"{name} was not reached"
         assert result["checks"] == [[1, "ok"], [1, "ok"]], result
         assert not result["fds_left"], f"{name}: descriptors were left open"
         if name.startswith("shmlock.install."):

@@ -2,6 +2,7 @@
 handled with it; normal life unchanged; no lock outlives its connection."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import sqlite3
@@ -46,15 +47,21 @@ def child_reads(path):
     """)], check=True, cwd="/")
 
 
-def child_count(path):
+def child_rows(path):
+    """Another process reads every row of t, sorted, and the integrity check."""
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        import sqlite3
+        import json, sqlite3
         conn = sqlite3.connect({path!r})
-        print(conn.execute("SELECT count(*) FROM t").fetchone()[0],
-              conn.execute("PRAGMA integrity_check").fetchone()[0])
+        print(json.dumps(sorted(x for (x,) in conn.execute("SELECT x FROM t"))))
+        print(conn.execute("PRAGMA integrity_check").fetchone()[0])
         conn.close()
-    """)], check=True, capture_output=True, text=True, cwd="/").stdout.split()
-    return int(out[0]), out[1]
+    """)], check=True, capture_output=True, text=True, cwd="/").stdout.splitlines()
+    return json.loads(out[0]), out[1]
+
+
+def child_count(path):
+    rows, integrity = child_rows(path)
+    return len(rows), integrity
 
 
 @pytest.mark.parametrize("mode", FACTORIES)
@@ -205,17 +212,6 @@ def test_stray_close_of_the_shm_during_a_write_transaction(tmp_path, mode):
     assert shm_locks == "posix"
     assert other_said == "committed"
     assert holder_said != "committed" or 2 not in rows
-
-
-def child_rows(path):
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        import sqlite3
-        conn = sqlite3.connect({path!r})
-        print(sorted(x for (x,) in conn.execute("SELECT x FROM t")))
-        print(conn.execute("PRAGMA integrity_check").fetchone()[0])
-        conn.close()
-    """)], check=True, capture_output=True, text=True, cwd="/").stdout.splitlines()
-    return eval(out[0]), out[1]
 
 
 def test_shm_locks_are_ofd_locks_of_sqlites_own_descriptor(tmp_path):
