@@ -84,7 +84,9 @@ typedef struct hkn_state {
     PyObject *mode_names[4];        /* indexed by SQLITE_CHECKPOINT_* */
     PyObject *api_library;          /* path of the SQLite library in use, or None */
     PyObject *api_reason;           /* why SQL mode is in use, or None */
-    int api_check_failed;           /* SQL mode because the self-check failed */
+    PyObject *api_routes_not_taken; /* dict: route name -> why it was not taken */
+    const char *api_route;          /* "symbols", "extension-api" or "sql" */
+    int api_check_failed;           /* SQL mode, and a route's self-check failed */
     PyObject *opened_paths;         /* set of database paths opened, while tracked */
     hkn_sqlite_api api;
     hkn_conn registry;              /* head of the circular list of live connections */
@@ -107,6 +109,8 @@ static inline void hkn_error_save(hkn_saved_error *s) { s->exc = PyErr_GetRaised
 static inline void hkn_error_restore(hkn_saved_error *s) { PyErr_SetRaisedException(s->exc); s->exc = NULL; }
 static inline int hkn_error_saved(hkn_saved_error *s) { return s->exc != NULL; }
 static inline void hkn_error_drop(hkn_saved_error *s) { Py_CLEAR(s->exc); }
+/* The pending exception, normalized, as a new reference (one must be set). */
+static inline PyObject *hkn_error_take(void) { return PyErr_GetRaisedException(); }
 #else
 typedef struct { PyObject *type, *value, *tb; } hkn_saved_error;
 static inline void hkn_error_save(hkn_saved_error *s) { PyErr_Fetch(&s->type, &s->value, &s->tb); }
@@ -121,6 +125,15 @@ static inline void hkn_error_drop(hkn_saved_error *s)
     Py_CLEAR(s->type);
     Py_CLEAR(s->value);
     Py_CLEAR(s->tb);
+}
+static inline PyObject *hkn_error_take(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
 }
 #endif
 

@@ -135,6 +135,10 @@ hkn_reset_peak_live(PyObject *module, PyObject *Py_UNUSED(ignored))
 PyDoc_STRVAR(hkn_sqlite_api_doc,
 "sqlite_api($module, /)\n--\n\n"
 "How this module reaches SQLite, as a new dict: mode ('native' or 'sql'),\n"
+"route (how the native functions were bound: 'symbols', looked up in\n"
+"_sqlite3's library; 'extension-api', the table SQLite hands a loadable\n"
+"extension, where its symbols are hidden; or 'sql'), routes_not_taken (a\n"
+"dict: each route tried or skipped before the one in use, and why),\n"
 "library (path of the SQLite library in use, None in sql mode),\n"
 "sqlite_version, reason (why sql mode is in use, else None), and self_check:\n"
 "'passed' (native), 'not run' (sql mode by choice or because SQLite's\n"
@@ -173,9 +177,18 @@ hkn_sqlite_api_info(PyObject *module, PyObject *Py_UNUSED(ignored))
         Py_DECREF(version);
         return NULL;
     }
+    PyObject *routes = HKN_FAULT_PY("module.sqlite_api.routes", NULL,
+                                    PyDict_Copy(state->api_routes_not_taken));
+    if (routes == NULL) {
+        Py_DECREF(shm_locks);
+        Py_DECREF(version);
+        return NULL;
+    }
     PyObject *info = HKN_FAULT_PY("module.sqlite_api.build", NULL,
-                                  Py_BuildValue("{sssOsOsOsssssO}",
+                                  Py_BuildValue("{sssssOsOsOsOsssssO}",
                                                 "mode", state->api.native ? "native" : "sql",
+                                                "route", state->api_route,
+                                                "routes_not_taken", routes,
                                                 "library", state->api_library,
                                                 "sqlite_version", version,
                                                 "reason", state->api_reason,
@@ -183,6 +196,7 @@ hkn_sqlite_api_info(PyObject *module, PyObject *Py_UNUSED(ignored))
                                                 "guard", no_guard == NULL ? "available"
                                                                           : no_guard,
                                                 "shm_locks", shm_locks));
+    Py_DECREF(routes);
     Py_DECREF(shm_locks);
     Py_DECREF(version);
     return info;
@@ -685,6 +699,7 @@ hkn_module_clear(PyObject *module)
     }
     Py_CLEAR(state->api_library);
     Py_CLEAR(state->api_reason);
+    Py_CLEAR(state->api_routes_not_taken);
     Py_CLEAR(state->opened_paths);
     return 0;
 }

@@ -1,16 +1,33 @@
 /* sqlite_api.c - binding to the SQLite library CPython's _sqlite3 uses.
  *
- * Why not link -lsqlite3: a second copy of SQLite in the process has its own
- * inode/lock table; closing its file descriptors silently drops the POSIX
- * locks _sqlite3's copy holds, and another process then unlinks the live
- * -wal/-shm (sqlite-facts sections 2 and 6).  So every function is looked up
- * exactly as _sqlite3's own relocations are bound: the global scope first,
- * then _sqlite3's own dependency tree (dlopen RTLD_NOLOAD of its file).
+ * Why never link -lsqlite3: a second copy of SQLite in the process has its
+ * own inode/lock table; closing its file descriptors silently drops the
+ * POSIX locks _sqlite3's copy holds, and another process then unlinks the
+ * live -wal/-shm (docs/sqlite-internals.md, "Lock cancellation").  So the
+ * functions of the copy _sqlite3 already uses are bound, by the first of
+ * two routes that works:
  *
- * If that fails (python-build-standalone links SQLite statically with hidden
- * symbols) or the self-check below fails, the module runs in "sql" mode: the
- * checkpoint goes through the connection's own Python API instead.
- * HERMES_KANBAN_NATIVE_MODE=sql forces that mode (the test suite runs both).
+ *   "symbols"        looked up exactly as _sqlite3's own relocations are
+ *                    bound: the global scope first, then _sqlite3's own
+ *                    dependency tree (dlopen RTLD_NOLOAD of its file).  Works
+ *                    wherever SQLite's symbols are visible: a shared
+ *                    libsqlite3, or a static one with default visibility.
+ *   "extension-api"  python-build-standalone (uv) links SQLite statically
+ *                    into _sqlite3 with hidden symbols, so dlsym finds
+ *                    nothing.  Its _sqlite3 is built with loadable
+ *                    extensions, and SQLite hands every extension it loads a
+ *                    table of its own public functions (sqlite3_api_routines).
+ *                    So this shared object is loaded once, at import, as an
+ *                    extension on a private :memory: connection, and its
+ *                    entry point keeps that table.  Loading an object the
+ *                    process has already loaded maps nothing new: the dynamic
+ *                    loader returns the existing one.
+ *
+ * Either binding is proven by the same self-check before native mode is
+ * enabled; when neither works (or HERMES_KANBAN_NATIVE_MODE=sql), the module
+ * runs in "sql" mode: the checkpoint goes through the connection's own
+ * Python API, and the guard is off.  HERMES_KANBAN_NATIVE_MODE=extension-api
+ * skips the symbols route (tests prove the extension route with it).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1           /* dladdr; the same definition pyconfig.h makes */
@@ -18,18 +35,90 @@
 #include "hkn.h"
 
 #include <dlfcn.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int
-hkn_sql_mode(hkn_state *state, const char *why)
+/* Every function this package calls, by both routes.  `slot` is the
+ * function's index in SQLite's struct sqlite3_api_routines, whose members
+ * are all function pointers, appended in release order and never
+ * reordered (sqlite3ext.h promises it, since extensions compiled against an
+ * old header must keep working).  `since` is the first SQLite release whose
+ * table has that slot: a slot past the end of an older library's table is
+ * never read.  The slots are checked against dlsym() on every SQLite
+ * version CI builds (tests/test_routes.py). */
+typedef struct {
+    const char *name;
+    unsigned short slot;
+    int since;                  /* sqlite3_libversion_number() */
+    int optional;
+    size_t offset;              /* of the member in hkn_sqlite_api */
+} hkn_binding;
+
+#define HKN_BIND(member, slot, since, optional) \
+    {"sqlite3_" #member, slot, since, optional, offsetof(hkn_sqlite_api, member)}
+
+/* In table order.  CPython 3.10+ needs SQLite 3.7.15 or newer; the slots
+ * from close_v2 (179) on came with 3.7.16. */
+#define HKN_EXTENSION_MIN_VERSION 3007016
+static const hkn_binding hkn_bindings[] = {
+    HKN_BIND(busy_handler, 13, 0, 0),
+    HKN_BIND(busy_timeout, 14, 0, 0),
+    HKN_BIND(column_int, 28, 0, 0),
+    HKN_BIND(errmsg, 53, 0, 0),
+    HKN_BIND(finalize, 57, 0, 0),
+    HKN_BIND(get_autocommit, 60, 0, 0),
+    HKN_BIND(libversion, 66, 0, 0),
+    HKN_BIND(libversion_number, 67, 0, 0),
+    HKN_BIND(reset, 77, 0, 0),
+    HKN_BIND(step, 94, 0, 0),
+    HKN_BIND(total_changes, 97, 0, 0),
+    HKN_BIND(prepare_v2, 116, 0, 0),
+    HKN_BIND(file_control, 127, 0, 0),
+    HKN_BIND(mutex_enter, 131, 0, 0),
+    HKN_BIND(mutex_leave, 133, 0, 0),
+    HKN_BIND(mutex_try, 134, 0, 0),
+    /* Optional: absent only from builds without the OS layer. */
+    HKN_BIND(vfs_find, 141, 0, 1),
+    HKN_BIND(limit, 151, 0, 0),
+    HKN_BIND(next_stmt, 152, 0, 0),
+    HKN_BIND(db_mutex, 164, 0, 0),
+    HKN_BIND(db_status, 165, 0, 0),
+    HKN_BIND(extended_errcode, 166, 0, 0),
+    HKN_BIND(close_v2, 179, HKN_EXTENSION_MIN_VERSION, 0),
+    HKN_BIND(db_filename, 180, HKN_EXTENSION_MIN_VERSION, 0),
+    HKN_BIND(db_readonly, 181, HKN_EXTENSION_MIN_VERSION, 0),
+    HKN_BIND(errstr, 183, HKN_EXTENSION_MIN_VERSION, 0),
+    HKN_BIND(stmt_busy, 184, HKN_EXTENSION_MIN_VERSION, 0),
+    HKN_BIND(wal_checkpoint_v2, 191, HKN_EXTENSION_MIN_VERSION, 0),
+    /* Optional: SQLite 3.34+.  Without it an open transaction is detected
+     * with get_autocommit, which cannot tell a read from a write. */
+    HKN_BIND(txn_state, 252, 3034000, 1),
+};
+#define HKN_NBINDINGS ((int)(sizeof(hkn_bindings) / sizeof(hkn_bindings[0])))
+#define HKN_SLOT_LIBVERSION_NUMBER 67
+
+static void **
+hkn_member(hkn_sqlite_api *api, const hkn_binding *binding)
 {
-    memset(&state->api, 0, sizeof(state->api));
-    Py_XSETREF(state->api_reason,
-               HKN_FAULT_PY("sqlite_api.sql_mode.reason", NULL, PyUnicode_FromString(why)));
-    return state->api_reason ? 0 : -1;
+    return (void **)((char *)api + binding->offset);
 }
+
+/* Sets *why to a new str made from `format` (printf-style, as
+ * PyUnicode_FromFormat); 0, or -1 when even that fails. */
+static int
+hkn_why(PyObject **why, const char *format, ...)
+{
+    va_list args;
+    va_start(args, format);
+    Py_XSETREF(*why, HKN_FAULT_PY("sqlite_api.why", NULL, PyUnicode_FromFormatV(format, args)));
+    va_end(args);
+    return *why != NULL ? 0 : -1;
+}
+
+/* ------------------------------------------------------- the symbols route */
 
 static void *
 hkn_lookup(void *handle, const char *name)
@@ -43,19 +132,269 @@ hkn_lookup(void *handle, const char *name)
     return sym;
 }
 
-#define HKN_RESOLVE(field, name)                                        \
-    do {                                                                \
-        *(void **)(&api->field) = hkn_lookup(handle, name);             \
-        if (api->field == NULL) {                                       \
-            missing = name;                                             \
-            goto unresolved;                                            \
-        }                                                               \
-    } while (0)
+/* Fills `api` through dlsym; NULL, or the name of a required function
+ * that could not be found. */
+static const char *
+hkn_bind_symbols(hkn_sqlite_api *api, void *handle)
+{
+    for (int i = 0; i < HKN_NBINDINGS; i++) {
+        void *function = hkn_lookup(handle, hkn_bindings[i].name);
+        if (function == NULL && !hkn_bindings[i].optional) {
+            return hkn_bindings[i].name;
+        }
+        *hkn_member(api, &hkn_bindings[i]) = function;
+    }
+    return NULL;
+}
+
+/* Opens _sqlite3's shared object again (or the interpreter, when _sqlite3
+ * is built in) and binds through it.  1 bound, 0 not (why in *why), -1 on
+ * a Python error. */
+static int
+hkn_route_symbols(hkn_state *state, PyObject **why)
+{
+    PyObject *sqlite3_ext = HKN_FAULT_PY("sqlite_api.init.import", NULL,
+                                         PyImport_ImportModule("_sqlite3"));
+    if (sqlite3_ext == NULL) {
+        return -1;
+    }
+    PyObject *file = HKN_FAULT_PY("sqlite_api.init.file", NULL,
+                                  PyObject_GetAttrString(sqlite3_ext, "__file__"));
+    Py_DECREF(sqlite3_ext);
+    PyObject *encoded = NULL;
+    if (file == NULL) {
+        /* No __file__: built into the interpreter, whose symbols, if
+         * exported, are global.  Any other error is an error. */
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
+        PyErr_Clear();
+    }
+    else {
+        int converted = HKN_FAULT_PY("sqlite_api.init.encode_file", 0,
+                                     PyUnicode_FSConverter(file, &encoded));
+        Py_DECREF(file);
+        if (!converted) {
+            return -1;
+        }
+    }
+    void *handle = HKN_FAULT_SYS("sqlite_api.init.dlopen", 0, NULL,
+                                 encoded != NULL
+                                 ? dlopen(PyBytes_AS_STRING(encoded), RTLD_NOW | RTLD_NOLOAD)
+                                 : dlopen(NULL, RTLD_NOW));
+    Py_XDECREF(encoded);
+    if (handle == NULL) {
+        return hkn_why(why, "_sqlite3's shared object could not be reopened with dlopen");
+    }
+    const char *missing = hkn_bind_symbols(&state->api, handle);
+    if (missing != NULL) {
+        dlclose(handle);
+        return hkn_why(why, "%s is not visible from _sqlite3's shared object (SQLite is "
+                       "linked into it with hidden symbols)", missing);
+    }
+    state->api.dl_handle = handle;
+    return 1;
+}
+
+/* ------------------------------------------------- the extension-API route */
+
+#define HKN_ENTRY_POINT "sqlite3_native_init"
+
+/* What the entry point saw, in the thread that called load_extension()
+ * (SQLite calls the entry point from inside that call, synchronously, and
+ * CPython releases the GIL around it: thread-local, so that two module
+ * instances loading at once in two threads never read each other's). */
+static _Thread_local sqlite3 *hkn_loaded_db;
+static _Thread_local void *const *hkn_loaded_routines;
+
+/* SQLite's entry point for this shared object loaded as an extension, the
+ * one symbol besides PyInit__native it exports.  Its name is the one
+ * SQLite derives from the file name ("_native.cpython-...so": the letters
+ * before the first dot, lower-cased, between "sqlite3_" and "_init"), so
+ * that CPython 3.10 and 3.11, whose load_extension() takes no entry point,
+ * find it too.  It only remembers the table; it registers nothing. */
+__attribute__((visibility("default"))) int
+sqlite3_native_init(sqlite3 *db, char **error, const void *routines);
+
+__attribute__((visibility("default"))) int
+sqlite3_native_init(sqlite3 *db, char **error, const void *routines)
+{
+    (void)error;
+    hkn_loaded_db = db;
+    hkn_loaded_routines = routines;
+    return SQLITE_OK;
+}
+
+/* Fills `api` from SQLite's table; NULL, or why not. */
+static const char *
+hkn_bind_routines(hkn_sqlite_api *api, void *const *routines)
+{
+    int (*version_number)(void) = (int (*)(void))routines[HKN_SLOT_LIBVERSION_NUMBER];
+    int version = version_number != NULL ? version_number() : 0;
+    if (version < HKN_EXTENSION_MIN_VERSION) {
+        return "the library's extension-API table is older than SQLite 3.7.16";
+    }
+    for (int i = 0; i < HKN_NBINDINGS; i++) {
+        const hkn_binding *binding = &hkn_bindings[i];
+        void *function = version >= binding->since ? routines[binding->slot] : NULL;
+        if (function == NULL && !binding->optional) {
+            return "the library's extension-API table lacks a function this package calls";
+        }
+        *hkn_member(api, binding) = function;
+    }
+    return NULL;
+}
+
+/* Calls conn.<name>(arg), with entrypoint=HKN_ENTRY_POINT when asked.
+ * 1 when it worked; 0 when it raised an ordinary exception, which becomes
+ * *why ("<what> refused: Type: message": an audit hook's refusal, or
+ * SQLite's error); -1 for MemoryError and BaseExceptions (KeyboardInterrupt,
+ * SystemExit), which propagate. */
+static int
+hkn_call_refusable(PyObject *conn, const char *name, PyObject *arg, int with_entrypoint,
+                   const char *what, PyObject **why)
+{
+    PyObject *method = NULL, *args = NULL, *kwargs = NULL, *result = NULL;
+    method = HKN_FAULT_PY("sqlite_api.extension.method", NULL,
+                          PyObject_GetAttrString(conn, name));
+    if (method == NULL) {
+        goto done;
+    }
+    args = HKN_FAULT_PY("sqlite_api.extension.args", NULL, PyTuple_Pack(1, arg));
+    if (args == NULL) {
+        goto done;
+    }
+    if (with_entrypoint) {
+        kwargs = HKN_FAULT_PY("sqlite_api.extension.kwargs", NULL,
+                              Py_BuildValue("{ss}", "entrypoint", HKN_ENTRY_POINT));
+        if (kwargs == NULL) {
+            goto done;
+        }
+    }
+    result = HKN_FAULT_PY("sqlite_api.extension.call", NULL, PyObject_Call(method, args, kwargs));
+done:
+    Py_XDECREF(method);
+    Py_XDECREF(args);
+    Py_XDECREF(kwargs);
+    if (result != NULL) {
+        Py_DECREF(result);
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(PyExc_MemoryError) || !PyErr_ExceptionMatches(PyExc_Exception)) {
+        return -1;
+    }
+    PyObject *exc = hkn_error_take();
+    int rc = hkn_why(why, "%s refused: %s: %S", what, Py_TYPE(exc)->tp_name, exc);
+    Py_DECREF(exc);
+    return rc;
+}
+
+/* Loads this shared object as an SQLite extension on a private :memory:
+ * connection, keeps the table SQLite hands it, and binds through that.
+ * The connection is closed (and loading disabled again) whatever happens.
+ * 1 bound, 0 not (why in *why), -1 on a Python error. */
+static int
+hkn_route_extension(hkn_state *state, PyObject **why)
+{
+    PyObject *enable = HKN_FAULT_PY("sqlite_api.extension.enable_method", NULL,
+                                    PyObject_GetAttrString((PyObject *)state->base_type,
+                                                           "enable_load_extension"));
+    if (enable == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        return hkn_why(why, "this sqlite3 module is built without loadable extensions "
+                       "(no Connection.enable_load_extension)");
+    }
+    Py_DECREF(enable);
+    Dl_info self;
+    if (HKN_FAULT_SYS("sqlite_api.extension.dladdr", 0, 0,
+                      dladdr((void *)&hkn_route_extension, &self)) == 0
+        || self.dli_fname == NULL) {
+        return hkn_why(why, "the path of this shared object is unknown (dladdr failed)");
+    }
+    PyObject *path = HKN_FAULT_PY("sqlite_api.extension.path", NULL,
+                                  PyUnicode_DecodeFSDefault(self.dli_fname));
+    if (path == NULL) {
+        return -1;
+    }
+    PyObject *conn = HKN_FAULT_PY("sqlite_api.extension.open", NULL,
+                                  PyObject_CallFunction((PyObject *)state->base_type, "s",
+                                                        ":memory:"));
+    if (conn == NULL) {
+        Py_DECREF(path);
+        return -1;
+    }
+    int rc = hkn_call_refusable(conn, "enable_load_extension", Py_True, 0,
+                                "enable_load_extension(True)", why);
+    if (rc == 1) {
+        hkn_loaded_db = NULL;
+        hkn_loaded_routines = NULL;
+        /* 3.12+ takes the entry point by name; before, SQLite derives the
+         * same name from the file name. */
+        rc = hkn_call_refusable(conn, "load_extension", path, PY_VERSION_HEX >= 0x030C0000,
+                                "load_extension()", why);
+        /* Off again at once, even though the connection is closed next. */
+        hkn_saved_error saved;
+        hkn_error_save(&saved);
+        int off = hkn_call_refusable(conn, "enable_load_extension", Py_False, 0,
+                                     "enable_load_extension(False)", why);
+        if (off < 0 || hkn_error_saved(&saved)) {
+            /* The first error wins; a failure to disable alone is one. */
+            if (hkn_error_saved(&saved)) {
+                PyErr_Clear();
+                hkn_error_restore(&saved);
+            }
+            rc = -1;
+        }
+        else if (off == 0) {
+            rc = 0;
+        }
+    }
+    sqlite3 *db = hkn_connection_handle(conn);
+    /* Close whatever happened; an error from before wins over the close's. */
+    {
+        hkn_saved_error saved;
+        hkn_error_save(&saved);
+        PyObject *closed = HKN_FAULT_PY("sqlite_api.extension.close", NULL,
+                                        PyObject_CallMethod(conn, "close", NULL));
+        if (closed == NULL && !hkn_error_saved(&saved)) {
+            rc = -1;
+        }
+        Py_XDECREF(closed);
+        if (hkn_error_saved(&saved)) {
+            PyErr_Clear();
+            hkn_error_restore(&saved);
+        }
+    }
+    Py_DECREF(conn);            /* the base's dealloc or finalizer closes it, if not */
+    Py_DECREF(path);
+    void *const *routines = hkn_loaded_routines;
+    sqlite3 *loaded_by = hkn_loaded_db;
+    hkn_loaded_db = NULL;
+    hkn_loaded_routines = NULL;
+    if (rc != 1) {
+        return rc;
+    }
+    /* The table must come from the library that runs Python's connection. */
+    if (routines == NULL || db == NULL || loaded_by != db) {
+        return hkn_why(why, "SQLite loaded the extension but did not call its entry point "
+                       "for the private connection");
+    }
+    const char *unbound = hkn_bind_routines(&state->api, routines);
+    if (unbound != NULL) {
+        return hkn_why(why, "%s", unbound);
+    }
+    return 1;
+}
+
+/* -------------------------------------------------------- the proof */
 
 /* Proves on a throwaway :memory: connection that (1) the handle sits where
- * hkn_connection_handle() reads it and (2) the resolved functions operate on
+ * hkn_connection_handle() reads it and (2) the bound functions operate on
  * that very handle: a value set through the Python API is read back through
- * the resolved library.  Returns 1 when proven, 0 when not (why in *why),
+ * the bound library.  Returns 1 when proven, 0 when not (why in *why),
  * -1 on a Python error. */
 static int
 hkn_self_check(hkn_state *state, const char **why)
@@ -90,7 +429,7 @@ hkn_self_check(hkn_state *state, const char **why)
     }
     if (api->limit(db, SQLITE_LIMIT_VARIABLE_NUMBER, -1) != probe) {
         *why = "a limit set through sqlite3.Connection.setlimit() did not read back "
-               "through the resolved library";
+               "through the bound library";
         goto done;
     }
 #else
@@ -102,8 +441,6 @@ hkn_self_check(hkn_state *state, const char **why)
         goto done;
     }
     Py_CLEAR(res);
-    int (*total_changes)(sqlite3 *) = NULL;
-    *(void **)(&total_changes) = hkn_lookup(api->dl_handle, "sqlite3_total_changes");
     res = HKN_FAULT_PY("sqlite_api.self_check.total_changes", NULL,
                        PyObject_GetAttrString(conn, "total_changes"));
     if (res == NULL) {
@@ -114,9 +451,9 @@ hkn_self_check(hkn_state *state, const char **why)
     if (changes == -1 && PyErr_Occurred()) {
         goto done;
     }
-    if (total_changes == NULL || changes != 3 || total_changes(db) != 3) {
+    if (changes != 3 || api->total_changes(db) != 3) {
         *why = "row changes made through sqlite3.Connection did not read back "
-               "through the resolved library";
+               "through the bound library";
         goto done;
     }
 #endif
@@ -147,105 +484,30 @@ done:
     return PyErr_Occurred() ? -1 : ok;
 }
 
-int
-hkn_sqlite_api_init(hkn_state *state)
+/* The checks every route's binding must pass: the library reports the
+ * version sqlite3 reports, and the self-check.  Records the library's
+ * path.  1 proven, 0 not (why in *why), -1 on a Python error. */
+static int
+hkn_prove(hkn_state *state, PyObject **why)
 {
     hkn_sqlite_api *api = &state->api;
-    const char *missing = NULL;
-    const char *why = NULL;
-
-    memset(api, 0, sizeof(*api));
-    Py_XSETREF(state->api_library, Py_NewRef(Py_None));
-    Py_XSETREF(state->api_reason, Py_NewRef(Py_None));
-
-    const char *forced = getenv("HERMES_KANBAN_NATIVE_MODE");
-    if (forced != NULL && strcmp(forced, "sql") == 0) {
-        return hkn_sql_mode(state, "forced by HERMES_KANBAN_NATIVE_MODE=sql");
-    }
-
-    PyObject *sqlite3_ext = HKN_FAULT_PY("sqlite_api.init.import", NULL,
-                                         PyImport_ImportModule("_sqlite3"));
-    if (sqlite3_ext == NULL) {
-        return -1;
-    }
-    PyObject *file = HKN_FAULT_PY("sqlite_api.init.file", NULL,
-                                  PyObject_GetAttrString(sqlite3_ext, "__file__"));
-    Py_DECREF(sqlite3_ext);
-    PyObject *encoded = NULL;
-    if (file == NULL) {
-        /* No __file__: built into the interpreter, whose symbols, if
-         * exported, are global.  Any other error is an error. */
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
-            return -1;
-        }
-        PyErr_Clear();
-    }
-    else {
-        int converted = HKN_FAULT_PY("sqlite_api.init.encode_file", 0,
-                                     PyUnicode_FSConverter(file, &encoded));
-        Py_DECREF(file);
-        if (!converted) {
-            return -1;
-        }
-    }
-    void *handle = HKN_FAULT_SYS("sqlite_api.init.dlopen", 0, NULL,
-                                 encoded != NULL
-                                 ? dlopen(PyBytes_AS_STRING(encoded), RTLD_NOW | RTLD_NOLOAD)
-                                 : dlopen(NULL, RTLD_NOW));
-    Py_XDECREF(encoded);
-    if (handle == NULL) {
-        return hkn_sql_mode(state, "_sqlite3's shared object could not be reopened with dlopen");
-    }
-    api->dl_handle = handle;
-
-    HKN_RESOLVE(libversion, "sqlite3_libversion");
-    HKN_RESOLVE(wal_checkpoint_v2, "sqlite3_wal_checkpoint_v2");
-    HKN_RESOLVE(busy_handler, "sqlite3_busy_handler");
-    HKN_RESOLVE(busy_timeout, "sqlite3_busy_timeout");
-    HKN_RESOLVE(db_filename, "sqlite3_db_filename");
-    HKN_RESOLVE(db_readonly, "sqlite3_db_readonly");
-    HKN_RESOLVE(db_status, "sqlite3_db_status");
-    HKN_RESOLVE(get_autocommit, "sqlite3_get_autocommit");
-    HKN_RESOLVE(next_stmt, "sqlite3_next_stmt");
-    HKN_RESOLVE(stmt_busy, "sqlite3_stmt_busy");
-    HKN_RESOLVE(reset, "sqlite3_reset");
-    HKN_RESOLVE(errmsg, "sqlite3_errmsg");
-    HKN_RESOLVE(errstr, "sqlite3_errstr");
-    HKN_RESOLVE(extended_errcode, "sqlite3_extended_errcode");
-    HKN_RESOLVE(file_control, "sqlite3_file_control");
-    HKN_RESOLVE(limit, "sqlite3_limit");
-    HKN_RESOLVE(prepare_v2, "sqlite3_prepare_v2");
-    HKN_RESOLVE(step, "sqlite3_step");
-    HKN_RESOLVE(column_int, "sqlite3_column_int");
-    HKN_RESOLVE(finalize, "sqlite3_finalize");
-    HKN_RESOLVE(db_mutex, "sqlite3_db_mutex");
-    HKN_RESOLVE(mutex_enter, "sqlite3_mutex_enter");
-    HKN_RESOLVE(mutex_leave, "sqlite3_mutex_leave");
-    HKN_RESOLVE(mutex_try, "sqlite3_mutex_try");
-    HKN_RESOLVE(close_v2, "sqlite3_close_v2");
-    /* Optional: SQLite 3.34+.  Without it an open transaction is detected
-     * with get_autocommit, which cannot tell a read from a write. */
-    *(void **)(&api->txn_state) = hkn_lookup(handle, "sqlite3_txn_state");
-    *(void **)(&api->vfs_find) = hkn_lookup(handle, "sqlite3_vfs_find");
-
-    /* The library must be the one whose version sqlite3 reports. */
     PyObject *expected = HKN_FAULT_PY("sqlite_api.init.version", NULL,
                                       PyObject_GetAttrString(state->sqlite3_module,
                                                              "sqlite_version"));
     if (expected == NULL) {
-        goto error;
+        return -1;
     }
     const char *expected_text = HKN_FAULT_PY("sqlite_api.init.version_text", NULL,
                                              PyUnicode_AsUTF8(expected));
     if (expected_text == NULL) {
         Py_DECREF(expected);
-        goto error;
+        return -1;
     }
     int same_version = strcmp(expected_text, api->libversion()) == 0;
     Py_DECREF(expected);
     if (!same_version) {
-        why = "the resolved SQLite library reports another version than sqlite3.sqlite_version";
-        goto check_failed;
+        return hkn_why(why, "the bound SQLite library reports another version than "
+                       "sqlite3.sqlite_version");
     }
 
     /* Only informative (sqlite_api()["library"]): without it, None. */
@@ -256,46 +518,132 @@ hkn_sqlite_api_init(hkn_state *state)
         PyObject *library = HKN_FAULT_PY("sqlite_api.init.library", NULL,
                                          PyUnicode_DecodeFSDefault(info.dli_fname));
         if (library == NULL) {
-            goto error;
+            return -1;
         }
         Py_XSETREF(state->api_library, library);
     }
 
-    int proven = hkn_self_check(state, &why);
+    const char *failed = NULL;
+    int proven = hkn_self_check(state, &failed);
     if (proven < 0) {
-        goto error;
+        return -1;
     }
     if (!proven) {
-        goto check_failed;
+        state->api_check_failed = 1;
+        return hkn_why(why, "self-check failed: %s", failed);
     }
-    api->native = 1;
-    return 0;
+    return 1;
+}
 
-check_failed:
-    dlclose(handle);
+/* Forgets a binding that was not taken. */
+static void
+hkn_unbind(hkn_state *state)
+{
+    if (state->api.dl_handle != NULL) {
+        dlclose(state->api.dl_handle);
+    }
+    memset(&state->api, 0, sizeof(state->api));
     Py_XSETREF(state->api_library, Py_NewRef(Py_None));
-    state->api_check_failed = 1;
-    return hkn_sql_mode(state, why);
+}
 
-unresolved:
-    dlclose(handle);
-    memset(api, 0, sizeof(*api));
-    {
-        PyObject *why_obj = HKN_FAULT_PY(
-            "sqlite_api.init.unresolved", NULL,
-            PyUnicode_FromFormat("%s is not reachable from _sqlite3's shared object "
-                                 "(SQLite linked statically with hidden symbols?)", missing));
-        if (why_obj == NULL) {
+typedef int (*hkn_route_fn)(hkn_state *, PyObject **);
+
+/* Records why route `name` was not taken: 0, or -1 on a Python error. */
+static int
+hkn_record_route(hkn_state *state, const char *name, const char *why)
+{
+    PyObject *text = HKN_FAULT_PY("sqlite_api.record_route.text", NULL,
+                                  PyUnicode_FromString(why));
+    if (text == NULL) {
+        return -1;
+    }
+    int rc = HKN_FAULT_PY("sqlite_api.record_route.set", -1,
+                          PyDict_SetItemString(state->api_routes_not_taken, name, text));
+    Py_DECREF(text);
+    return rc;
+}
+
+/* Tries one route: 1 taken, 0 not (why recorded), -1 on a Python error. */
+static int
+hkn_try_route(hkn_state *state, const char *name, hkn_route_fn route)
+{
+    PyObject *why = NULL;
+    int rc = route(state, &why);
+    if (rc == 1) {
+        rc = hkn_prove(state, &why);
+    }
+    if (rc == 1) {
+        state->api.native = 1;
+        state->api_route = name;
+        return 1;
+    }
+    hkn_unbind(state);
+    if (rc == 0) {
+        rc = HKN_FAULT_PY("sqlite_api.try_route.record", -1,
+                          PyDict_SetItemString(state->api_routes_not_taken, name, why));
+    }
+    Py_XDECREF(why);
+    return rc < 0 ? -1 : 0;
+}
+
+int
+hkn_sqlite_api_init(hkn_state *state)
+{
+    memset(&state->api, 0, sizeof(state->api));
+    state->api_route = "sql";
+    state->api_check_failed = 0;
+    Py_XSETREF(state->api_library, Py_NewRef(Py_None));
+    Py_XSETREF(state->api_reason, Py_NewRef(Py_None));
+    Py_XSETREF(state->api_routes_not_taken,
+               HKN_FAULT_PY("sqlite_api.init.routes", NULL, PyDict_New()));
+    if (state->api_routes_not_taken == NULL) {
+        return -1;
+    }
+
+    static const struct {
+        const char *name;
+        hkn_route_fn route;
+    } routes[] = {
+        {"symbols", hkn_route_symbols},
+        {"extension-api", hkn_route_extension},
+    };
+    const char *forced = getenv("HERMES_KANBAN_NATIVE_MODE");
+    int force_sql = forced != NULL && strcmp(forced, "sql") == 0;
+    int force_extension = forced != NULL && strcmp(forced, "extension-api") == 0;
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        const char *skip = force_sql ? "skipped: HERMES_KANBAN_NATIVE_MODE=sql"
+                           : force_extension && routes[i].route == hkn_route_symbols
+                           ? "skipped: HERMES_KANBAN_NATIVE_MODE=extension-api" : NULL;
+        int rc = skip != NULL ? hkn_record_route(state, routes[i].name, skip)
+                 : hkn_try_route(state, routes[i].name, routes[i].route);
+        if (rc < 0) {
             return -1;
         }
-        Py_XSETREF(state->api_reason, why_obj);
+        if (rc == 1) {
+            return 0;
+        }
     }
+    /* SQL mode: the reason names every route's. */
+    PyObject *reason = NULL;
+    if (force_sql) {
+        reason = HKN_FAULT_PY("sqlite_api.sql_mode.reason", NULL,
+                              PyUnicode_FromString("forced by HERMES_KANBAN_NATIVE_MODE=sql"));
+    }
+    else {
+        PyObject *symbols = PyDict_GetItemString(state->api_routes_not_taken, "symbols");
+        PyObject *extension = PyDict_GetItemString(state->api_routes_not_taken,
+                                                   "extension-api");
+        reason = HKN_FAULT_PY("sqlite_api.sql_mode.reason", NULL,
+                              PyUnicode_FromFormat("no native route to SQLite: symbols: %S; "
+                                                   "extension-api: %S",
+                                                   symbols ? symbols : Py_None,
+                                                   extension ? extension : Py_None));
+    }
+    if (reason == NULL) {
+        return -1;
+    }
+    Py_XSETREF(state->api_reason, reason);
     return 0;
-
-error:
-    dlclose(handle);
-    memset(api, 0, sizeof(*api));
-    return -1;
 }
 
 void

@@ -82,11 +82,16 @@ struct hkn_sqlite3_vfs {
 
 /* The resolved functions.  Every member is non-NULL when `native` is set,
  * except txn_state (SQLite 3.34+), which has a fallback, and vfs_find
- * (absent only from builds without the OS layer: no -shm locks to shim). */
+ * (absent only from builds without the OS layer: no -shm locks to shim).
+ * Each member is named after its SQLite function without the "sqlite3_"
+ * prefix, which is also its name in sqlite3_api_routines (sqlite_api.c
+ * binds both routes from one table that relies on this). */
 typedef struct {
     int native;
-    void *dl_handle;
+    void *dl_handle;                /* the symbols route's dlopen handle, or NULL */
     const char *(*libversion)(void);
+    int (*libversion_number)(void);
+    int (*total_changes)(sqlite3 *);
     int (*wal_checkpoint_v2)(sqlite3 *, const char *, int, int *, int *);
     int (*busy_handler)(sqlite3 *, hkn_busy_fn, void *);
     int (*busy_timeout)(sqlite3 *, int);
@@ -117,9 +122,11 @@ typedef struct {
 
 struct hkn_state;
 
-/* Resolves the functions and runs the self-check.  Always succeeds unless
- * Python itself fails (returns -1 with an exception): a failed resolution or
- * self-check leaves api->native == 0 and records why in state->api_reason. */
+/* Binds the functions by the first route that works ("symbols", then
+ * "extension-api") and proves the binding with the self-check.  Always
+ * succeeds unless Python itself fails (returns -1 with an exception): when
+ * no route works, api->native == 0, state->api_route is "sql", and
+ * state->api_reason and state->api_routes_not_taken say why. */
 int hkn_sqlite_api_init(struct hkn_state *state);
 void hkn_sqlite_api_free(struct hkn_state *state);
 
