@@ -202,6 +202,18 @@ hkn_sqlite_api_info(PyObject *module, PyObject *Py_UNUSED(ignored))
     return info;
 }
 
+PyDoc_STRVAR(hkn_bound_functions_doc,
+"_bound_functions($module, /)\n--\n\n"
+"The SQLite functions this module calls, as a dict: name -> address bound\n"
+"(an int), or None where unbound (all of them in sql mode).  For tests that\n"
+"compare the symbols and extension-api routes.");
+
+static PyObject *
+hkn_bound_functions(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    return hkn_sqlite_api_bound(hkn_module_state(module));
+}
+
 PyDoc_STRVAR(hkn_live_doc,
 "_live_connections($module, /)\n--\n\n"
 "Open WalSafeConnections of this process as a list of tuples\n"
@@ -404,6 +416,7 @@ hkn_after_fork_in_child(PyObject *module, PyObject *Py_UNUSED(ignored))
 static PyMethodDef hkn_module_methods[] = {
     {"stats", hkn_stats_dict, METH_NOARGS, hkn_stats_doc},
     {"sqlite_api", hkn_sqlite_api_info, METH_NOARGS, hkn_sqlite_api_doc},
+    {"_bound_functions", hkn_bound_functions, METH_NOARGS, hkn_bound_functions_doc},
     {"_live_connections", hkn_live_connections, METH_NOARGS, hkn_live_doc},
     {"_reset_peak_live", hkn_reset_peak_live, METH_NOARGS, hkn_reset_peak_doc},
     {"_close_all_at_exit", hkn_close_all_at_exit, METH_NOARGS, hkn_close_all_doc},

@@ -264,6 +264,7 @@ hkn_call_refusable(PyObject *conn, const char *name, PyObject *arg, int with_ent
     if (args == NULL) {
         goto done;
     }
+#if PY_VERSION_HEX >= 0x030C0000
     if (with_entrypoint) {
         kwargs = HKN_FAULT_PY("sqlite_api.extension.kwargs", NULL,
                               Py_BuildValue("{ss}", "entrypoint", HKN_ENTRY_POINT));
@@ -271,6 +272,9 @@ hkn_call_refusable(PyObject *conn, const char *name, PyObject *arg, int with_ent
             goto done;
         }
     }
+#else
+    (void)with_entrypoint;      /* load_extension() takes no entry point */
+#endif
     result = HKN_FAULT_PY("sqlite_api.extension.call", NULL, PyObject_Call(method, args, kwargs));
 done:
     Py_XDECREF(method);
@@ -633,7 +637,7 @@ hkn_sqlite_api_init(hkn_state *state)
         PyObject *symbols = PyDict_GetItemString(state->api_routes_not_taken, "symbols");
         PyObject *extension = PyDict_GetItemString(state->api_routes_not_taken,
                                                    "extension-api");
-        reason = HKN_FAULT_PY("sqlite_api.sql_mode.reason", NULL,
+        reason = HKN_FAULT_PY("sqlite_api.sql_mode.reasons", NULL,
                               PyUnicode_FromFormat("no native route to SQLite: symbols: %S; "
                                                    "extension-api: %S",
                                                    symbols ? symbols : Py_None,
@@ -644,6 +648,25 @@ hkn_sqlite_api_init(hkn_state *state)
     }
     Py_XSETREF(state->api_reason, reason);
     return 0;
+}
+
+PyObject *
+hkn_sqlite_api_bound(hkn_state *state)
+{
+    PyObject *bound = HKN_FAULT_PY("sqlite_api.bound.dict", NULL, PyDict_New());
+    for (int i = 0; bound != NULL && i < HKN_NBINDINGS; i++) {
+        void *function = *hkn_member(&state->api, &hkn_bindings[i]);
+        PyObject *address = function == NULL ? Py_NewRef(Py_None)
+                            : HKN_FAULT_PY("sqlite_api.bound.address", NULL,
+                                           PyLong_FromVoidPtr(function));
+        if (address == NULL
+            || HKN_FAULT_PY("sqlite_api.bound.set", -1,
+                            PyDict_SetItemString(bound, hkn_bindings[i].name, address)) < 0) {
+            Py_CLEAR(bound);
+        }
+        Py_XDECREF(address);
+    }
+    return bound;
 }
 
 void

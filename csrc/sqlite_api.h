@@ -129,6 +129,9 @@ struct hkn_state;
  * state->api_reason and state->api_routes_not_taken say why. */
 int hkn_sqlite_api_init(struct hkn_state *state);
 void hkn_sqlite_api_free(struct hkn_state *state);
+/* {SQLite function name: its bound address, or None}: how tests compare
+ * the two routes' bindings. */
+PyObject *hkn_sqlite_api_bound(struct hkn_state *state);
 
 /* The one layout assumption of the package: the `sqlite3 *` handle is the
  * first field after PyObject_HEAD in CPython's pysqlite_Connection (3.10 to

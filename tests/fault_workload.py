@@ -40,10 +40,13 @@ ALWAYS = 10 ** 9                # _fault_arm(times=ALWAYS): every hit fails
 # Points on paths that only another failure leads to: that one is armed
 # (first hit) together with the point under test.
 PREREQUISITES = {
+    # a route not taken (where every route works unarmed)
+    "sqlite_api.why": ("sqlite_api.init.dlopen",),
+    "sqlite_api.try_route.record": ("sqlite_api.init.dlopen",),
+    # no route taken (where one works unarmed)
+    "sqlite_api.sql_mode.reasons": ("sqlite_api.init.dlopen", "sqlite_api.extension.dladdr"),
     # exec failed after atexit.register(); taking that back is what fails
     "module.exec.atexit_unregister": ("module.exec.register_at_fork",),
-    # the fallback for a symbol that does not resolve
-    "sqlite_api.init.unresolved": ("sqlite_api.lookup.dlsym_library",),
 }
 
 # Failures on top of another failure's cleanup: (point, armed first).
@@ -312,6 +315,7 @@ class Workload:
         mod = self.mod
         mod.stats()
         mod.sqlite_api()
+        mod._bound_functions()
         mod._reset_peak_live()
         mod._track_opened(True)
         conn = self.connect()
@@ -513,12 +517,18 @@ def allocation_state(mod):
     return sys.getallocatedblocks(), len(gc.get_objects()), leak_probes(mod)
 
 
-def exec_instance(path, sql=False):
+# The routes a fresh instance can be made to take (HERMES_KANBAN_NATIVE_MODE):
+# the default (symbols first), SQL mode, and the extension-API route alone.
+MODES = (None, "sql", "extension-api")
+
+
+def exec_instance(path, mode=None):
     """A new instance of the extension module at `path`: its exec slot runs
-    again (in SQL mode when `sql`).  The package's own instance is untouched."""
+    again (with HERMES_KANBAN_NATIVE_MODE=mode when given).  The package's
+    own instance is untouched."""
     previous = os.environ.pop("HERMES_KANBAN_NATIVE_MODE", None)
-    if sql:
-        os.environ["HERMES_KANBAN_NATIVE_MODE"] = "sql"
+    if mode is not None:
+        os.environ["HERMES_KANBAN_NATIVE_MODE"] = mode
     try:
         spec = importlib.util.spec_from_file_location("hermes_kanban_native._native", path)
         module = importlib.util.module_from_spec(spec)
@@ -551,7 +561,7 @@ def _use(instance, db):
     instance.sqlite_api()
 
 
-def _init_cycle(native, name, times, sql, db):
+def _init_cycle(native, name, times, mode, db):
     """One initialisation of a fresh instance with `name` armed: what came
     of it, and how often `name` was hit."""
     before = native._fault_hits()[name]
@@ -560,7 +570,7 @@ def _init_cycle(native, name, times, sql, db):
     native._fault_arm(name, 1, times)
     instance = None
     try:
-        instance = exec_instance(native.__file__, sql)
+        instance = exec_instance(native.__file__, mode)
         outcome = "imported"
     except EXPECTED + (ImportError,) as exc:    # what a failing import may raise
         outcome = type(exc).__name__
@@ -568,7 +578,7 @@ def _init_cycle(native, name, times, sql, db):
         native._fault_disarm()
     hit = native._fault_hits()[name] - before
     if instance is not None:
-        outcome += f" ({instance.sqlite_api()['mode']} mode)"
+        outcome += f" ({instance.sqlite_api()['route']} route)"
         _use(instance, db)
         _release(instance)
     return outcome, hit
@@ -606,13 +616,13 @@ def init_faults(repeat, windows, warm_up=20):
         conn.close()
 
         reached = {}
-        for sql in (False, True):
+        for mode in MODES:
             before = native._fault_hits()
-            _release(exec_instance(native.__file__, sql))
+            _release(exec_instance(native.__file__, mode))
             after = native._fault_hits()
             for name in after:
                 if after[name] > before[name]:
-                    reached.setdefault(name, sql)
+                    reached.setdefault(name, mode)
         targets = dict(reached)
         compiled = set(native._fault_points())
         for target, prerequisites in PREREQUISITES.items():
@@ -622,45 +632,51 @@ def init_faults(repeat, windows, warm_up=20):
         # CPython fills caches of its own the first times an extension
         # initialises: warm them first.
         for _ in range(warm_up):
-            for sql in (False, True):
-                _release(exec_instance(native.__file__, sql))
+            for mode in MODES:
+                _release(exec_instance(native.__file__, mode))
 
-        def clean_cycle(sql):
-            instance = exec_instance(native.__file__, sql)
+        routes = {}
+
+        def clean_cycle(mode):
+            instance = exec_instance(native.__file__, mode)
+            routes[mode] = instance.sqlite_api()["route"]
             _use(instance, db)
             _release(instance)
 
-        clean = {sql: growth(native, lambda sql=sql: clean_cycle(sql), repeat)
-                 for sql in (False, True)}
+        clean = {mode: growth(native, lambda mode=mode: clean_cycle(mode), repeat)
+                 for mode in MODES}
         points = {}
-        for name, sql in targets.items():
+        for name, mode in targets.items():
             report = {"reached_unarmed": name in reached, "cycles": 0, "problems": [],
                       "outcomes": []}
             for times in (1, ALWAYS):
                 print(f"{name} times={times}", file=sys.stderr, flush=True)
                 fds = fd_table()
-                outcome, hit = _init_cycle(native, name, times, sql, db)
+                outcome, hit = _init_cycle(native, name, times, mode, db)
                 for _ in range(2):          # this path's own first-time costs
-                    _init_cycle(native, name, times, sql, db)
+                    _init_cycle(native, name, times, mode, db)
                 if hit == 0:
                     report["problems"].append(f"times={times}: not reached")
                 # A failed initialisation must leave nothing; one that went on
-                # (SQL mode instead) no more than a clean one, which lives on
+                # no more than a clean one that took the same route (a failed
+                # route leads to the next one, or to SQL mode); each lives on
                 # in os.register_at_fork.
                 kept = outcome.startswith("imported") or name in KEPT_ALIVE
-                allowed = clean[sql] if kept else (0, 0, [0] * 8)
+                ended = next((m for m in MODES if outcome.endswith(f"({routes[m]} route)")),
+                             mode)
+                allowed = clean[ended] if kept else (0, 0, [0] * 8)
                 if name in KEPT_ALIVE:      # and atexit's record of it
                     allowed = (allowed[0] + repeat,) + allowed[1:]
                 problems = []
                 for _ in range(windows):    # a leak grows in every window
                     blocks, objects, refs = growth(
-                        native, lambda: _init_cycle(native, name, times, sql, db), repeat)
+                        native, lambda: _init_cycle(native, name, times, mode, db), repeat)
                     problems = []
                     if blocks > allowed[0] + repeat // 2 or objects > allowed[1]:
                         problems.append(
                             f"times={times}: {blocks} blocks and {objects} tracked objects "
                             f"more after {repeat} cycles ({outcome}; a clean import adds "
-                            f"{clean[sql][0]} and {clean[sql][1]})")
+                            f"{clean[ended][0]} and {clean[ended][1]})")
                     if any(grown > limit for grown, limit in zip(refs, allowed[2])):
                         problems.append(
                             f"times={times}: reference counts grew by {refs} ({outcome})")
@@ -672,6 +688,6 @@ def init_faults(repeat, windows, warm_up=20):
                 report["outcomes"].append(outcome)
                 report["cycles"] += 1
             points[name] = report
-        return {"points": points, "clean": clean}
+        return {"points": points, "clean": {str(mode): value for mode, value in clean.items()}}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

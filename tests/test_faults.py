@@ -50,6 +50,16 @@ from fault_workload import (  # noqa: E402
 )
 
 POINTS = _native._fault_points()
+# The extension-API route goes past its first step only where the sqlite3
+# module can load extensions (CI's static-SQLite stage has one).
+LOADABLE = hasattr(sqlite3.Connection, "enable_load_extension")
+
+
+def _needs_loadable(name):
+    return (name.startswith("sqlite_api.extension.")
+            and name != "sqlite_api.extension.enable_method")
+
+
 TESTS = Path(__file__).resolve().parent
 CSRC = TESTS.parent / "csrc"
 
@@ -75,7 +85,7 @@ def scratch():
 def sql_module():
     """A private instance of the extension in SQL mode (its own type,
     registry and statistics)."""
-    return exec_instance(_native.__file__, sql=True)
+    return exec_instance(_native.__file__, "sql")
 
 
 class Reach:
@@ -297,6 +307,8 @@ def _in_process(context, name, steps, scratch, sql_module, first=None):
 
 @pytest.mark.parametrize("name", POINTS)
 def test_fault_point(name, reach, scratch, sql_module, init_results):
+    if not LOADABLE and _needs_loadable(name):
+        pytest.skip("reached only where sqlite3 can load extensions")
     context = reach.context.get(name)
     assert context is not None, f"{name} is reached by no workload"
     if context == "init":
@@ -343,7 +355,8 @@ def test_fault_on_top_of_another(name, first, reach, scratch, sql_module):
 
 
 def test_every_fault_point_is_reached(reach):
-    missed = sorted(set(POINTS) - reach.hit)
+    missed = sorted(name for name in set(POINTS) - reach.hit
+                    if LOADABLE or not _needs_loadable(name))
     assert missed == [], f"fault points no workload reaches: {missed}"
 
 
