@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import hermes_kanban_native as hkn
-from conftest import make_wal_db, native_only
+from conftest import make_wal_db
 
 
 def journal_mode(path):
@@ -99,7 +99,7 @@ def test_connect_bad_arguments(tmp_path):
         hkn.connect(tmp_path / "x.db", factory=dict)
 
 
-@native_only
+@pytest.mark.native
 def test_persist_wal_keeps_sidecars_after_last_close(tmp_path):
     path = str(tmp_path / "persist.db")
     conn = hkn.connect(path, persist_wal=True, isolation_level=None)

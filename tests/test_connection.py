@@ -13,7 +13,7 @@ import warnings
 import pytest
 
 import hermes_kanban_native as hkn
-from conftest import NATIVE, fds_on, make_wal_db, native_only, reader_process
+from conftest import NATIVE, fds_on, make_wal_db, reader_process
 
 WalSafe = hkn.WalSafeConnection
 
@@ -155,7 +155,7 @@ def test_legacy_transaction_mode_discards_like_sqlite3(db):
     check.close()
 
 
-@native_only
+@pytest.mark.native
 def test_cursor_mid_iteration_is_reset_and_warned(db):
     make_wal_db(db, rows=10)
     conn = open_wal(db)
@@ -355,7 +355,7 @@ def test_checkpoint_closed_and_wrong_thread(db):
         conn.checkpoint()
 
 
-@native_only
+@pytest.mark.native
 def test_native_checkpoint_is_invisible_to_trace_callback(db):
     seen = []
     conn = open_wal(db)

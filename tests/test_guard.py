@@ -15,8 +15,12 @@ import pytest
 import hermes_kanban_native as hkn
 from conftest import make_wal_db, run_python
 
-pytestmark = pytest.mark.skipif(hkn.sqlite_api()["guard"] != "available",
-                                reason="the guard needs OFD locks and native mode")
+pytestmark = [
+    pytest.mark.native,
+    pytest.mark.skipif(hkn.sqlite_api()["mode"] == "native"
+                       and hkn.sqlite_api()["guard"] != "available",
+                       reason="the guard needs open-file-description locks (Linux)"),
+]
 
 
 class Guarded(hkn.WalSafeConnection):

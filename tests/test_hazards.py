@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 import hermes_kanban_native as hkn
-from conftest import make_wal_db, native_only, reader_process, run_python, wait_for
+from conftest import make_wal_db, reader_process, run_python, wait_for
 from fds_helpers import Holder, stray_open_close_code
 
 DEADLINE = 60.0
@@ -106,7 +106,7 @@ def test_stray_close_is_detected_and_the_unlink_loses_commits(tmp_path):
         holder.run("conns[0].close()\nconns.clear()\n")
 
 
-@native_only
+@pytest.mark.native
 def test_persist_wal_in_every_process_survives_stray_closes(tmp_path):
     db = make_wal_db(tmp_path / "kanban.db", rows=3)
     expected = [0, 1, 2]
@@ -190,6 +190,7 @@ def test_unclosed_with_block_connections_are_finalized_by_the_gc(tmp_path):
 # ------------------------------------------------------------- zombie handle
 
 
+@pytest.mark.native       # sql mode cannot see a stepping statement
 def test_close_with_a_cursor_mid_iteration_keeps_files_until_the_cursor_goes(tmp_path):
     db = make_wal_db(tmp_path / "kanban.db", rows=20)
     with hermes_holder(db) as holder:
@@ -256,7 +257,7 @@ def test_close_with_a_reader_in_another_process_does_not_wait(tmp_path):
 # ------------------------------------------------------------------- fork
 
 
-@native_only
+@pytest.mark.native
 def test_fork_with_open_connections_leaves_the_parent_unharmed(tmp_path):
     db = make_wal_db(tmp_path / "kanban.db")
     seen = other_process("""

@@ -43,6 +43,7 @@ def test_forked_child_does_no_native_work(tmp_path):
     assert result.stdout.strip() == "ok"
 
 
+@pytest.mark.native       # sql mode cannot use a daemon thread's connection at exit
 def test_interpreter_exit_checkpoints_open_connections(tmp_path):
     # The database file stays empty until a checkpoint copies frames back:
     # its size after exit shows that the exit-time checkpoint ran for a

@@ -87,6 +87,7 @@ def test_stray_close_without_the_guard_is_reported_as_violations():
         assert "VIOLATIONS" in stderr
 
 
+@pytest.mark.native       # the guard
 def test_stray_closes_of_the_database_and_shm_under_the_guard_are_clean():
     # Both files: the guard keeps the database's SHARED range, and SQLite's
     # own -shm locks are OFD locks (the write lock of a transaction in
