@@ -5,15 +5,16 @@
  * close-time behaviour is the base class's, untouched: we forward __init__,
  * delegate traverse/clear/dealloc, and call the base's own close().
  *
- * Facts this file rests on (../shared/notes/sqlite-facts.md):
+ * Facts this file rests on (docs/sqlite-internals.md):
  *  - PASSIVE never calls the busy handler; FULL/RESTART/TRUNCATE wait up to
- *    the busy timeout, so close() turns the handler off first (section 4).
+ *    the busy timeout, so close() turns the handler off first (Checkpoints).
  *  - A checkpoint on a connection with an open transaction or a stepped
- *    statement returns SQLITE_LOCKED (section 4).
+ *    statement returns SQLITE_LOCKED (Checkpoints).
  *  - 3.11+ close() with a stepped statement leaves a zombie handle that keeps
- *    the files open until the cursor is collected (section 2).
+ *    the files open until the cursor is collected (CPython's
+ *    sqlite3.Connection from C).
  *  - The base's finalizer (3.12+) closes with its own C code and 3.13 warns;
- *    a subclass needs its own finalizer (section 5).
+ *    a subclass needs its own finalizer (the same section).
  */
 #include "hkn.h"
 
@@ -1198,7 +1199,8 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
 
     /* Everything the caller passed goes to the base unchanged: factory= is
      * called with sqlite3.connect's own arguments, and each Python version
-     * validates its own set (sqlite-facts section 5). */
+     * validates its own set (docs/sqlite-internals.md, CPython's
+     * sqlite3.Connection from C). */
     if (HKN_FAULT_PY("connection.init.base_init", -1, base->tp_init(self, args, kwds)) < 0) {
         if (hkn_connection_handle(self) == NULL) {
             hkn_unregister(state, conn);

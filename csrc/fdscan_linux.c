@@ -6,8 +6,9 @@
  * buffers, and builds the Python objects afterwards with the GIL held.
  *
  * A database file is never open()ed here: closing any descriptor of a file
- * drops all of the process's POSIX locks on it (sqlite-facts 1, 2), so the
- * descriptors are reached through stat() and readlink() of the /proc links.
+ * drops all of the process's POSIX locks on it (docs/sqlite-internals.md,
+ * Lock cancellation), so the descriptors are reached through stat() and
+ * readlink() of the /proc links.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

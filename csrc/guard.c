@@ -2,7 +2,8 @@
  * held again as open-file-description (OFD) locks on SQLite's own
  * descriptors.
  *
- * Why (sqlite-facts section 8): SQLite protects the live -wal/-shm pair
+ * Why (docs/sqlite-internals.md, "The locks that protect a WAL
+ * generation" and "Open-file-description locks"): SQLite protects the live -wal/-shm pair
  * with per-process POSIX read locks on the SHARED range of the database
  * (510 bytes at 0x40000002) and on the -shm "dead-man switch" byte (128).
  * Any open()+close() of those files elsewhere in the process silently drops

@@ -2,7 +2,8 @@
  * locks, so that a stray close of the -shm elsewhere in the process cannot
  * drop them.
  *
- * Why (sqlite-facts section 8): besides the dead-man-switch byte that
+ * Why (docs/sqlite-internals.md, "Lock cancellation" and "The system-call
+ * table"): besides the dead-man-switch byte that
  * guard.c holds again, a writer holds the WAL write lock and every reader a
  * read-mark lock on the -shm while its transaction runs.  They are classic
  * POSIX locks, so any open()+close() of the -shm path in the process drops
@@ -13,8 +14,9 @@
  * go with each transaction, inside SQLite.
  *
  * How: the unix VFS makes every system call through a table that
- * sqlite3_vfs.xSetSystemCall can change (a documented interface, made for
- * exactly this kind of shim).  We wrap "open" and "close" to learn which
+ * sqlite3_vfs.xSetSystemCall can change (SQLite documents it as a testing
+ * interface that may change; we use it on purpose, since it is the only way
+ * to change SQLite's own -shm locking without replacing the VFS).  We wrap "open" and "close" to learn which
  * descriptors are -shm files SQLite opened, and "fcntl" to turn SQLite's
  * F_SETLK/F_SETLKW/F_GETLK on those descriptors into F_OFD_SETLK/
  * F_OFD_SETLKW/F_OFD_GETLK.  Inside one process SQLite keeps a single -shm

@@ -3,9 +3,9 @@
  * We never include sqlite3.h and never link libsqlite3: users' machines often
  * lack the development headers, and a second copy of the library in the
  * process keeps its own table of POSIX locks, whose closes cancel _sqlite3's
- * locks (sqlite-facts section 2).  The signatures and constants below are
- * SQLite's stable public ABI; the functions are resolved at import from the
- * library _sqlite3 itself is bound to (sqlite_api.c).
+ * locks (docs/sqlite-internals.md, Lock cancellation).  The signatures and
+ * constants below are SQLite's stable public ABI; the functions are bound at
+ * import to the library _sqlite3 itself uses (sqlite_api.c).
  */
 #ifndef HKN_SQLITE_API_H
 #define HKN_SQLITE_API_H
@@ -135,7 +135,7 @@ PyObject *hkn_sqlite_api_bound(struct hkn_state *state);
 
 /* The one layout assumption of the package: the `sqlite3 *` handle is the
  * first field after PyObject_HEAD in CPython's pysqlite_Connection (3.10 to
- * 3.15, sqlite-facts section 5).  NULL once the connection is closed.  Only
+ * 3.15: docs/sqlite-internals.md, CPython's sqlite3.Connection from C).  NULL once the connection is closed.  Only
  * valid for instances of sqlite3.Connection; the import-time self-check
  * proves it on this interpreter before native mode is enabled. */
 static inline sqlite3 *

@@ -60,7 +60,7 @@ table goes to stderr.
 
 ``--stray-close`` injects ``os.open(db)``/``os.close()`` and the same on
 ``-shm`` in this process during the run (``--stray-files`` picks which): that cancels its
-POSIX locks (sqlite-facts 2 and 8).  walsafe's WAL-generation guard keeps
+POSIX locks (docs/sqlite-internals.md, "Lock cancellation").  walsafe's WAL-generation guard keeps
 them harmless: it holds the database's SHARED range as OFD locks (lost POSIX
 locks under a held guard are not violations), and SQLite's own ``-shm`` locks
 in a process with a guarded connection are OFD locks (csrc/shmlock.c), so a
