@@ -5,6 +5,9 @@ Environment switches (all off by default; users get the compiler's normal flags)
   HKN_WERROR=1    -Wall -Wextra -Werror (CI)
   HKN_DEBUG=1     -O0 -g3, assertions on
   HKN_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer (CI's sanitizer stage)
+  HKN_FDSCAN_STUB=1  build csrc/fdscan_other.c (the scanners of platforms
+                  without /proc) even on Linux, so CI can check what those
+                  users see
   HKN_FAULTS=1    fault injection: every call of ours that can fail becomes a named
                   point that _native._fault_arm() makes fail (csrc/faults.h;
                   tests/test_faults.py).  GCC or Clang on Linux.  Without it the
@@ -28,7 +31,7 @@ def _flag(name):
 def _sources():
     sources = ["csrc/module.c", "csrc/connection.c", "csrc/sqlite_api.c", "csrc/guard.c",
                "csrc/shmlock.c"]
-    if sys.platform.startswith("linux"):
+    if sys.platform.startswith("linux") and not _flag("HKN_FDSCAN_STUB"):
         sources.append("csrc/fdscan_linux.c")
     else:
         sources.append("csrc/fdscan_other.c")

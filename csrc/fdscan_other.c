@@ -1,7 +1,9 @@
 /* fdscan_other.c - the scanner entry points where there is no Linux /proc.
  *
- * The same names and signatures as fdscan_linux.c, so the package imports
- * and inspect.signature() agrees everywhere; each call raises
+ * The same names, flags and signatures as fdscan_linux.c, so the package
+ * imports and inspect.signature() agrees everywhere (tests/test_fds.py
+ * compares the two method tables; CI builds this file on Linux too, with
+ * HKN_FDSCAN_STUB=1, and checks what users see); each call raises
  * NotImplementedError naming the platform.  A port (macOS libproc, say)
  * replaces this file for its platform in setup.py.
  */
@@ -27,12 +29,21 @@ hkn_unsupported(const char *name)
 }
 
 PyDoc_STRVAR(hkn_scan_fds_doc,
-"_scan_fds($module, pid, /)\n--\n\n"
+"_scan_fds($module, pid, /, links=True)\n--\n\n"
 "Open descriptors of process *pid*; needs /proc (Linux).");
 
 static PyObject *
-hkn_scan_fds(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(pid))
+hkn_scan_fds(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
+    static char *keywords[] = {"", "links", NULL};
+    PyObject *pid;
+    int links = 1;
+    /* Wrong arguments still fail as TypeError, as on Linux. */
+    if (!HKN_FAULT_PY("fdscan_other.scan_fds.parse_args", 0,
+                      PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:_scan_fds", keywords,
+                                                  &pid, &links))) {
+        return NULL;
+    }
     return hkn_unsupported("_scan_fds");
 }
 
@@ -73,7 +84,8 @@ hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 static PyMethodDef hkn_fdscan_methods[] = {
-    {"_scan_fds", hkn_scan_fds, METH_O, hkn_scan_fds_doc},
+    {"_scan_fds", (PyCFunction)(void (*)(void))hkn_scan_fds, METH_VARARGS | METH_KEYWORDS,
+     hkn_scan_fds_doc},
     {"_scan_maps", hkn_scan_maps, METH_O, hkn_scan_maps_doc},
     {"_scan_locks", hkn_scan_locks, METH_NOARGS, hkn_scan_locks_doc},
     {"_scan_fd_locks", hkn_scan_fd_locks, METH_VARARGS, hkn_scan_fd_locks_doc},

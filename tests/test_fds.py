@@ -7,6 +7,7 @@ import inspect
 import mmap
 import os
 import pathlib
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -403,3 +404,40 @@ def test_result_types_are_frozen_and_readable(db):
     assert repr(result).startswith("<SqliteFds pid=")
     assert "healthy" in result.report()
     assert hermes_kanban_native.sqlite_fds is sqlite_fds
+
+
+# ------------------------------------------------ platforms without /proc
+
+CSRC = pathlib.Path(__file__).resolve().parent.parent / "csrc"
+_METHOD = re.compile(r'\{"(_scan_\w+)",[^,]*,\s*([A-Z_| ]+),')
+
+
+def _method_table(name):
+    return dict((method, " ".join(flags.split()))
+                for method, flags in _METHOD.findall((CSRC / name).read_text()))
+
+
+@pytest.mark.skipif(not CSRC.is_dir(), reason="needs the source tree")
+def test_the_stub_scanners_take_the_same_arguments_as_the_linux_ones():
+    linux = _method_table("fdscan_linux.c")
+    assert set(linux) == {"_scan_fds", "_scan_maps", "_scan_locks", "_scan_fd_locks"}
+    assert _method_table("fdscan_other.c") == linux
+
+
+def _stub_build():
+    try:
+        _native._scan_locks()
+    except NotImplementedError:
+        return True
+    return False
+
+
+@pytest.mark.skipif(not _stub_build(), reason="needs a build of csrc/fdscan_other.c "
+                    "(HKN_FDSCAN_STUB=1 on Linux; CI has one)")
+@pytest.mark.parametrize("call", [
+    lambda db: hermes_kanban_native.sqlite_fds(db), lambda db: hermes_kanban_native.holders(db),
+    lambda db: hermes_kanban_native.open_fds(), lambda db: hermes_kanban_native.mapped_files(),
+])
+def test_without_proc_every_scanner_says_not_implemented(call, db):
+    with pytest.raises(NotImplementedError, match="needs /proc"):
+        call(db)
