@@ -1188,6 +1188,18 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
     }
     hkn_conn *conn = hkn_conn_get(self);
 
+    /* __init__ again on an open connection: sqlite3.Connection closes the
+     * old handle and opens the new one.  Close it our way first (close-time
+     * checkpoint, guard released, counted), so that the base finds it
+     * closed; if that close fails, so does the re-initialisation. */
+    if (conn->pid != 0 && hkn_connection_handle(self) != NULL) {
+        PyObject *closed = hkn_connection_close(self, NULL);
+        if (closed == NULL) {
+            return -1;
+        }
+        Py_DECREF(closed);
+    }
+
     /* Registered before the base opens the file: from then on it holds a
      * descriptor, so the peak of live connections (which bounds SQLite's
      * parked descriptors) must count it. */

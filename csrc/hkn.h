@@ -138,9 +138,11 @@ static inline PyObject *hkn_error_take(void)
 #endif
 
 /* Where hkn_conn starts in an instance whose sqlite3.Connection part has
- * `base_size` bytes. */
+ * `base_size` bytes: rounded up to hkn_conn's own alignment (it holds a
+ * double and a long long, which may need more than a pointer's). */
+#define HKN_CONN_ALIGN ((Py_ssize_t)_Alignof(hkn_conn))
 #define HKN_CONN_OFFSET(base_size) \
-    ((((Py_ssize_t)(base_size)) + (Py_ssize_t)sizeof(void *) - 1) & ~((Py_ssize_t)sizeof(void *) - 1))
+    ((((Py_ssize_t)(base_size)) + HKN_CONN_ALIGN - 1) & ~(HKN_CONN_ALIGN - 1))
 
 /* registry (module.c): the live WalSafeConnections of this process.  All
  * run with the GIL held and never call into Python while the list is

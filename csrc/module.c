@@ -670,6 +670,7 @@ hkn_module_exec(PyObject *module)
     return hkn_register_hooks(module);
 }
 
+/* Visits exactly what hkn_module_clear() clears, in the same order. */
 static int
 hkn_module_traverse(PyObject *module, visitproc visit, void *arg)
 {
@@ -678,6 +679,29 @@ hkn_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->walsafe_type);
     Py_VISIT(state->checkpoint_result);
     Py_VISIT(state->sqlite3_module);
+    Py_VISIT(state->Error);
+    Py_VISIT(state->InterfaceError);
+    Py_VISIT(state->DatabaseError);
+    Py_VISIT(state->DataError);
+    Py_VISIT(state->OperationalError);
+    Py_VISIT(state->IntegrityError);
+    Py_VISIT(state->InternalError);
+    Py_VISIT(state->ProgrammingError);
+    Py_VISIT(state->NotSupportedError);
+    Py_VISIT(state->package_dir);
+    Py_VISIT(state->str_checkpoint_on_close);
+    Py_VISIT(state->str_off);
+    Py_VISIT(state->str_max_live);
+    Py_VISIT(state->str_guard_wal);
+    Py_VISIT(state->str_check_same_thread);
+    Py_VISIT(state->base_close);
+    Py_VISIT(state->bound_exceeded);
+    for (int i = 0; i < 4; i++) {
+        Py_VISIT(state->mode_names[i]);
+    }
+    Py_VISIT(state->api_library);
+    Py_VISIT(state->api_reason);
+    Py_VISIT(state->api_routes_not_taken);
     Py_VISIT(state->opened_paths);
     return 0;
 }

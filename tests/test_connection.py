@@ -755,3 +755,67 @@ def test_bad_bound_is_a_clear_error_and_leaves_nothing_open(db, value):
     assert len(hkn.live_connections(db)) == 1
     keeper.close()
     assert fds_on(db) == 0
+
+
+# ------------------------------------------------------ re-initialisation
+
+
+@pytest.mark.parametrize("factory", [sqlite3.Connection, WalSafe])
+def test_init_again_closes_the_old_database_and_opens_the_new(tmp_path, factory):
+    first = make_wal_db(tmp_path / "first.db")
+    second = make_wal_db(tmp_path / "second.db")
+    conn = sqlite3.connect(first, factory=factory)
+    conn.execute("INSERT INTO t VALUES (1)")        # uncommitted: discarded, as sqlite3 does
+    before = hkn.stats()
+    conn.__init__(second, isolation_level=None)
+    conn.execute("INSERT INTO t VALUES (2)")
+    assert conn.execute("PRAGMA database_list").fetchone()[2] == os.path.realpath(second)
+    assert fds_on(first) == 0                       # the old handle is gone
+    check = sqlite3.connect(first)
+    assert check.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    check.close()
+    if factory is WalSafe:
+        after = hkn.stats()
+        # One close of the old database, through our close path, one open.
+        assert after["closed"] - before["closed"] == 1
+        assert after["opened"] - before["opened"] == 1
+        assert after["live"] == before["live"]
+        assert hkn.live_connections(first) == []
+        assert len(hkn.live_connections(second)) == 1
+        if hkn.sqlite_api()["guard"] == "available":
+            assert not hkn.sqlite_fds(first).guarded
+            assert hkn.sqlite_fds(second).guarded
+    conn.close()
+    assert fds_on(second) == 0
+
+
+def test_init_again_from_another_thread_is_refused_like_close(db):
+    conn = open_wal(db)
+    errors = []
+
+    def other():
+        try:
+            conn.__init__(db)
+        except sqlite3.ProgrammingError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    worker.join()
+    if NATIVE:
+        assert len(errors) == 1 and "thread" in str(errors[0])
+    conn.execute("SELECT 1")
+    conn.close()
+
+
+def test_the_module_shows_the_gc_every_object_it_holds():
+    from hermes_kanban_native import _native
+
+    held = gc.get_referents(_native)
+    expected = [sqlite3.Connection, sqlite3.Error, sqlite3.InterfaceError, sqlite3.DatabaseError,
+                sqlite3.DataError, sqlite3.OperationalError, sqlite3.IntegrityError,
+                sqlite3.InternalError, sqlite3.ProgrammingError, sqlite3.NotSupportedError,
+                hkn.WalSafeConnection, hkn.CheckpointResult, sys.modules["sqlite3"],
+                vars(sqlite3.Connection)["close"]]
+    missing = [obj for obj in expected if not any(ref is obj for ref in held)]
+    assert missing == []
