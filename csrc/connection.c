@@ -42,7 +42,7 @@ typedef enum {
     HKN_RAN = 0,
     HKN_SKIP_NOT_FILE,      /* :memory:, "" (temporary) */
     HKN_SKIP_READONLY,
-    HKN_SKIP_TRANSACTION,   /* a write transaction is open: the base discards it */
+    HKN_SKIP_TRANSACTION,   /* a transaction is open: the base discards it */
     HKN_SKIP_UNCHANGED,     /* passive policy and this connection wrote nothing */
     HKN_SKIP_NOT_WAL,
 } hkn_skip;
@@ -259,12 +259,28 @@ hkn_drop_guard(hkn_state *state, hkn_conn *conn)
     }
 }
 
+static Py_ssize_t hkn_count_live(hkn_state *state, PyObject *self, PyObject *path);
+
 static void
 hkn_unregister(hkn_state *state, hkn_conn *conn)
 {
     hkn_drop_guard(state, conn);
-    if (conn->prev != NULL) {
-        hkn_registry_remove(state, conn);
+    if (conn->prev == NULL) {
+        return;
+    }
+    hkn_registry_remove(state, conn);
+    /* The leak bound remembers a database that stayed over its bound until
+     * it is under it again; once no connection to it is left, there is
+     * nothing to remember (a process that opens many databases would
+     * otherwise keep every path).  Discarding a str cannot fail. */
+    if (conn->path != NULL && PySet_GET_SIZE(state->bound_exceeded) > 0) {
+        hkn_saved_error saved;
+        hkn_error_save(&saved);
+        if (hkn_count_live(state, conn->owner, conn->path) == 0) {
+            (void)PySet_Discard(state->bound_exceeded, conn->path);
+        }
+        PyErr_Clear();
+        hkn_error_restore(&saved);
     }
 }
 
@@ -396,6 +412,12 @@ hkn_native_close_checkpoint(const hkn_sqlite_api *api, sqlite3 *db, int mode, hk
                                                           &out->checkpointed_frames));
         if (out->rc == SQLITE_OK && out->log_frames < 0) {
             out->skipped = HKN_SKIP_NOT_WAL;
+        }
+        else if ((out->rc & 0xff) == SQLITE_LOCKED) {
+            /* A read transaction still open (BEGIN, then only reads): the
+             * base close ends it; skipped, as in SQL mode. */
+            out->skipped = HKN_SKIP_TRANSACTION;
+            out->rc = SQLITE_OK;
         }
         else if (out->rc != SQLITE_OK && out->rc != SQLITE_BUSY) {
             hkn_describe_error(api, db, out);
@@ -1448,8 +1470,9 @@ hkn_close_at_exit(hkn_state *state, PyObject *self)
         }
         hkn_unlock(conn);
     }
+    /* Not closed (the process exit closes it): neither closed nor
+     * finalized in stats(), only no longer live. */
     hkn_unregister(state, conn);
-    state->stats.finalized++;
     hkn_error_restore(&saved);
 }
 

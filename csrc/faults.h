@@ -25,7 +25,8 @@
  * Calls that cannot fail are not points: PyModule_GetState and
  * PyType_GetModuleState on our own module and type; frame and code
  * accessors; PyUnicode_Compare/Tailmatch/GetLength on str objects;
- * PyUnicode_AsUTF8 of our ASCII mode names; PyBool_FromLong; the PyErr_*
+ * PySet_Discard of a str from our own set; PyUnicode_AsUTF8 of our ASCII
+ * mode names; PyBool_FromLong; the PyErr_*
  * state functions; the base type's traverse/clear/dealloc/finalize slots;
  * sqlite3_libversion, errmsg, errstr, extended_errcode, get_autocommit,
  * next_stmt, stmt_busy, column_int, limit, db_mutex, mutex_enter/leave,
@@ -36,7 +37,8 @@
  * calls its wrappers pass on (they are SQLite's own, and their failures
  * reach SQLite unchanged), and the calls of its at-fork child handler
  * (only async-signal-safe code may run there, not a point's mutex; a
- * failure keeps the inherited description, as without the handler).
+ * failure keeps the inherited description, as without the handler); the
+ * same for guard.c's after-fork reopening of database descriptors.
  */
 #ifndef HKN_FAULTS_H
 #define HKN_FAULTS_H

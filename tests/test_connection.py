@@ -145,6 +145,21 @@ def test_open_write_transaction_is_skipped_and_discarded(db):
     check.close()
 
 
+def test_open_read_transaction_is_skipped_in_both_modes(db):
+    conn = open_wal(db)
+    conn.execute("INSERT INTO t VALUES (1)")        # wrote: the passive policy would run
+    conn.execute("BEGIN")
+    conn.execute("SELECT count(*) FROM t").fetchone()
+    before = hkn.stats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # no "checkpoint failed" warning
+        conn.close()
+    after = hkn.stats()
+    assert conn.last_checkpoint is None
+    assert after["checkpoints_skipped"] == before["checkpoints_skipped"] + 1
+    assert after["checkpoint_errors"] == before["checkpoint_errors"]
+
+
 def test_legacy_transaction_mode_discards_like_sqlite3(db):
     conn = sqlite3.connect(db, factory=WalSafe)       # isolation_level="" : implicit BEGIN
     conn.execute("INSERT INTO t VALUES (7)")
@@ -729,6 +744,22 @@ def test_bound_warns_once_naming_the_openers(db):
     assert len(hkn.live_connections(db)) == 12          # opened anyway
     for conn in kept:
         conn.close()
+
+
+def test_bound_forgets_a_database_once_its_connections_are_gone(db):
+    from hermes_kanban_native import _native
+
+    def remembered():
+        path = os.path.realpath(db)
+        return any(isinstance(ref, set) and path in ref for ref in gc.get_referents(_native))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        kept = [sqlite3.connect(db, factory=Bounded) for _ in range(12)]
+    assert remembered()                 # over the bound: warned once, remembered
+    for conn in kept:
+        conn.close()
+    assert not remembered()
 
 
 @pytest.mark.parametrize("value", [None, 0])

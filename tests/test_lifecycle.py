@@ -2,6 +2,7 @@
 exit (daemon threads included), reference leaks, and the SQL fallback mode."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -41,6 +42,48 @@ def test_forked_child_does_no_native_work(tmp_path):
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.native       # sql mode cannot use a daemon thread's connection at exit
+def test_exit_counts_only_what_it_closed(tmp_path):
+    # atexit runs last-registered first: report() runs after the package's
+    # exit-time closer.
+    result = run_python(f"""
+        import atexit, json, sqlite3, threading
+
+        def report():
+            print(json.dumps(hkn.stats()))
+
+        atexit.register(report)
+        import hermes_kanban_native as hkn
+
+        def open_db(name):
+            conn = sqlite3.connect({str(tmp_path)!r} + "/" + name, factory=hkn.WalSafeConnection,
+                                   isolation_level=None)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("CREATE TABLE t (x)")
+            conn.execute("INSERT INTO t VALUES (1)")
+            return conn
+
+        held = open_db("main.db")
+        ready = threading.Event()
+
+        def daemon():
+            conn = open_db("daemon.db")
+            ready.set()
+            threading.Event().wait()
+
+        threading.Thread(target=daemon, daemon=True).start()
+        ready.wait()
+        before = hkn.stats()
+    """, env={"PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout.splitlines()[-1])
+    # The main thread's connection was finalized; the daemon thread's was
+    # checkpointed and left to the process exit: not finalized, not closed.
+    assert stats["finalized"] == 1 and stats["closed"] == 0
+    assert stats["checkpoints"] == 2
+    assert stats["live"] == 0
 
 
 @pytest.mark.native       # sql mode cannot use a daemon thread's connection at exit
