@@ -65,6 +65,7 @@ struct hkn_guard {
     struct hkn_guard *next;
     dev_t dev;
     ino_t ino;
+    char *path;                 /* the database as SQLite named it, for reopening */
     int claims;
     int nfds;
     int capacity;
@@ -106,24 +107,59 @@ hkn_ofd_lock(int fd, short type, off_t start, off_t len)
     return HKN_FAULT_SYS("guard.ofd_lock.fcntl", EAGAIN, -1, fcntl(fd, F_OFD_SETLK, &lock));
 }
 
-/* SQLite's descriptor for the main database of `db`, checked; -1 if the
- * VFS is not the unix one we know.  Once one file object has passed the
+/* SQLite's file object for the main database of `db`, through
+ * SQLITE_FCNTL_FILE_POINTER.  `db` may be another thread's connection, and
+ * that thread inside SQLite holding the connection's mutex, in a callback (a
+ * user function, a trace callback) that waits for the GIL we hold: never
+ * wait for the mutex (SQLITE_BUSY instead).  Without a mutex (SQLite built
+ * or opened without serialized mode) only the caller's own connection may
+ * be touched (`own`): another thread may be using that one inside SQLite. */
+static int
+hkn_file_pointer(hkn_state *state, sqlite3 *db, int own, void **file)
+{
+    const hkn_sqlite_api *api = &state->api;
+    sqlite3_mutex *mutex = api->db_mutex(db);
+    if (mutex == NULL && !own) {
+        return SQLITE_MISUSE;
+    }
+    if (mutex != NULL
+        && HKN_FAULT_SQLITE("guard.file_pointer.mutex_try", SQLITE_BUSY, api->mutex_try(mutex))
+           != SQLITE_OK) {
+        return SQLITE_BUSY;
+    }
+    *file = NULL;
+    int rc = HKN_FAULT_SQLITE("guard.file_pointer.file_control", SQLITE_NOTFOUND,
+                              api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, file));
+    if (mutex != NULL) {
+        api->mutex_leave(mutex);
+    }
+    return rc == SQLITE_OK && *file == NULL ? SQLITE_NOTFOUND : rc;
+}
+
+/* SQLite's descriptor for the main database of `db`, checked; -1 if not
+ * found, with *why saying why when the cause is structural (not the unix
+ * VFS we know, its objects unreadable) and NULL when it passes (the
+ * connection busy in another thread).  Once one file object has passed the
  * checks, others with the same io-methods table are the same C type, and
  * their fields are read directly (the common, per-open path). */
 static int
-hkn_db_fd(hkn_state *state, sqlite3 *db, const char **zpath)
+hkn_db_fd(hkn_state *state, sqlite3 *db, const char **zpath, const char **why)
 {
     const hkn_sqlite_api *api = &state->api;
     void *file = NULL;
-    if (HKN_FAULT_SQLITE("guard.db_fd.file_pointer", SQLITE_NOTFOUND,
-                         api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file))
-            != SQLITE_OK
-        || file == NULL) {
+    *why = NULL;
+    int rc = hkn_file_pointer(state, db, 1, &file);
+    if (rc == SQLITE_BUSY) {
+        return -1;
+    }
+    if (rc != SQLITE_OK) {
+        *why = "SQLite gave no file object for the database (SQLITE_FCNTL_FILE_POINTER)";
         return -1;
     }
     const char *name = HKN_FAULT_SQLITE("guard.db_fd.db_filename", NULL,
                                         api->db_filename(db, "main"));
     if (name == NULL) {
+        *why = "sqlite3_db_filename() gave no name for the database";
         return -1;
     }
     void *methods = *(void **)file;         /* sqlite3_file's public first field */
@@ -135,9 +171,15 @@ hkn_db_fd(hkn_state *state, sqlite3 *db, const char **zpath)
     }
     else if (hkn_peek((char *)file + HKN_FILE_ZPATH_OFFSET, &seen, sizeof(seen)) < 0
              || hkn_peek((char *)file + HKN_FILE_H_OFFSET, &fd, sizeof(fd)) < 0) {
+        *why = errno == EPERM || errno == ENOSYS
+               ? "reading SQLite's file object with process_vm_readv was refused "
+                 "(a seccomp sandbox?)"
+               : "SQLite's file object could not be read with process_vm_readv";
         return -1;
     }
     if (seen != name || fd < 0) {
+        *why = "the database's file object is not laid out as the unix VFS's "
+               "(another VFS, or a SQLite this package does not know)";
         return -1;
     }
     state->guard_methods = methods;
@@ -146,27 +188,15 @@ hkn_db_fd(hkn_state *state, sqlite3 *db, const char **zpath)
 }
 
 /* SQLite's -shm descriptor for `db`, checked against `shm_path`; -1 when
- * the connection has no shared memory open (yet). */
+ * the connection has no shared memory open (yet), or is busy elsewhere (it
+ * is looked at again at the next claim or checkpoint). */
 static int
-hkn_shm_fd(hkn_state *state, sqlite3 *db, const char *shm_path)
+hkn_shm_fd(hkn_state *state, sqlite3 *db, int own, const char *shm_path)
 {
-    const hkn_sqlite_api *api = &state->api;
     void *file = NULL, *shm = NULL, *node = NULL;
     char *zname = NULL;
     int fd = -1;
-    /* `db` may be another thread's connection, and that thread inside
-     * SQLite holding this mutex, in a callback (a user function, a trace
-     * callback) that waits for the GIL we hold: never wait for it.  A busy
-     * connection is looked at again at the next claim or checkpoint. */
-    sqlite3_mutex *mutex = api->db_mutex(db);
-    if (HKN_FAULT_SQLITE("guard.shm_fd.mutex_try", SQLITE_BUSY, api->mutex_try(mutex))
-        != SQLITE_OK) {
-        return -1;
-    }
-    int rc = HKN_FAULT_SQLITE("guard.shm_fd.file_pointer", SQLITE_NOTFOUND,
-                              api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &file));
-    api->mutex_leave(mutex);
-    if (rc != SQLITE_OK || file == NULL) {
+    if (hkn_file_pointer(state, db, own, &file) != SQLITE_OK) {
         return -1;
     }
     /* The file object's layout is proven once hkn_db_fd() accepted its
@@ -231,7 +261,7 @@ hkn_guard_remember(hkn_guard *guard, int fd)
 
 /* Locks the -shm descriptor if SQLite has one and it is not locked yet. */
 static void
-hkn_guard_shm(hkn_state *state, hkn_guard *guard, sqlite3 *db, const char *path)
+hkn_guard_shm(hkn_state *state, hkn_guard *guard, sqlite3 *db, int own, const char *path)
 {
     if (guard->shm_fd >= 0 && hkn_same_file(guard->shm_fd, guard->shm_dev, guard->shm_ino)) {
         return;
@@ -240,7 +270,7 @@ hkn_guard_shm(hkn_state *state, hkn_guard *guard, sqlite3 *db, const char *path)
     if (snprintf(shm_path, sizeof(shm_path), "%s-shm", path) >= (int)sizeof(shm_path)) {
         return;
     }
-    int fd = hkn_shm_fd(state, db, shm_path);
+    int fd = hkn_shm_fd(state, db, own, shm_path);
     struct stat st;
     if (fd < 0 || HKN_FAULT_SYS("guard.shm.stat", ENOENT, -1, stat(shm_path, &st)) != 0
         || !hkn_same_file(fd, st.st_dev, st.st_ino)) {
@@ -301,9 +331,33 @@ hkn_guard_shm_any(hkn_state *state, hkn_guard *guard, const char *path)
         }
         sqlite3 *other = c->guard == guard ? hkn_connection_handle(c->owner) : NULL;
         if (other != NULL) {
-            hkn_guard_shm(state, guard, other, path);
+            hkn_guard_shm(state, guard, other, 0, path);
         }
     }
+}
+
+/* The guard could not be taken for `conn` for a reason that will not pass
+ * by itself: remember the reason (sqlite_api()["guard"] shows it) and, since
+ * guard_wal still reads True, warn once per module.  0, or -1 when the
+ * warning was turned into an exception. */
+static int
+hkn_guard_cannot(hkn_state *state, hkn_conn *conn, const char *why)
+{
+    PyObject *reason = HKN_FAULT_PY("guard.cannot.reason", NULL, PyUnicode_FromString(why));
+    if (reason == NULL) {
+        return -1;
+    }
+    Py_XSETREF(state->guard_failure, reason);
+    if (state->guard_warned) {
+        return 0;
+    }
+    state->guard_warned = 1;
+    return HKN_FAULT_PY("guard.cannot.warn", -1,
+                        PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                                         "hermes_kanban_native: the WAL-generation guard cannot "
+                                         "be taken (first for %U): %s; guard_wal stays True but "
+                                         "such databases are not guarded",
+                                         conn->path, why));
 }
 
 int
@@ -312,12 +366,16 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
     if (conn->guard != NULL) {
         return 0;
     }
-    const char *path = NULL;
-    int fd = hkn_db_fd(state, db, &path);
+    const char *path = NULL, *why = NULL;
+    int fd = hkn_db_fd(state, db, &path, &why);
     struct stat st;
-    if (fd < 0 || HKN_FAULT_SYS("guard.claim.fstat", EBADF, -1, fstat(fd, &st)) != 0) {
+    if (fd >= 0 && HKN_FAULT_SYS("guard.claim.fstat", EBADF, -1, fstat(fd, &st)) != 0) {
+        why = "fstat() of SQLite's database descriptor failed";
+        fd = -1;
+    }
+    if (fd < 0) {
         state->stats.guard_failures++;
-        return 0;
+        return why != NULL ? hkn_guard_cannot(state, conn, why) : 0;
     }
     /* Before SQLite opens this database's -shm (at the first read), so that
      * its wal-index locks are OFD locks from the start. */
@@ -336,6 +394,12 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
         guard->dev = st.st_dev;
         guard->ino = st.st_ino;
         guard->shm_fd = -1;
+        guard->path = HKN_FAULT_ALLOC("guard.claim.path", strdup(path));
+        if (guard->path == NULL) {
+            free(guard);
+            PyErr_NoMemory();
+            return -1;
+        }
     }
     /* The same open file description may already hold it (a parked
      * descriptor reused by SQLite): OFD re-locking is idempotent. */
@@ -344,6 +408,7 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
          * journal-mode change): no generation to protect right now. */
         state->stats.guard_failures++;
         if (fresh) {
+            free(guard->path);
             free(guard);
         }
         return 0;
@@ -355,11 +420,16 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
         (void)hkn_ofd_lock(fd, F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
         if (fresh) {
             free(guard->fds);
+            free(guard->path);
             free(guard);
         }
         PyErr_NoMemory();
         return -1;
     }
+    /* So that this process's own write lock can make the guard step aside
+     * (shmlock.c).  Out of memory, this descriptor's lock would refuse it
+     * (busy), as it did before; nothing worse. */
+    (void)hkn_shmlock_guard_fd(guard->dev, guard->ino, fd);
     if (fresh) {
         guard->next = state->guards;
         state->guards = guard;
@@ -371,7 +441,7 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
     guard->claims++;
     conn->guard = guard;
     if (guard->shm_fd < 0) {
-        hkn_guard_shm(state, guard, db, path);
+        hkn_guard_shm(state, guard, db, 1, path);
         hkn_guard_shm_any(state, guard, path);
     }
     return 0;
@@ -390,7 +460,7 @@ hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db)
     const char *path = HKN_FAULT_SQLITE("guard.refresh.db_filename", NULL,
                                         state->api.db_filename(db, "main"));
     if (path != NULL) {
-        hkn_guard_shm(state, guard, db, path);
+        hkn_guard_shm(state, guard, db, 1, path);
         hkn_guard_shm_any(state, guard, path);
     }
 }
@@ -407,7 +477,9 @@ hkn_guard_release(hkn_state *state, hkn_conn *conn)
         return;
     }
     /* The last claim: unlock every descriptor still on this inode (a
-     * recycled number now naming another file is left alone). */
+     * recycled number now naming another file is left alone), after the
+     * fcntl wrapper has forgotten them, so it cannot lock them again. */
+    hkn_shmlock_guard_forget(guard->dev, guard->ino);
     for (int i = 0; i < guard->nfds; i++) {
         if (hkn_same_file(guard->fds[i], guard->dev, guard->ino)) {
             (void)hkn_ofd_lock(guard->fds[i], F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
@@ -425,8 +497,53 @@ hkn_guard_release(hkn_state *state, hkn_conn *conn)
     }
     *link = guard->next;
     free(guard->fds);
+    free(guard->path);
     free(guard);
     state->stats.guards_released++;
+}
+
+/* Gives descriptor `fd`, which must still name (dev, ino), a new open file
+ * description of its own: same file, same access mode and close-on-exec
+ * flag, no locks.  On any failure the inherited description stays, as it
+ * would without this. */
+static void
+hkn_reopen_unlocked(int fd, const char *path, dev_t dev, ino_t ino)
+{
+    int flags = fcntl(fd, F_GETFL);
+    int fd_flags = fcntl(fd, F_GETFD);
+    if (flags < 0 || fd_flags < 0 || !hkn_same_file(fd, dev, ino)) {
+        return;
+    }
+    int fresh = open(path, (flags & O_ACCMODE) | O_CLOEXEC | O_NOCTTY);
+    if (fresh < 0) {
+        return;
+    }
+    if (hkn_same_file(fresh, dev, ino)) {
+        (void)dup3(fresh, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0);
+    }
+    close(fresh);
+}
+
+void
+hkn_guard_after_fork(hkn_state *state)
+{
+    /* A forked child shares its parent's open file descriptions, and with
+     * them the guard's OFD locks: a child that never uses SQLite would keep
+     * the parent's guard alive after the parent died, refusing every other
+     * process's EXCLUSIVE (plain sqlite3 leaves no lock in a child).  So
+     * every guarded database descriptor gets a description of its own, and
+     * the records are forgotten: the inherited connections are the
+     * parent's, and this process's own connections start afresh.  (The
+     * -shm descriptors are shmlock.c's at-fork handler's business.) */
+    for (hkn_guard *g = state->guards; g != NULL; g = g->next) {
+        for (int i = 0; i < g->nfds; i++) {
+            hkn_reopen_unlocked(g->fds[i], g->path, g->dev, g->ino);
+        }
+    }
+    hkn_guard_free_all(state);
+    for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
+        c->guard = NULL;
+    }
 }
 
 void
@@ -435,6 +552,7 @@ hkn_guard_free_all(hkn_state *state)
     while (state->guards != NULL) {
         hkn_guard *next = state->guards->next;
         free(state->guards->fds);
+        free(state->guards->path);
         free(state->guards);
         state->guards = next;
     }
@@ -478,6 +596,12 @@ hkn_guard_release(hkn_state *state, hkn_conn *conn)
 
 void
 hkn_guard_free_all(hkn_state *state)
+{
+    (void)state;
+}
+
+void
+hkn_guard_after_fork(hkn_state *state)
 {
     (void)state;
 }

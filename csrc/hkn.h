@@ -96,6 +96,8 @@ typedef struct hkn_state {
     PyObject *base_close;           /* sqlite3.Connection.close, the descriptor */
     unsigned long fork_generation;  /* bumped in every forked child (os.register_at_fork) */
     void *guard_methods;            /* io-methods table of a verified unix VFS file */
+    PyObject *guard_failure;        /* why the guard could not be taken last, or NULL */
+    int guard_warned;               /* that RuntimeWarning was issued (once) */
     hkn_counters stats;
 } hkn_state;
 
@@ -169,6 +171,8 @@ int hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db);
 void hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db);
 void hkn_guard_release(hkn_state *state, hkn_conn *conn);
 void hkn_guard_free_all(hkn_state *state);
+/* In a forked child: the guard's locks stay with the parent. */
+void hkn_guard_after_fork(hkn_state *state);
 const char *hkn_guard_unavailable(void);   /* NULL when available */
 
 /* shmlock.c: SQLite's -shm locks as OFD locks (process-wide); see the
@@ -177,6 +181,14 @@ const char *hkn_guard_unavailable(void);   /* NULL when available */
 int hkn_shmlock_install(hkn_state *state, int db_fd);
 /* Whether SQLite's locks on this -shm descriptor are OFD locks. */
 int hkn_shmlock_owns(int fd);
+/* The guard's database descriptors, so that the fcntl wrapper can release
+ * the guard's locks while SQLite in this process takes a write lock
+ * (locking_mode=EXCLUSIVE, unix-excl, a journal-mode change).  guard_fd()
+ * returns -1 when out of memory; forget() comes before the final unlock. */
+int hkn_shmlock_guard_fd(dev_t dev, ino_t ino, int fd);
+void hkn_shmlock_guard_forget(dev_t dev, ino_t ino);
+/* How often the guard stepped aside so (stats()["guard_stepped_aside"]). */
+unsigned long long hkn_shmlock_stepped_aside(void);
 /* NULL when in place, else why not; counts of -shm descriptors translated
  * (ever) and open now. */
 const char *hkn_shmlock_status(unsigned long long *opened, int *open_now);

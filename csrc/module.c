@@ -92,9 +92,11 @@ PyDoc_STRVAR(hkn_stats_doc,
 "was reached), guards_taken, guards_released, relocks (a guard lock taken\n"
 "again on another descriptor of an already guarded database), guard_failures\n"
 "(a guard could not be taken: another process held EXCLUSIVE, or SQLite's\n"
-"descriptor could not be verified), guard_available, shm_ofd_files (-shm\n"
-"descriptors SQLite opened in this process whose locks are OFD locks, ever)\n"
-"and shm_ofd_open (those open now).");
+"descriptor could not be verified), guard_stepped_aside (times the guard\n"
+"released its locks for this process's own write lock: EXCLUSIVE locking\n"
+"mode, the unix-excl VFS, a journal-mode change), guard_available,\n"
+"shm_ofd_files (-shm descriptors SQLite opened in this process whose locks\n"
+"are OFD locks, ever) and shm_ofd_open (those open now).");
 
 static PyObject *
 hkn_stats_dict(PyObject *module, PyObject *Py_UNUSED(ignored))
@@ -104,7 +106,7 @@ hkn_stats_dict(PyObject *module, PyObject *Py_UNUSED(ignored))
     int shm_open_now;
     (void)hkn_shmlock_status(&shm_opened, &shm_open_now);
     return HKN_FAULT_PY("module.stats.build", NULL, Py_BuildValue(
-        "{sKsKsKsnsnsKsKsKsKsKsKsKsKsKsKsOsKsi}",
+        "{sKsKsKsnsnsKsKsKsKsKsKsKsKsKsKsKsOsKsi}",
         "opened", s->opened, "closed", s->closed, "finalized", s->finalized,
         "live", s->live, "peak_live", s->peak_live,
         "checkpoints", s->checkpoints, "checkpoints_busy", s->checkpoints_busy,
@@ -114,6 +116,7 @@ hkn_stats_dict(PyObject *module, PyObject *Py_UNUSED(ignored))
         "bound_collections", s->bound_collections,
         "guards_taken", s->guards_taken, "guards_released", s->guards_released,
         "relocks", s->relocks, "guard_failures", s->guard_failures,
+        "guard_stepped_aside", hkn_shmlock_stepped_aside(),
         "guard_available", hkn_guard_unavailable() == NULL ? Py_True : Py_False,
         "shm_ofd_files", shm_opened, "shm_ofd_open", shm_open_now));
 }
@@ -144,9 +147,10 @@ PyDoc_STRVAR(hkn_sqlite_api_doc,
 "'passed' (native), 'not run' (sql mode by choice or because SQLite's\n"
 "symbols are out of reach) or 'failed' (the layout or library check failed,\n"
 "so sql mode is used), guard: 'available' or why the WAL-generation\n"
-"guard is not, and shm_locks: 'ofd' once a guarded connection has put\n"
-"SQLite's -shm locks in this process on open-file-description locks, else\n"
-"'posix: ' and why not.");
+"guard is not ('unavailable: ' and why, when it failed and was never taken),\n"
+"guard_failure: why the guard could not be taken last, or None, and\n"
+"shm_locks: 'ofd' once a guarded connection has put SQLite's -shm locks in\n"
+"this process on open-file-description locks, else 'posix: ' and why not.");
 
 static PyObject *
 hkn_sqlite_api_info(PyObject *module, PyObject *Py_UNUSED(ignored))
@@ -170,34 +174,45 @@ hkn_sqlite_api_info(PyObject *module, PyObject *Py_UNUSED(ignored))
     if (no_ofd != NULL && !state->api.native) {
         no_ofd = "needs native access to SQLite";
     }
-    PyObject *shm_locks = HKN_FAULT_PY("module.sqlite_api.shm_locks", NULL,
-                                       PyUnicode_FromFormat("%s%s", no_ofd ? "posix: " : "ofd",
-                                                            no_ofd ? no_ofd : ""));
+    PyObject *info = NULL, *guard = NULL, *shm_locks = NULL, *routes = NULL;
+    /* A guard that failed for a structural reason and was never taken is
+     * unavailable in practice, whatever the platform offers. */
+    guard = HKN_FAULT_PY("module.sqlite_api.guard", NULL,
+                         no_guard != NULL ? PyUnicode_FromString(no_guard)
+                         : state->guard_failure != NULL && state->stats.guards_taken == 0
+                         ? PyUnicode_FromFormat("unavailable: %U", state->guard_failure)
+                         : PyUnicode_FromString("available"));
+    if (guard == NULL) {
+        goto done;
+    }
+    shm_locks = HKN_FAULT_PY("module.sqlite_api.shm_locks", NULL,
+                             PyUnicode_FromFormat("%s%s", no_ofd ? "posix: " : "ofd",
+                                                  no_ofd ? no_ofd : ""));
     if (shm_locks == NULL) {
-        Py_DECREF(version);
-        return NULL;
+        goto done;
     }
-    PyObject *routes = HKN_FAULT_PY("module.sqlite_api.routes", NULL,
-                                    PyDict_Copy(state->api_routes_not_taken));
+    routes = HKN_FAULT_PY("module.sqlite_api.routes", NULL,
+                          PyDict_Copy(state->api_routes_not_taken));
     if (routes == NULL) {
-        Py_DECREF(shm_locks);
-        Py_DECREF(version);
-        return NULL;
+        goto done;
     }
-    PyObject *info = HKN_FAULT_PY("module.sqlite_api.build", NULL,
-                                  Py_BuildValue("{sssssOsOsOsOsssssO}",
-                                                "mode", state->api.native ? "native" : "sql",
-                                                "route", state->api_route,
-                                                "routes_not_taken", routes,
-                                                "library", state->api_library,
-                                                "sqlite_version", version,
-                                                "reason", state->api_reason,
-                                                "self_check", check,
-                                                "guard", no_guard == NULL ? "available"
-                                                                          : no_guard,
-                                                "shm_locks", shm_locks));
-    Py_DECREF(routes);
-    Py_DECREF(shm_locks);
+    info = HKN_FAULT_PY("module.sqlite_api.build", NULL,
+                        Py_BuildValue("{sssssOsOsOsOsssOsOsO}",
+                                      "mode", state->api.native ? "native" : "sql",
+                                      "route", state->api_route,
+                                      "routes_not_taken", routes,
+                                      "library", state->api_library,
+                                      "sqlite_version", version,
+                                      "reason", state->api_reason,
+                                      "self_check", check,
+                                      "guard", guard,
+                                      "guard_failure", state->guard_failure != NULL
+                                                       ? state->guard_failure : Py_None,
+                                      "shm_locks", shm_locks));
+done:
+    Py_XDECREF(routes);
+    Py_XDECREF(shm_locks);
+    Py_XDECREF(guard);
     Py_DECREF(version);
     return info;
 }
@@ -382,7 +397,9 @@ hkn_guard_switch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     sqlite3 *db = hkn_connection_handle(args[0]);
     hkn_conn *conn = hkn_conn_get(args[0]);
-    if (db == NULL || conn->pid == 0 || !hkn_same_process(state, conn) || !state->api.native) {
+    /* In-memory and temporary databases have no WAL generation to guard. */
+    if (db == NULL || conn->pid == 0 || !hkn_same_process(state, conn) || !state->api.native
+        || conn->path == NULL || PyUnicode_GET_LENGTH(conn->path) == 0) {
         Py_RETURN_NONE;
     }
     if (enabled) {
@@ -404,14 +421,30 @@ hkn_guard_switch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 PyDoc_STRVAR(hkn_after_fork_doc,
 "_after_fork_in_child($module, /)\n--\n\n"
 "Registered with os.register_at_fork: marks every inherited connection as\n"
-"the parent's.");
+"the parent's, and leaves the guard's locks to the parent.");
 
 static PyObject *
 hkn_after_fork_in_child(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
-    hkn_module_state(module)->fork_generation++;
+    hkn_state *state = hkn_module_state(module);
+    state->fork_generation++;
+    hkn_guard_after_fork(state);
     Py_RETURN_NONE;
 }
+
+#ifdef HKN_FAULTS
+PyDoc_STRVAR(hkn_fault_reset_once_doc,
+"_fault_reset_once($module, /)\n--\n\n"
+"Fault-injection builds only: forget that the once-per-module warnings were\n"
+"issued, so that each fault test can reach the points on their path.");
+
+static PyObject *
+hkn_fault_reset_once(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    hkn_module_state(module)->guard_warned = 0;
+    Py_RETURN_NONE;
+}
+#endif
 
 static PyMethodDef hkn_module_methods[] = {
     {"stats", hkn_stats_dict, METH_NOARGS, hkn_stats_doc},
@@ -425,6 +458,9 @@ static PyMethodDef hkn_module_methods[] = {
     {"_guard", (PyCFunction)(void (*)(void))hkn_guard_switch, METH_FASTCALL, hkn_guard_doc},
     {"set_persist_wal", (PyCFunction)(void (*)(void))hkn_set_persist_wal, METH_FASTCALL,
      hkn_persist_wal_doc},
+#ifdef HKN_FAULTS
+    {"_fault_reset_once", hkn_fault_reset_once, METH_NOARGS, hkn_fault_reset_once_doc},
+#endif
     {NULL, NULL, 0, NULL},
 };
 
@@ -703,6 +739,7 @@ hkn_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->api_reason);
     Py_VISIT(state->api_routes_not_taken);
     Py_VISIT(state->opened_paths);
+    Py_VISIT(state->guard_failure);
     return 0;
 }
 
@@ -738,6 +775,7 @@ hkn_module_clear(PyObject *module)
     Py_CLEAR(state->api_reason);
     Py_CLEAR(state->api_routes_not_taken);
     Py_CLEAR(state->opened_paths);
+    Py_CLEAR(state->guard_failure);
     return 0;
 }
 

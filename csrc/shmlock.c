@@ -57,6 +57,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -91,11 +92,19 @@ static hkn_shm_entry *hkn_shm_table;     /* under hkn_shm_mutex */
 static int hkn_shm_count, hkn_shm_capacity;
 static unsigned long long hkn_shm_opened;  /* -shm descriptors translated, ever */
 
-static hkn_open_fn hkn_real_open;
-static hkn_close_fn hkn_real_close;
-static hkn_fcntl_fn hkn_real_fcntl;
-static hkn_mmap_fn hkn_real_mmap;
-static hkn_munmap_fn hkn_real_munmap;
+/* SQLite's own entries, which the hooks pass calls on to.  Written once by
+ * the install (with the GIL held) before the hooks are published through
+ * xSetSystemCall, read by the hooks in whatever thread SQLite runs: release
+ * stores and acquire loads order the two. */
+static _Atomic(hkn_open_fn) hkn_real_open;
+static _Atomic(hkn_close_fn) hkn_real_close;
+static _Atomic(hkn_fcntl_fn) hkn_real_fcntl;
+static _Atomic(hkn_mmap_fn) hkn_real_mmap;
+static _Atomic(hkn_munmap_fn) hkn_real_munmap;
+#define HKN_REAL(name) atomic_load_explicit(&hkn_real_##name, memory_order_acquire)
+
+/* The VFS whose table holds the hooks, to see whether they are still there. */
+static hkn_sqlite3_vfs *hkn_shm_vfs;
 
 /* Set once, with the GIL held, by the first guarded open.  hkn_shm_reason
  * says why the wrappers are not in place (NULL once they are). */
@@ -120,10 +129,223 @@ hkn_is_shm_path(const char *path)
     return length > 4 && strcmp(path + length - 4, "-shm") == 0;
 }
 
+/* ------------------------------------------------ the guard steps aside
+ *
+ * The guard (guard.c) holds an OFD read lock on the SHARED range of every
+ * guarded database descriptor.  OFD and POSIX locks conflict even inside
+ * one process, so that lock would also refuse this process's own SQLite
+ * its write lock on the range: PRAGMA locking_mode=EXCLUSIVE, the
+ * unix-excl VFS and a journal-mode change would all fail as busy.  The
+ * guard exists to stop *other* processes, so when SQLite here asks for a
+ * write lock on a guarded database's SHARED range, the guard's locks on
+ * that inode are released first; they are taken again when SQLite is back
+ * to a read lock (or its request failed, leaving it at SHARED), unless the
+ * database has left WAL mode meanwhile.  While SQLite holds that write lock
+ * nobody else can take it anyway, so nothing is lost.
+ *
+ * guard.c registers each descriptor it locks (hkn_shmlock_guard_fd) and
+ * forgets an inode before it unlocks it for good (hkn_shmlock_guard_forget);
+ * both, and the hook below, work under hkn_shm_mutex, and the hook never
+ * holds it across SQLite's own (possibly blocking) call.
+ */
+#define HKN_SHARED_FIRST (HKN_PENDING_BYTE + 2)
+#define HKN_SHARED_SIZE  510
+
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+    int *fds;
+    int nfds, cfds;
+    int aside;                  /* the guard's locks are released for SQLite */
+} hkn_db_entry;
+
+static hkn_db_entry *hkn_db_table;      /* under hkn_shm_mutex */
+static int hkn_db_count, hkn_db_capacity;
+static atomic_int hkn_db_guarded;       /* hkn_db_count, read without the mutex */
+static unsigned long long hkn_db_stepped;
+
+static hkn_db_entry *
+hkn_db_find(dev_t dev, ino_t ino)
+{
+    for (int i = 0; i < hkn_db_count; i++) {
+        if (hkn_db_table[i].dev == dev && hkn_db_table[i].ino == ino) {
+            return &hkn_db_table[i];
+        }
+    }
+    return NULL;
+}
+
+/* Sets (F_RDLCK) or releases (F_UNLCK) the guard's lock on every descriptor
+ * of `entry` that still names its inode. */
+static void
+hkn_db_set(hkn_db_entry *entry, short type)
+{
+    for (int i = 0; i < entry->nfds; i++) {
+        struct stat st;
+        if (fstat(entry->fds[i], &st) != 0 || st.st_dev != entry->dev
+            || st.st_ino != entry->ino) {
+            continue;
+        }
+        struct flock lock;
+        memset(&lock, 0, sizeof(lock));
+        lock.l_type = type;
+        lock.l_whence = SEEK_SET;
+        lock.l_start = HKN_SHARED_FIRST;
+        lock.l_len = HKN_SHARED_SIZE;
+        (void)HKN_REAL(fcntl)(entry->fds[i], F_OFD_SETLK, &lock);
+    }
+}
+
+/* Whether the database behind `fd` is still in WAL mode (header bytes 18
+ * and 19, the read and write format versions, are 2). */
+static int
+hkn_db_is_wal(int fd)
+{
+    unsigned char header[20];
+    return pread(fd, header, sizeof(header), 0) == (ssize_t)sizeof(header)
+           && header[18] == 2 && header[19] == 2;
+}
+
+static int
+hkn_overlaps_shared(const struct flock *lock)
+{
+    return lock->l_start < HKN_SHARED_FIRST + HKN_SHARED_SIZE
+           && (lock->l_len == 0 || lock->l_start + lock->l_len > HKN_SHARED_FIRST);
+}
+
+/* SQLite's F_SETLK/F_SETLKW on the SHARED range of a database descriptor
+ * while some inode is guarded. */
+static int
+hkn_db_lock(int fd, int op, struct flock *lock)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        return HKN_REAL(fcntl)(fd, op, lock);
+    }
+    pthread_mutex_lock(&hkn_shm_mutex);
+    hkn_db_entry *entry = hkn_db_find(st.st_dev, st.st_ino);
+    int aside = entry != NULL && entry->aside;
+    if (entry != NULL && !aside && lock->l_type == F_WRLCK) {
+        hkn_db_set(entry, F_UNLCK);
+        entry->aside = aside = 1;
+        hkn_db_stepped++;
+    }
+    pthread_mutex_unlock(&hkn_shm_mutex);
+    int rc = HKN_REAL(fcntl)(fd, op, lock);
+    if (!aside) {
+        return rc;
+    }
+    /* Back: a write lock refused (SQLite still holds its read lock), or a
+     * read lock or release granted. */
+    int back = lock->l_type == F_WRLCK ? rc != 0 : rc == 0;
+    if (back) {
+        int saved = errno;
+        pthread_mutex_lock(&hkn_shm_mutex);
+        entry = hkn_db_find(st.st_dev, st.st_ino);
+        if (entry != NULL && entry->aside) {
+            entry->aside = 0;
+            if (hkn_db_is_wal(fd)) {
+                hkn_db_set(entry, F_RDLCK);
+            }
+        }
+        pthread_mutex_unlock(&hkn_shm_mutex);
+        errno = saved;
+    }
+    return rc;
+}
+
+int
+hkn_shmlock_guard_fd(dev_t dev, ino_t ino, int fd)
+{
+    int rc = -1;
+    pthread_mutex_lock(&hkn_shm_mutex);
+    hkn_db_entry *entry = hkn_db_find(dev, ino);
+    if (entry == NULL && hkn_db_count == hkn_db_capacity) {
+        int capacity = hkn_db_capacity ? hkn_db_capacity * 2 : 4;
+        hkn_db_entry *grown = HKN_FAULT_ALLOC(
+            "shmlock.guard_fd.realloc_table",
+            realloc(hkn_db_table, (size_t)capacity * sizeof(*grown)));
+        if (grown == NULL) {
+            goto done;
+        }
+        hkn_db_table = grown;
+        hkn_db_capacity = capacity;
+    }
+    if (entry == NULL) {
+        entry = &hkn_db_table[hkn_db_count++];
+        *entry = (hkn_db_entry){dev, ino, NULL, 0, 0, 0};
+        atomic_store(&hkn_db_guarded, hkn_db_count);
+    }
+    for (int i = 0; i < entry->nfds; i++) {
+        if (entry->fds[i] == fd) {
+            rc = 0;
+            goto done;
+        }
+    }
+    if (entry->nfds == entry->cfds) {
+        int capacity = entry->cfds ? entry->cfds * 2 : 4;
+        int *grown = HKN_FAULT_ALLOC("shmlock.guard_fd.realloc_fds",
+                                     realloc(entry->fds, (size_t)capacity * sizeof(int)));
+        if (grown == NULL) {
+            if (entry->nfds == 0) {         /* a new entry stays empty: drop it */
+                *entry = hkn_db_table[--hkn_db_count];
+                atomic_store(&hkn_db_guarded, hkn_db_count);
+            }
+            goto done;
+        }
+        entry->fds = grown;
+        entry->cfds = capacity;
+    }
+    entry->fds[entry->nfds++] = fd;
+    rc = 0;
+done:
+    pthread_mutex_unlock(&hkn_shm_mutex);
+    return rc;
+}
+
+void
+hkn_shmlock_guard_forget(dev_t dev, ino_t ino)
+{
+    int *fds = NULL;
+    pthread_mutex_lock(&hkn_shm_mutex);
+    hkn_db_entry *entry = hkn_db_find(dev, ino);
+    if (entry != NULL) {
+        fds = entry->fds;
+        *entry = hkn_db_table[--hkn_db_count];
+        atomic_store(&hkn_db_guarded, hkn_db_count);
+    }
+    pthread_mutex_unlock(&hkn_shm_mutex);
+    free(fds);
+}
+
+/* A descriptor SQLite closes is no longer the guard's to lock again. */
+static void
+hkn_db_closed(int fd)
+{
+    for (int i = 0; i < hkn_db_count; i++) {
+        hkn_db_entry *entry = &hkn_db_table[i];
+        for (int j = 0; j < entry->nfds; j++) {
+            if (entry->fds[j] == fd) {
+                entry->fds[j] = entry->fds[--entry->nfds];
+                break;
+            }
+        }
+    }
+}
+
+unsigned long long
+hkn_shmlock_stepped_aside(void)
+{
+    pthread_mutex_lock(&hkn_shm_mutex);
+    unsigned long long stepped = hkn_db_stepped;
+    pthread_mutex_unlock(&hkn_shm_mutex);
+    return stepped;
+}
+
 static int
 hkn_hook_open(const char *path, int flags, int mode)
 {
-    int fd = hkn_real_open(path, flags, mode);
+    int fd = HKN_REAL(open)(path, flags, mode);
     if (fd < 0 || !hkn_is_shm_path(path)) {
         return fd;
     }
@@ -176,16 +398,19 @@ hkn_hook_close(int fd)
         gone = hkn_shm_table[index];
         hkn_shm_table[index] = hkn_shm_table[--hkn_shm_count];
     }
+    else if (hkn_db_count > 0) {
+        hkn_db_closed(fd);
+    }
     pthread_mutex_unlock(&hkn_shm_mutex);
     free(gone.path);
     free(gone.regions);
-    return hkn_real_close(fd);
+    return HKN_REAL(close)(fd);
 }
 
 static void *
 hkn_hook_mmap(void *address, size_t length, int prot, int flags, int fd, off_t offset)
 {
-    void *mapped = hkn_real_mmap(address, length, prot, flags, fd, offset);
+    void *mapped = HKN_REAL(mmap)(address, length, prot, flags, fd, offset);
     if (mapped == MAP_FAILED || fd < 0 || !(flags & MAP_SHARED)) {
         return mapped;
     }
@@ -227,7 +452,7 @@ hkn_hook_munmap(void *address, size_t length)
         }
     }
     pthread_mutex_unlock(&hkn_shm_mutex);
-    return hkn_real_munmap(address, length);
+    return HKN_REAL(munmap)(address, length);
 }
 
 static int
@@ -244,15 +469,20 @@ hkn_hook_fcntl(int fd, int op, ...)
                  : op == F_SETLKW ? F_OFD_SETLKW
                  : op == F_GETLK ? F_OFD_GETLK : 0;
     struct flock *lock = arg;
-    if (ofd_op == 0 || lock == NULL || lock->l_whence != SEEK_SET
-        || lock->l_start >= HKN_PENDING_BYTE) {
-        return hkn_real_fcntl(fd, op, arg);
+    if (ofd_op == 0 || lock == NULL || lock->l_whence != SEEK_SET) {
+        return HKN_REAL(fcntl)(fd, op, arg);
+    }
+    if (op != F_GETLK && atomic_load(&hkn_db_guarded) > 0 && hkn_overlaps_shared(lock)) {
+        return hkn_db_lock(fd, op, lock);
+    }
+    if (lock->l_start >= HKN_PENDING_BYTE) {
+        return HKN_REAL(fcntl)(fd, op, arg);
     }
     pthread_mutex_lock(&hkn_shm_mutex);
     int ours = hkn_shm_index(fd) >= 0;
     pthread_mutex_unlock(&hkn_shm_mutex);
     if (!ours) {
-        return hkn_real_fcntl(fd, op, arg);
+        return HKN_REAL(fcntl)(fd, op, arg);
     }
     /* OFD requests must have l_pid 0; SQLite leaves it uninitialised. */
     struct flock copy;
@@ -261,7 +491,7 @@ hkn_hook_fcntl(int fd, int op, ...)
     copy.l_whence = lock->l_whence;
     copy.l_start = lock->l_start;
     copy.l_len = lock->l_len;
-    int rc = hkn_real_fcntl(fd, ofd_op, &copy);
+    int rc = HKN_REAL(fcntl)(fd, ofd_op, &copy);
     if (rc == 0 && op == F_GETLK) {
         lock->l_type = copy.l_type;
         lock->l_whence = copy.l_whence;
@@ -311,6 +541,10 @@ hkn_shm_child_fork(void)
     hkn_shm_count = 0;
     hkn_shm_table = NULL;       /* the child's copy is left, not freed: see above */
     hkn_shm_capacity = 0;
+    hkn_db_count = 0;           /* the parent's guard (guard.c reopens its descriptors) */
+    hkn_db_table = NULL;
+    hkn_db_capacity = 0;
+    atomic_store(&hkn_db_guarded, 0);
     pthread_mutex_unlock(&hkn_shm_mutex);
 }
 
@@ -374,11 +608,11 @@ hkn_shmlock_install(hkn_state *state, int db_fd)
         hkn_shm_reason = "pthread_atfork failed";
         return 0;
     }
-    hkn_real_open = (hkn_open_fn)real[OPEN];
-    hkn_real_close = (hkn_close_fn)real[CLOSE];
-    hkn_real_fcntl = (hkn_fcntl_fn)real[FCNTL];
-    hkn_real_mmap = (hkn_mmap_fn)real[MMAP];
-    hkn_real_munmap = (hkn_munmap_fn)real[MUNMAP];
+    atomic_store_explicit(&hkn_real_open, (hkn_open_fn)real[OPEN], memory_order_release);
+    atomic_store_explicit(&hkn_real_close, (hkn_close_fn)real[CLOSE], memory_order_release);
+    atomic_store_explicit(&hkn_real_fcntl, (hkn_fcntl_fn)real[FCNTL], memory_order_release);
+    atomic_store_explicit(&hkn_real_mmap, (hkn_mmap_fn)real[MMAP], memory_order_release);
+    atomic_store_explicit(&hkn_real_munmap, (hkn_munmap_fn)real[MUNMAP], memory_order_release);
     for (int i = 0; i < WRAPPED; i++) {
         if (HKN_FAULT_SQLITE("shmlock.install.set_system_call", SQLITE_NOTFOUND,
                              vfs->xSetSystemCall(vfs, names[i], hooks[i])) == SQLITE_OK) {
@@ -389,8 +623,29 @@ hkn_shmlock_install(hkn_state *state, int db_fd)
         hkn_shm_reason = "SQLite refused to replace a system call";
         return 0;
     }
+    hkn_shm_vfs = vfs;
     hkn_shm_installed = 1;
     hkn_shm_reason = NULL;
+    return 1;
+}
+
+/* Whether every wrapped entry of SQLite's table is still ours: anyone may
+ * call xSetSystemCall (SQLite's own tests restore the defaults with
+ * xSetSystemCall(vfs, NULL, NULL)), which silently removes the wrappers. */
+static int
+hkn_shm_still_wrapped(void)
+{
+    static const char *const names[] = {"open", "close", "fcntl", "mmap", "munmap"};
+    const hkn_syscall_ptr hooks[] = {
+        (hkn_syscall_ptr)hkn_hook_open, (hkn_syscall_ptr)hkn_hook_close,
+        (hkn_syscall_ptr)hkn_hook_fcntl, (hkn_syscall_ptr)hkn_hook_mmap,
+        (hkn_syscall_ptr)hkn_hook_munmap,
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (hkn_shm_vfs->xGetSystemCall(hkn_shm_vfs, names[i]) != hooks[i]) {
+            return 0;
+        }
+    }
     return 1;
 }
 
@@ -413,10 +668,36 @@ hkn_shmlock_status(unsigned long long *opened, int *open_now)
     *opened = hkn_shm_opened;
     *open_now = hkn_shm_count;
     pthread_mutex_unlock(&hkn_shm_mutex);
+    if (hkn_shm_installed && !hkn_shm_still_wrapped()) {
+        return "the system-call wrappers were removed after they were installed (another "
+               "xSetSystemCall); -shm descriptors opened since then use POSIX locks";
+    }
     return hkn_shm_reason;
 }
 
 #else   /* not Linux: no OFD locks */
+
+int
+hkn_shmlock_guard_fd(dev_t dev, ino_t ino, int fd)
+{
+    (void)dev;
+    (void)ino;
+    (void)fd;
+    return 0;
+}
+
+void
+hkn_shmlock_guard_forget(dev_t dev, ino_t ino)
+{
+    (void)dev;
+    (void)ino;
+}
+
+unsigned long long
+hkn_shmlock_stepped_aside(void)
+{
+    return 0;
+}
 
 int
 hkn_shmlock_install(hkn_state *state, int db_fd)

@@ -215,6 +215,12 @@ def reach(scratch, sql_module, init_results, shm_results):
     for target, prerequisites in PREREQUISITES.items():
         if target in init_results["points"] and init_results["points"][target]["cycles"]:
             reach.record("init", "exec", [target])
+        elif target in POINTS and reach.context.get(prerequisites[0]) in ("native", "sql"):
+            # Reached in process once its prerequisite fails: by the steps
+            # that reach the prerequisite.
+            context = reach.context[prerequisites[0]]
+            for step in reach.steps[prerequisites[0]]:
+                reach.record(context, step, [target])
     return reach
 
 
@@ -241,6 +247,7 @@ def _assert_clean(workload, name):
 
 
 def _armed_run(mod, api, name, times, db, scratch, only=None, first=None):
+    mod._fault_reset_once()     # once-per-module warnings can be reached again
     workload = Workload(mod, db, scratch, api=api)
     before = _hits()[name]
     for prerequisite in PREREQUISITES.get(name, ()) if first is None else first:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import random
 import sqlite3
 import subprocess
@@ -410,12 +411,18 @@ def test_no_lock_outlives_its_connection_over_10000_cycles(tmp_path):
     assert hkn.sqlite_fds(path).db == ()
     # Each -shm generation of the run (ext4 hands the unlinked one's inode
     # number to the next) was opened with OFD locks, and none left a lock or
-    # a descriptor-table entry behind.
+    # a descriptor-table entry behind.  Inode numbers are reused machine-wide
+    # once the files are gone, so only this process's records count: its
+    # POSIX locks by pid, and its OFD locks through the descriptors and
+    # mappings that alone keep an OFD lock alive.
     assert after["shm_ofd_files"] - before["shm_ofd_files"] > 100 and shm_inodes
     assert after["shm_ofd_open"] == before["shm_ofd_open"]
-    with open("/proc/locks") as locks:
-        assert not [line for line in locks
-                    if any(f":{ino} " in line for ino in shm_inodes)]
+    dev = os.stat(path).st_dev
+    ours = {(dev, ino) for ino in shm_inodes}
+    assert [fd for fd in hkn.open_fds() if (fd.dev, fd.ino) in ours] == []
+    assert [m for m in hkn.mapped_files() if (m.dev, m.ino) in ours] == []
+    assert [row for row in hkn._native._scan_locks()
+            if row[3] == os.getpid() and (row[4], row[5]) in ours] == []
 
 
 def test_guard_can_be_turned_off_on_the_instance_before_it_opens(tmp_path):
@@ -493,3 +500,251 @@ def test_guard_statistics():
     assert {"guards_taken", "guards_released", "relocks", "guard_failures"} <= set(stats)
     assert stats["guard_available"] is True
     assert hkn.WalSafeConnection.guard_wal is True
+
+
+# ------------------------------------------------- a guard that cannot be taken
+
+# A seccomp filter that refuses process_vm_readv (as some sandboxes do) with
+# EPERM and allows everything else: the guard cannot read SQLite's file
+# objects there.
+SECCOMP_NO_PROCESS_VM_READV = """
+import ctypes, errno
+class Filter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                ("k", ctypes.c_uint)]
+class Program(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+LOAD, JUMP_IF_EQUAL, RETURN = 0x20, 0x15, 0x06
+rules = (Filter * 6)(
+    Filter(LOAD, 0, 0, 4),                      # seccomp_data.arch
+    Filter(JUMP_IF_EQUAL, 0, 3, 0xC000003E),    # not x86_64: allow
+    Filter(LOAD, 0, 0, 0),                      # seccomp_data.nr
+    Filter(JUMP_IF_EQUAL, 0, 1, 310),           # process_vm_readv
+    Filter(RETURN, 0, 0, 0x00050000 | errno.EPERM),
+    Filter(RETURN, 0, 0, 0x7FFF0000),
+)
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0                          # PR_SET_NO_NEW_PRIVS
+program = Program(len(rules), rules)
+assert libc.prctl(22, 2, ctypes.byref(program), 0, 0) == 0      # SECCOMP_MODE_FILTER
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the filter is written for x86_64")
+def test_a_refused_process_vm_readv_is_warned_about_once_and_named(tmp_path):
+    db = make_wal_db(tmp_path / "kanban.db")
+    result = run_python(SECCOMP_NO_PROCESS_VM_READV + f"""
+import json, sqlite3, warnings
+import hermes_kanban_native as hkn
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    conns = [sqlite3.connect({db!r}, factory=hkn.WalSafeConnection, isolation_level=None)
+             for _ in range(2)]
+conns[0].execute("INSERT INTO t VALUES (1)")
+report = {{
+    "warnings": [f"{{w.category.__name__}}: {{w.message}}" for w in caught],
+    "api": hkn.sqlite_api(), "guarded": hkn.sqlite_fds({db!r}).guarded,
+    "failures": hkn.stats()["guard_failures"], "guard_wal": conns[0].guard_wal,
+    "rows": conns[1].execute("SELECT count(*) FROM t").fetchone()[0],
+}}
+for conn in conns:
+    conn.close()
+print(json.dumps(report))
+""")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["warnings"]) == 1, report["warnings"]
+    assert report["warnings"][0].startswith("RuntimeWarning: hermes_kanban_native: the "
+                                            "WAL-generation guard cannot be taken (first for ")
+    assert f"(first for {os.path.realpath(db)}): reading" in report["warnings"][0]
+    assert "process_vm_readv was refused" in report["warnings"][0]
+    assert report["api"]["guard"].startswith("unavailable: reading SQLite's file object")
+    assert "process_vm_readv" in report["api"]["guard_failure"]
+    assert report["guarded"] is False and report["failures"] == 2
+    assert report["guard_wal"] is True and report["rows"] == 1
+
+
+# Restores SQLite's default system calls, as SQLite's own test harness does
+# with xSetSystemCall(vfs, NULL, NULL): our -shm wrappers are gone after it.
+RESTORE_DEFAULT_SYSTEM_CALLS = """
+import ctypes, hermes_kanban_native as hkn
+library = ctypes.CDLL(hkn.sqlite_api()["library"])
+SYSCALL = ctypes.CFUNCTYPE(None)
+class Vfs(ctypes.Structure):
+    _fields_ = [("iVersion", ctypes.c_int), ("szOsFile", ctypes.c_int),
+                ("mxPathname", ctypes.c_int), ("pNext", ctypes.c_void_p),
+                ("zName", ctypes.c_char_p), ("pAppData", ctypes.c_void_p)]
+    _fields_ += [(name, ctypes.c_void_p) for name in (
+        "xOpen", "xDelete", "xAccess", "xFullPathname", "xDlOpen", "xDlError", "xDlSym",
+        "xDlClose", "xRandomness", "xSleep", "xCurrentTime", "xGetLastError",
+        "xCurrentTimeInt64")]
+    _fields_ += [("xSetSystemCall", ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p,
+                                                      ctypes.c_char_p, ctypes.c_void_p))]
+library.sqlite3_vfs_find.restype = ctypes.POINTER(Vfs)
+vfs = library.sqlite3_vfs_find(b"unix")
+assert vfs.contents.iVersion >= 3
+assert vfs.contents.xSetSystemCall(vfs, None, None) == 0
+"""
+
+
+def _symbols_visible():
+    import ctypes
+
+    try:
+        ctypes.CDLL(hkn.sqlite_api()["library"]).sqlite3_vfs_find
+    except (OSError, AttributeError, TypeError):
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _symbols_visible(), reason="needs SQLite's symbols to call xSetSystemCall")
+def test_wrappers_removed_by_someone_else_are_reported(tmp_path):
+    db = make_wal_db(tmp_path / "kanban.db")
+    result = run_python(f"""
+import json, sqlite3
+import hermes_kanban_native as hkn
+conn = sqlite3.connect({db!r}, factory=hkn.WalSafeConnection, isolation_level=None)
+conn.execute("SELECT count(*) FROM t").fetchone()
+before = hkn.sqlite_api()["shm_locks"]
+""" + RESTORE_DEFAULT_SYSTEM_CALLS + """
+after = hkn.sqlite_api()["shm_locks"]
+conn.close()
+print(json.dumps([before, after]))
+""")
+    assert result.returncode == 0, result.stderr
+    before, after = json.loads(result.stdout)
+    assert before == "ofd"
+    assert after.startswith("posix: the system-call wrappers were removed"), after
+
+
+# ---------------------------------------------- forked children (D4)
+
+# A parent opens the database, forks a child that never uses SQLite, and dies
+# without closing; while the child lives, another process changes the journal
+# mode (which needs EXCLUSIVE).  Plain sqlite3 leaves the child no lock.
+FORKING_PARENT = """
+import os, sqlite3, sys, time
+import hermes_kanban_native as hkn
+factory = {"plain": sqlite3.Connection, "walsafe": hkn.WalSafeConnection}[sys.argv[2]]
+conn = sqlite3.connect(sys.argv[1], factory=factory, isolation_level=None)
+conn.execute("INSERT INTO t VALUES (1)")
+child = os.fork()
+if child == 0:
+    quiet = os.open(os.devnull, os.O_RDWR)
+    os.dup2(quiet, 1)               # the test's pipes close with the parent
+    os.dup2(quiet, 2)
+    time.sleep(60)                  # never touches SQLite; killed by the test
+    os._exit(0)
+print(child, flush=True)
+os._exit(0)                         # dies without closing
+"""
+
+
+def _journal_mode_change_beside_a_forked_child(tmp_path, factory):
+    db = make_wal_db(tmp_path / f"{factory}.db")
+    parent = subprocess.run([sys.executable, "-c", FORKING_PARENT, db, factory],
+                            capture_output=True, text=True, timeout=60, cwd="/")
+    assert parent.returncode == 0, parent.stderr
+    child = int(parent.stdout.split()[0])
+    try:
+        conn = sqlite3.connect(db, timeout=0, isolation_level=None)
+        try:
+            return conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            return str(exc)
+        finally:
+            conn.close()
+    finally:
+        os.kill(child, 9)
+
+
+def test_a_forked_child_does_not_keep_the_parents_guard(tmp_path):
+    plain = _journal_mode_change_beside_a_forked_child(tmp_path, "plain")
+    walsafe = _journal_mode_change_beside_a_forked_child(tmp_path, "walsafe")
+    assert plain == "delete"
+    assert walsafe == plain
+
+
+# ---------------------------------- this process's own write locks (D1, D2)
+
+# Each scenario runs in a fresh process with the factory named on the
+# command line and prints what a user sees; the guarded connection must see
+# exactly what plain sqlite3 sees.  timeout=1: a refused lock shows as
+# "database is locked" within a second instead of hermes' 120.
+OWN_LOCK_SCENARIOS = {
+    "locking_mode_exclusive": """
+conn = sqlite3.connect(db, factory=factory, isolation_level=None, timeout=1)
+seen.append(conn.execute("PRAGMA locking_mode = EXCLUSIVE").fetchone()[0])
+conn.execute("INSERT INTO t VALUES (1)")
+seen.append(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+conn.close()
+""",
+    # After a first read the wal-index is shared memory, so NORMAL mode can
+    # come back: the next transaction drops to SHARED, and the guard holds again.
+    "locking_mode_exclusive_then_normal": """
+conn = sqlite3.connect(db, factory=factory, isolation_level=None, timeout=1)
+seen.append(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+seen.append(conn.execute("PRAGMA locking_mode = EXCLUSIVE").fetchone()[0])
+conn.execute("INSERT INTO t VALUES (1)")
+seen.append(conn.execute("PRAGMA locking_mode = NORMAL").fetchone()[0])
+conn.execute("INSERT INTO t VALUES (2)")
+seen.append(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+guarded_after = hkn.sqlite_fds(db).guarded
+conn.close()
+""",
+    "unix_excl_vfs": """
+conn = sqlite3.connect(f"file:{db}?vfs=unix-excl", factory=factory, uri=True,
+                       isolation_level=None, timeout=1)
+conn.execute("INSERT INTO t VALUES (1)")
+seen.append(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+conn.close()
+""",
+    "journal_mode_change": """
+conn = sqlite3.connect(db, factory=factory, isolation_level=None, timeout=1)
+conn.execute("INSERT INTO t VALUES (1)")
+seen.append(conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0])
+conn.execute("INSERT INTO t VALUES (2)")
+seen.append(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+seen.append(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+conn.close()
+seen.append(os.path.exists(db + "-wal"))
+""",
+}
+
+OWN_LOCK_RUNNER = """
+import json, os, sqlite3, sys
+import hermes_kanban_native as hkn
+db, kind, name = sys.argv[1], sys.argv[2], sys.argv[3]
+factory = {"plain": sqlite3.Connection, "walsafe": hkn.WalSafeConnection}[kind]
+seen, guarded_after = [], None
+try:
+    exec(SCENARIO)
+except sqlite3.Error as exc:
+    seen.append(f"{type(exc).__name__}: {exc}")
+check = sqlite3.connect(db)
+seen.append(check.execute("PRAGMA integrity_check").fetchone()[0])
+check.close()
+print(json.dumps({"seen": seen, "guarded_after": guarded_after,
+                  "stepped": hkn.stats()["guard_stepped_aside"]}))
+"""
+
+
+def _own_lock_scenario(tmp_path, name, kind):
+    db = make_wal_db(tmp_path / f"{name}-{kind}.db")
+    code = f"SCENARIO = {OWN_LOCK_SCENARIOS[name]!r}\n" + OWN_LOCK_RUNNER
+    proc = subprocess.run([sys.executable, "-c", code, db, kind, name], capture_output=True,
+                          text=True, timeout=60, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("name", sorted(OWN_LOCK_SCENARIOS))
+def test_own_write_locks_work_as_with_plain_sqlite3(tmp_path, name):
+    plain = _own_lock_scenario(tmp_path, name, "plain")
+    walsafe = _own_lock_scenario(tmp_path, name, "walsafe")
+    assert not any("locked" in str(item) for item in plain["seen"]), plain
+    assert walsafe["seen"] == plain["seen"]
+    if hkn.sqlite_api()["shm_locks"] != "posix: turned off by HERMES_KANBAN_NATIVE_SHM_LOCKS=posix":
+        assert walsafe["stepped"] >= 1
+    if name == "locking_mode_exclusive_then_normal":
+        assert walsafe["guarded_after"] is True
