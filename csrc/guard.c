@@ -48,9 +48,6 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#define HKN_SHARED_FIRST  0x40000002    /* PENDING_BYTE + 2 */
-#define HKN_SHARED_SIZE   510
-#define HKN_DMS_OFFSET    128           /* (22 + SQLITE_SHM_NLOCK) * 4, NLOCK 8 */
 #define SQLITE_FCNTL_FILE_POINTER 7
 
 /* Offsets in the unix VFS objects on LP64 (elsewhere the zPath pointer check
@@ -95,8 +92,8 @@ hkn_same_file(int fd, dev_t dev, ino_t ino)
            && st.st_dev == dev && st.st_ino == ino;
 }
 
-static int
-hkn_ofd_lock(int fd, short type, off_t start, off_t len)
+int
+hkn_ofd_setlk(int fd, short type, off_t start, off_t len)
 {
     struct flock lock;
     memset(&lock, 0, sizeof(lock));
@@ -279,7 +276,7 @@ hkn_guard_shm(hkn_state *state, hkn_guard *guard, sqlite3 *db, int own, const ch
     /* With SQLite's -shm locks already OFD locks on this descriptor, its
      * own dead-man-switch lock is safe; ours would be the same lock, and
      * releasing it would release SQLite's. */
-    if (hkn_shmlock_owns(fd) || hkn_ofd_lock(fd, F_RDLCK, HKN_DMS_OFFSET, 1) == 0) {
+    if (hkn_shmlock_owns(fd) || hkn_ofd_setlk(fd, F_RDLCK, HKN_DMS_OFFSET, 1) == 0) {
         if (guard->shm_fd >= 0) {
             state->stats.relocks++;
         }
@@ -403,7 +400,7 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
     }
     /* The same open file description may already hold it (a parked
      * descriptor reused by SQLite): OFD re-locking is idempotent. */
-    if (hkn_ofd_lock(fd, F_RDLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE) != 0) {
+    if (hkn_ofd_setlk(fd, F_RDLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE) != 0) {
         /* Another process holds EXCLUSIVE (its last-close checkpoint, or a
          * journal-mode change): no generation to protect right now. */
         state->stats.guard_failures++;
@@ -417,7 +414,7 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
         /* Not remembered, so the last release would not unlock it: a lock
          * left on a parked descriptor would outlive every connection.
          * (remember() fails only for a descriptor it does not hold yet.) */
-        (void)hkn_ofd_lock(fd, F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
+        (void)hkn_ofd_setlk(fd, F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
         if (fresh) {
             free(guard->fds);
             free(guard->path);
@@ -482,14 +479,14 @@ hkn_guard_release(hkn_state *state, hkn_conn *conn)
     hkn_shmlock_guard_forget(guard->dev, guard->ino);
     for (int i = 0; i < guard->nfds; i++) {
         if (hkn_same_file(guard->fds[i], guard->dev, guard->ino)) {
-            (void)hkn_ofd_lock(guard->fds[i], F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
+            (void)hkn_ofd_setlk(guard->fds[i], F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
         }
     }
     /* Asked now, not when it was locked: SQLite may have closed that -shm
      * and opened it again under the same number, inode and OFD locks. */
     if (guard->shm_fd >= 0 && !hkn_shmlock_owns(guard->shm_fd)
         && hkn_same_file(guard->shm_fd, guard->shm_dev, guard->shm_ino)) {
-        (void)hkn_ofd_lock(guard->shm_fd, F_UNLCK, HKN_DMS_OFFSET, 1);
+        (void)hkn_ofd_setlk(guard->shm_fd, F_UNLCK, HKN_DMS_OFFSET, 1);
     }
     hkn_guard **link = &state->guards;
     while (*link != guard) {

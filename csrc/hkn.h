@@ -166,6 +166,15 @@ hkn_same_process(hkn_state *state, hkn_conn *conn)
     return conn->fork_generation == state->fork_generation;
 }
 
+/* SQLite's lock bytes (docs/sqlite-internals.md, "The locks that protect a
+ * WAL generation"): the database file's locks all lie at PENDING_BYTE and
+ * above, each connection's read lock on the SHARED range; the -shm's
+ * dead-man switch is byte (22 + SQLITE_SHM_NLOCK) * 4 with SQLITE_SHM_NLOCK 8. */
+#define HKN_PENDING_BYTE  0x40000000
+#define HKN_SHARED_FIRST  (HKN_PENDING_BYTE + 2)
+#define HKN_SHARED_SIZE   510
+#define HKN_DMS_OFFSET    128
+
 /* guard.c: the WAL-generation guard (OFD locks); see the file's comment. */
 int hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db);
 void hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db);
@@ -174,6 +183,11 @@ void hkn_guard_free_all(hkn_state *state);
 /* In a forked child: the guard's locks stay with the parent. */
 void hkn_guard_after_fork(hkn_state *state);
 const char *hkn_guard_unavailable(void);   /* NULL when available */
+#ifdef __linux__
+/* F_OFD_SETLK of `type` (F_RDLCK, F_UNLCK) on [start, start + len) of `fd`:
+ * 0, or -1 with errno.  Safe without the GIL. */
+int hkn_ofd_setlk(int fd, short type, off_t start, off_t len);
+#endif
 
 /* shmlock.c: SQLite's -shm locks as OFD locks (process-wide); see the
  * file's comment.  install() is called by every guarded open with SQLite's

@@ -64,7 +64,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define HKN_PENDING_BYTE 0x40000000
 
 typedef int (*hkn_open_fn)(const char *, int, int);
 typedef int (*hkn_close_fn)(int);
@@ -148,8 +147,6 @@ hkn_is_shm_path(const char *path)
  * both, and the hook below, work under hkn_shm_mutex, and the hook never
  * holds it across SQLite's own (possibly blocking) call.
  */
-#define HKN_SHARED_FIRST (HKN_PENDING_BYTE + 2)
-#define HKN_SHARED_SIZE  510
 
 typedef struct {
     dev_t dev;
@@ -186,13 +183,7 @@ hkn_db_set(hkn_db_entry *entry, short type)
             || st.st_ino != entry->ino) {
             continue;
         }
-        struct flock lock;
-        memset(&lock, 0, sizeof(lock));
-        lock.l_type = type;
-        lock.l_whence = SEEK_SET;
-        lock.l_start = HKN_SHARED_FIRST;
-        lock.l_len = HKN_SHARED_SIZE;
-        (void)HKN_REAL(fcntl)(entry->fds[i], F_OFD_SETLK, &lock);
+        (void)hkn_ofd_setlk(entry->fds[i], type, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
     }
 }
 
