@@ -253,7 +253,7 @@ hkn_drop_guard(hkn_state *state, hkn_conn *conn)
 {
     if (conn->guard != NULL) {
         if (hkn_same_process(state, conn)) {
-            hkn_guard_release(state, conn);
+            hkn_guard_release(state, conn, 0);
         }
         conn->guard = NULL;
     }
@@ -265,6 +265,7 @@ static void
 hkn_unregister(hkn_state *state, hkn_conn *conn)
 {
     hkn_drop_guard(state, conn);
+    (void)hkn_guard_opt_out(state, conn, NULL, 0);
     if (conn->prev == NULL) {
         return;
     }
@@ -1320,7 +1321,9 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
                     : HKN_FAULT_PY("connection.init.guard_wal_value", -1,
                                    PyObject_IsTrue(wanted));
         Py_XDECREF(wanted);
-        if (guard < 0 || (guard && hkn_guard_claim(state, conn, hkn_connection_handle(self)) < 0)) {
+        if (guard < 0
+            || (guard ? hkn_guard_claim(state, conn, hkn_connection_handle(self))
+                      : hkn_guard_opt_out(state, conn, hkn_connection_handle(self), 1)) < 0) {
             goto fail;
         }
     }

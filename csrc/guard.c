@@ -463,7 +463,7 @@ hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db)
 }
 
 void
-hkn_guard_release(hkn_state *state, hkn_conn *conn)
+hkn_guard_release(hkn_state *state, hkn_conn *conn, int opt_out)
 {
     hkn_guard *guard = conn->guard;
     if (guard == NULL) {
@@ -475,9 +475,11 @@ hkn_guard_release(hkn_state *state, hkn_conn *conn)
     }
     /* The last claim: unlock every descriptor still on this inode (a
      * recycled number now naming another file is left alone), after the
-     * fcntl wrapper has forgotten them, so it cannot lock them again. */
-    hkn_shmlock_guard_forget(guard->dev, guard->ino);
-    for (int i = 0; i < guard->nfds; i++) {
+     * fcntl wrapper has forgotten them, so it cannot lock them again.
+     * Unless the wrapper keeps them: SQLite still holds its read lock (other
+     * connections), and the locks then go when it lets go. */
+    int kept = hkn_shmlock_guard_forget(guard->dev, guard->ino, opt_out);
+    for (int i = 0; i < guard->nfds && !kept; i++) {
         if (hkn_same_file(guard->fds[i], guard->dev, guard->ino)) {
             (void)hkn_ofd_setlk(guard->fds[i], F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
         }
@@ -497,6 +499,36 @@ hkn_guard_release(hkn_state *state, hkn_conn *conn)
     free(guard->path);
     free(guard);
     state->stats.guards_released++;
+}
+
+int
+hkn_guard_opt_out(hkn_state *state, hkn_conn *conn, sqlite3 *db, int enable)
+{
+    if (!enable) {
+        if (conn->opted_out) {
+            (void)hkn_shmlock_opt_out(conn->opt_out_dev, conn->opt_out_ino, -1);
+            conn->opted_out = 0;
+        }
+        return 0;
+    }
+    if (conn->opted_out) {
+        return 0;
+    }
+    const char *name = HKN_FAULT_SQLITE("guard.opt_out.db_filename", NULL,
+                                        state->api.db_filename(db, "main"));
+    struct stat st;
+    if (name == NULL || name[0] == '\0'
+        || HKN_FAULT_SYS("guard.opt_out.stat", ENOENT, -1, stat(name, &st)) != 0) {
+        return 0;               /* nothing on disk that could be shadowed */
+    }
+    if (hkn_shmlock_opt_out(st.st_dev, st.st_ino, 1) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    conn->opt_out_dev = st.st_dev;
+    conn->opt_out_ino = st.st_ino;
+    conn->opted_out = 1;
+    return 0;
 }
 
 /* Gives descriptor `fd`, which must still name (dev, ino), a new open file
@@ -585,10 +617,21 @@ hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db)
 }
 
 void
-hkn_guard_release(hkn_state *state, hkn_conn *conn)
+hkn_guard_release(hkn_state *state, hkn_conn *conn, int opt_out)
 {
     (void)state;
     (void)conn;
+    (void)opt_out;
+}
+
+int
+hkn_guard_opt_out(hkn_state *state, hkn_conn *conn, sqlite3 *db, int enable)
+{
+    (void)state;
+    (void)conn;
+    (void)db;
+    (void)enable;
+    return 0;
 }
 
 void

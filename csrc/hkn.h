@@ -41,6 +41,9 @@ typedef struct hkn_conn {
                                      * computed only when someone asks */
     unsigned long fork_generation;  /* state->fork_generation when opened */
     int check_same_thread;
+    int opted_out;                  /* guard_wal=False: registered with shmlock.c */
+    dev_t opt_out_dev;
+    ino_t opt_out_ino;
 } hkn_conn;
 
 typedef struct hkn_counters {
@@ -178,7 +181,12 @@ hkn_same_process(hkn_state *state, hkn_conn *conn)
 /* guard.c: the WAL-generation guard (OFD locks); see the file's comment. */
 int hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db);
 void hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db);
-void hkn_guard_release(hkn_state *state, hkn_conn *conn);
+/* `opt_out`: the connection asked to be unguarded (_guard(conn, False)), so
+ * the fcntl wrapper must not keep the locks either. */
+void hkn_guard_release(hkn_state *state, hkn_conn *conn, int opt_out);
+/* Registers (enable) or drops a guard_wal=False connection's database with
+ * the fcntl wrapper, which then leaves its read lock unshadowed. */
+int hkn_guard_opt_out(hkn_state *state, hkn_conn *conn, sqlite3 *db, int enable);
 void hkn_guard_free_all(hkn_state *state);
 /* In a forked child: the guard's locks stay with the parent. */
 void hkn_guard_after_fork(hkn_state *state);
@@ -195,14 +203,20 @@ int hkn_ofd_setlk(int fd, short type, off_t start, off_t len);
 int hkn_shmlock_install(hkn_state *state, int db_fd);
 /* Whether SQLite's locks on this -shm descriptor are OFD locks. */
 int hkn_shmlock_owns(int fd);
-/* The guard's database descriptors, so that the fcntl wrapper can release
- * the guard's locks while SQLite in this process takes a write lock
- * (locking_mode=EXCLUSIVE, unix-excl, a journal-mode change).  guard_fd()
- * returns -1 when out of memory; forget() comes before the final unlock. */
+/* The fcntl wrapper shadows SQLite's read lock on every WAL database of the
+ * process with an OFD lock, and steps aside for this process's own write
+ * locks (shmlock.c).  guard.c registers the descriptors it locks itself
+ * (guard_fd(): -1 out of memory) and forgets an inode at its last claim:
+ * forget() returns 1 when the wrapper keeps the locks (SQLite still holds
+ * its read lock), and then guard.c must not unlock them; with `opt_out` it
+ * never keeps them.  opt_out() counts (+1/-1) connections opened with
+ * guard_wal=False, whose databases the wrapper leaves alone. */
 int hkn_shmlock_guard_fd(dev_t dev, ino_t ino, int fd);
-void hkn_shmlock_guard_forget(dev_t dev, ino_t ino);
-/* How often the guard stepped aside so (stats()["guard_stepped_aside"]). */
-unsigned long long hkn_shmlock_stepped_aside(void);
+int hkn_shmlock_guard_forget(dev_t dev, ino_t ino, int opt_out);
+int hkn_shmlock_opt_out(dev_t dev, ino_t ino, int delta);
+/* stats(): guard_stepped_aside, guard_shadowed (databases covered from
+ * SQLite's read lock alone: attached ones, plain connections'). */
+void hkn_shmlock_db_stats(unsigned long long *stepped, unsigned long long *shadowed);
 /* NULL when in place, else why not; counts of -shm descriptors translated
  * (ever) and open now. */
 const char *hkn_shmlock_status(unsigned long long *opened, int *open_now);

@@ -94,7 +94,9 @@ PyDoc_STRVAR(hkn_stats_doc,
 "(a guard could not be taken: another process held EXCLUSIVE, or SQLite's\n"
 "descriptor could not be verified), guard_stepped_aside (times the guard\n"
 "released its locks for this process's own write lock: EXCLUSIVE locking\n"
-"mode, the unix-excl VFS, a journal-mode change), guard_available,\n"
+"mode, the unix-excl VFS, a journal-mode change), guard_shadowed (WAL\n"
+"databases covered from SQLite's own read lock alone: attached databases,\n"
+"plain connections' databases), guard_available,\n"
 "shm_ofd_files (-shm descriptors SQLite opened in this process whose locks\n"
 "are OFD locks, ever) and shm_ofd_open (those open now).");
 
@@ -105,8 +107,10 @@ hkn_stats_dict(PyObject *module, PyObject *Py_UNUSED(ignored))
     unsigned long long shm_opened;
     int shm_open_now;
     (void)hkn_shmlock_status(&shm_opened, &shm_open_now);
+    unsigned long long stepped, shadowed;
+    hkn_shmlock_db_stats(&stepped, &shadowed);
     return HKN_FAULT_PY("module.stats.build", NULL, Py_BuildValue(
-        "{sKsKsKsnsnsKsKsKsKsKsKsKsKsKsKsKsOsKsi}",
+        "{sKsKsKsnsnsKsKsKsKsKsKsKsKsKsKsKsKsOsKsi}",
         "opened", s->opened, "closed", s->closed, "finalized", s->finalized,
         "live", s->live, "peak_live", s->peak_live,
         "checkpoints", s->checkpoints, "checkpoints_busy", s->checkpoints_busy,
@@ -116,7 +120,7 @@ hkn_stats_dict(PyObject *module, PyObject *Py_UNUSED(ignored))
         "bound_collections", s->bound_collections,
         "guards_taken", s->guards_taken, "guards_released", s->guards_released,
         "relocks", s->relocks, "guard_failures", s->guard_failures,
-        "guard_stepped_aside", hkn_shmlock_stepped_aside(),
+        "guard_stepped_aside", stepped, "guard_shadowed", shadowed,
         "guard_available", hkn_guard_unavailable() == NULL ? Py_True : Py_False,
         "shm_ofd_files", shm_opened, "shm_ofd_open", shm_open_now));
 }
@@ -403,6 +407,7 @@ hkn_guard_switch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     if (enabled) {
+        (void)hkn_guard_opt_out(state, conn, db, 0);
         if (conn->guard == NULL) {
             if (hkn_guard_claim(state, conn, db) < 0) {
                 return NULL;
@@ -413,7 +418,10 @@ hkn_guard_switch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     else {
-        hkn_guard_release(state, conn);
+        hkn_guard_release(state, conn, 1);
+        if (hkn_guard_opt_out(state, conn, db, 1) < 0) {
+            return NULL;
+        }
     }
     return PyBool_FromLong(conn->guard != NULL);
 }

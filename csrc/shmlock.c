@@ -128,38 +128,53 @@ hkn_is_shm_path(const char *path)
     return length > 4 && strcmp(path + length - 4, "-shm") == 0;
 }
 
-/* ------------------------------------------------ the guard steps aside
+/* ------------------------------------ the database's read lock, as OFD too
  *
- * The guard (guard.c) holds an OFD read lock on the SHARED range of every
- * guarded database descriptor.  OFD and POSIX locks conflict even inside
- * one process, so that lock would also refuse this process's own SQLite
- * its write lock on the range: PRAGMA locking_mode=EXCLUSIVE, the
- * unix-excl VFS and a journal-mode change would all fail as busy.  The
- * guard exists to stop *other* processes, so when SQLite here asks for a
- * write lock on a guarded database's SHARED range, the guard's locks on
- * that inode are released first; they are taken again when SQLite is back
- * to a read lock (or its request failed, leaving it at SHARED), unless the
- * database has left WAL mode meanwhile.  While SQLite holds that write lock
- * nobody else can take it anyway, so nothing is lost.
+ * SQLite's read lock on a WAL database's SHARED range (held while any of the
+ * process's connections is open) is the one a stray close cancels, after
+ * which another process's last close unlinks the live -wal and -shm.  The
+ * fcntl wrapper sees SQLite take it (the first connection of the process
+ * to read an inode) and release it (the last one closing), so it shadows it
+ * with an OFD read lock on the same descriptor for exactly that time: every
+ * WAL database SQLite uses in this process is covered from its first read,
+ * attached databases included, except the main databases of connections
+ * opened with guard_wal=False (hkn_shmlock_opt_out).  guard.c's claims
+ * (hkn_shmlock_guard_fd) cover a guarded connection's database from its
+ * open, before any read, and in "posix" mode, where there is no wrapper.
  *
- * guard.c registers each descriptor it locks (hkn_shmlock_guard_fd) and
- * forgets an inode before it unlocks it for good (hkn_shmlock_guard_forget);
- * both, and the hook below, work under hkn_shm_mutex, and the hook never
- * holds it across SQLite's own (possibly blocking) call.
+ * OFD and POSIX locks conflict even inside one process, so when SQLite here
+ * asks for a write lock on the SHARED range (its last-close checkpoint,
+ * PRAGMA locking_mode=EXCLUSIVE, the unix-excl VFS, a journal-mode change),
+ * these locks are released first ("stepping aside") and taken again when
+ * SQLite is back to a read lock, or its request failed, unless the database
+ * has left WAL mode.  While SQLite holds the write lock nobody else can take
+ * it anyway.
+ *
+ * All of it works under hkn_shm_mutex, never held across SQLite's own
+ * (possibly blocking) call.
  */
 
 typedef struct {
     dev_t dev;
     ino_t ino;
-    int *fds;
+    int *fds;                   /* descriptors that hold our OFD read lock */
     int nfds, cfds;
-    int aside;                  /* the guard's locks are released for SQLite */
+    int claimed;                /* guard.c has claims on the inode */
+    int shared;                 /* SQLite here holds its read lock on it */
+    int aside;                  /* our locks are released for SQLite's write lock */
 } hkn_db_entry;
 
-static hkn_db_entry *hkn_db_table;      /* under hkn_shm_mutex */
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+    int count;                  /* open guard_wal=False connections */
+} hkn_db_opt_out;
+
+static hkn_db_entry *hkn_db_table;      /* all under hkn_shm_mutex */
 static int hkn_db_count, hkn_db_capacity;
-static atomic_int hkn_db_guarded;       /* hkn_db_count, read without the mutex */
-static unsigned long long hkn_db_stepped;
+static hkn_db_opt_out *hkn_opt_outs;
+static int hkn_opt_out_count, hkn_opt_out_capacity;
+static unsigned long long hkn_db_stepped, hkn_db_shadowed;
 
 static hkn_db_entry *
 hkn_db_find(dev_t dev, ino_t ino)
@@ -172,8 +187,53 @@ hkn_db_find(dev_t dev, ino_t ino)
     return NULL;
 }
 
-/* Sets (F_RDLCK) or releases (F_UNLCK) the guard's lock on every descriptor
- * of `entry` that still names its inode. */
+/* The entry for (dev, ino), created when missing; NULL out of memory. */
+static hkn_db_entry *
+hkn_db_get(dev_t dev, ino_t ino)
+{
+    hkn_db_entry *entry = hkn_db_find(dev, ino);
+    if (entry != NULL) {
+        return entry;
+    }
+    if (hkn_db_count == hkn_db_capacity) {
+        int capacity = hkn_db_capacity ? hkn_db_capacity * 2 : 4;
+        hkn_db_entry *grown = HKN_FAULT_ALLOC(
+            "shmlock.db_get.realloc", realloc(hkn_db_table, (size_t)capacity * sizeof(*grown)));
+        if (grown == NULL) {
+            return NULL;
+        }
+        hkn_db_table = grown;
+        hkn_db_capacity = capacity;
+    }
+    entry = &hkn_db_table[hkn_db_count++];
+    *entry = (hkn_db_entry){dev, ino, NULL, 0, 0, 0, 0, 0};
+    return entry;
+}
+
+static int
+hkn_db_add_fd(hkn_db_entry *entry, int fd)
+{
+    for (int i = 0; i < entry->nfds; i++) {
+        if (entry->fds[i] == fd) {
+            return 0;
+        }
+    }
+    if (entry->nfds == entry->cfds) {
+        int capacity = entry->cfds ? entry->cfds * 2 : 4;
+        int *grown = HKN_FAULT_ALLOC("shmlock.db_add_fd.realloc",
+                                     realloc(entry->fds, (size_t)capacity * sizeof(int)));
+        if (grown == NULL) {
+            return -1;
+        }
+        entry->fds = grown;
+        entry->cfds = capacity;
+    }
+    entry->fds[entry->nfds++] = fd;
+    return 0;
+}
+
+/* Sets (F_RDLCK) or releases (F_UNLCK) our lock on every descriptor of
+ * `entry` that still names its inode. */
 static void
 hkn_db_set(hkn_db_entry *entry, short type)
 {
@@ -187,8 +247,28 @@ hkn_db_set(hkn_db_entry *entry, short type)
     }
 }
 
-/* Whether the database behind `fd` is still in WAL mode (header bytes 18
- * and 19, the read and write format versions, are 2). */
+/* Releases every lock of `entry` and removes it. */
+static void
+hkn_db_drop(hkn_db_entry *entry)
+{
+    hkn_db_set(entry, F_UNLCK);
+    free(entry->fds);
+    *entry = hkn_db_table[--hkn_db_count];
+}
+
+static int
+hkn_db_opted_out(dev_t dev, ino_t ino)
+{
+    for (int i = 0; i < hkn_opt_out_count; i++) {
+        if (hkn_opt_outs[i].dev == dev && hkn_opt_outs[i].ino == ino) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Whether the database behind `fd` is in WAL mode (header bytes 18 and 19,
+ * the read and write format versions, are 2). */
 static int
 hkn_db_is_wal(int fd)
 {
@@ -204,8 +284,7 @@ hkn_overlaps_shared(const struct flock *lock)
            && (lock->l_len == 0 || lock->l_start + lock->l_len > HKN_SHARED_FIRST);
 }
 
-/* SQLite's F_SETLK/F_SETLKW on the SHARED range of a database descriptor
- * while some inode is guarded. */
+/* SQLite's F_SETLK/F_SETLKW touching the SHARED range of a database. */
 static int
 hkn_db_lock(int fd, int op, struct flock *lock)
 {
@@ -215,101 +294,142 @@ hkn_db_lock(int fd, int op, struct flock *lock)
     }
     pthread_mutex_lock(&hkn_shm_mutex);
     hkn_db_entry *entry = hkn_db_find(st.st_dev, st.st_ino);
-    int aside = entry != NULL && entry->aside;
-    if (entry != NULL && !aside && lock->l_type == F_WRLCK) {
+    if (entry != NULL && !entry->aside && lock->l_type == F_WRLCK) {
         hkn_db_set(entry, F_UNLCK);
-        entry->aside = aside = 1;
+        entry->aside = 1;
         hkn_db_stepped++;
     }
     pthread_mutex_unlock(&hkn_shm_mutex);
+
     int rc = HKN_REAL(fcntl)(fd, op, lock);
-    if (!aside) {
-        return rc;
+    if (rc != 0 && lock->l_type != F_WRLCK) {
+        return rc;              /* nothing changed for SQLite */
     }
-    /* Back: a write lock refused (SQLite still holds its read lock), or a
-     * read lock or release granted. */
-    int back = lock->l_type == F_WRLCK ? rc != 0 : rc == 0;
-    if (back) {
-        int saved = errno;
-        pthread_mutex_lock(&hkn_shm_mutex);
-        entry = hkn_db_find(st.st_dev, st.st_ino);
-        if (entry != NULL && entry->aside) {
+    int saved = errno;
+    pthread_mutex_lock(&hkn_shm_mutex);
+    entry = hkn_db_find(st.st_dev, st.st_ino);
+    if (lock->l_type == F_UNLCK) {
+        /* SQLite's last read lock on the inode is gone: so is ours, unless
+         * guard.c still claims it for a connection that has not read yet
+         * (it releases its own at its last claim). */
+        if (entry != NULL) {
+            entry->shared = 0;
+            if (!entry->claimed) {
+                hkn_db_drop(entry);
+            }
+            else if (entry->aside) {
+                entry->aside = 0;
+                if (hkn_db_is_wal(fd)) {
+                    hkn_db_set(entry, F_RDLCK);
+                }
+            }
+        }
+    }
+    else if (lock->l_type == F_RDLCK || (rc != 0 && entry != NULL)) {
+        /* A read lock granted (the first in this process, or back from a
+         * write lock), or a write lock refused (still the read lock). */
+        int wal = hkn_db_is_wal(fd);
+        if (entry == NULL && wal && !hkn_db_opted_out(st.st_dev, st.st_ino)
+            && (entry = hkn_db_get(st.st_dev, st.st_ino)) != NULL) {
+            hkn_db_shadowed++;
+        }
+        if (entry != NULL) {
+            entry->shared = 1;
             entry->aside = 0;
-            if (hkn_db_is_wal(fd)) {
+            if (!wal) {
+                /* Left WAL mode: a rollback-mode reader must not block
+                 * writers for longer than SQLite's own lock does. */
+                if (!entry->claimed) {
+                    hkn_db_drop(entry);
+                }
+            }
+            else {
+                /* Out of memory, this descriptor goes unshadowed. */
+                (void)hkn_db_add_fd(entry, fd);
                 hkn_db_set(entry, F_RDLCK);
             }
         }
-        pthread_mutex_unlock(&hkn_shm_mutex);
-        errno = saved;
     }
+    pthread_mutex_unlock(&hkn_shm_mutex);
+    errno = saved;
     return rc;
 }
 
 int
 hkn_shmlock_guard_fd(dev_t dev, ino_t ino, int fd)
 {
-    int rc = -1;
+    pthread_mutex_lock(&hkn_shm_mutex);
+    hkn_db_entry *entry = hkn_db_get(dev, ino);
+    int rc = entry == NULL ? -1 : hkn_db_add_fd(entry, fd);
+    if (entry != NULL) {
+        entry->claimed = 1;
+        if (entry->nfds == 0) {         /* new, and the descriptor not added */
+            *entry = hkn_db_table[--hkn_db_count];
+        }
+    }
+    pthread_mutex_unlock(&hkn_shm_mutex);
+    return rc;
+}
+
+int
+hkn_shmlock_guard_forget(dev_t dev, ino_t ino, int opt_out)
+{
+    int kept = 0;
     pthread_mutex_lock(&hkn_shm_mutex);
     hkn_db_entry *entry = hkn_db_find(dev, ino);
-    if (entry == NULL && hkn_db_count == hkn_db_capacity) {
-        int capacity = hkn_db_capacity ? hkn_db_capacity * 2 : 4;
-        hkn_db_entry *grown = HKN_FAULT_ALLOC(
-            "shmlock.guard_fd.realloc_table",
-            realloc(hkn_db_table, (size_t)capacity * sizeof(*grown)));
-        if (grown == NULL) {
-            goto done;
+    if (entry != NULL) {
+        entry->claimed = 0;
+        if (entry->shared && !opt_out) {
+            /* SQLite still holds its read lock: ours stay until it lets go
+             * (its last close steps aside for the checkpoint-and-unlink). */
+            kept = 1;
         }
-        hkn_db_table = grown;
-        hkn_db_capacity = capacity;
-    }
-    if (entry == NULL) {
-        entry = &hkn_db_table[hkn_db_count++];
-        *entry = (hkn_db_entry){dev, ino, NULL, 0, 0, 0};
-        atomic_store(&hkn_db_guarded, hkn_db_count);
-    }
-    for (int i = 0; i < entry->nfds; i++) {
-        if (entry->fds[i] == fd) {
-            rc = 0;
-            goto done;
+        else {
+            free(entry->fds);
+            *entry = hkn_db_table[--hkn_db_count];
         }
     }
-    if (entry->nfds == entry->cfds) {
-        int capacity = entry->cfds ? entry->cfds * 2 : 4;
-        int *grown = HKN_FAULT_ALLOC("shmlock.guard_fd.realloc_fds",
-                                     realloc(entry->fds, (size_t)capacity * sizeof(int)));
-        if (grown == NULL) {
-            if (entry->nfds == 0) {         /* a new entry stays empty: drop it */
-                *entry = hkn_db_table[--hkn_db_count];
-                atomic_store(&hkn_db_guarded, hkn_db_count);
+    pthread_mutex_unlock(&hkn_shm_mutex);
+    return kept;
+}
+
+int
+hkn_shmlock_opt_out(dev_t dev, ino_t ino, int delta)
+{
+    int rc = 0;
+    pthread_mutex_lock(&hkn_shm_mutex);
+    int i = 0;
+    while (i < hkn_opt_out_count
+           && !(hkn_opt_outs[i].dev == dev && hkn_opt_outs[i].ino == ino)) {
+        i++;
+    }
+    if (i == hkn_opt_out_count && delta > 0) {
+        if (hkn_opt_out_count == hkn_opt_out_capacity) {
+            int capacity = hkn_opt_out_capacity ? hkn_opt_out_capacity * 2 : 4;
+            hkn_db_opt_out *grown = HKN_FAULT_ALLOC(
+                "shmlock.opt_out.realloc",
+                realloc(hkn_opt_outs, (size_t)capacity * sizeof(*grown)));
+            if (grown == NULL) {
+                rc = -1;
+                goto done;
             }
-            goto done;
+            hkn_opt_outs = grown;
+            hkn_opt_out_capacity = capacity;
         }
-        entry->fds = grown;
-        entry->cfds = capacity;
+        hkn_opt_outs[hkn_opt_out_count++] = (hkn_db_opt_out){dev, ino, 0};
     }
-    entry->fds[entry->nfds++] = fd;
-    rc = 0;
+    if (i < hkn_opt_out_count) {
+        hkn_opt_outs[i].count += delta;
+        if (hkn_opt_outs[i].count <= 0) {
+            hkn_opt_outs[i] = hkn_opt_outs[--hkn_opt_out_count];
+        }
+    }
 done:
     pthread_mutex_unlock(&hkn_shm_mutex);
     return rc;
 }
 
-void
-hkn_shmlock_guard_forget(dev_t dev, ino_t ino)
-{
-    int *fds = NULL;
-    pthread_mutex_lock(&hkn_shm_mutex);
-    hkn_db_entry *entry = hkn_db_find(dev, ino);
-    if (entry != NULL) {
-        fds = entry->fds;
-        *entry = hkn_db_table[--hkn_db_count];
-        atomic_store(&hkn_db_guarded, hkn_db_count);
-    }
-    pthread_mutex_unlock(&hkn_shm_mutex);
-    free(fds);
-}
-
-/* A descriptor SQLite closes is no longer the guard's to lock again. */
+/* A descriptor SQLite closes takes its OFD lock with it: forget it. */
 static void
 hkn_db_closed(int fd)
 {
@@ -324,13 +444,13 @@ hkn_db_closed(int fd)
     }
 }
 
-unsigned long long
-hkn_shmlock_stepped_aside(void)
+void
+hkn_shmlock_db_stats(unsigned long long *stepped, unsigned long long *shadowed)
 {
     pthread_mutex_lock(&hkn_shm_mutex);
-    unsigned long long stepped = hkn_db_stepped;
+    *stepped = hkn_db_stepped;
+    *shadowed = hkn_db_shadowed;
     pthread_mutex_unlock(&hkn_shm_mutex);
-    return stepped;
 }
 
 static int
@@ -463,7 +583,7 @@ hkn_hook_fcntl(int fd, int op, ...)
     if (ofd_op == 0 || lock == NULL || lock->l_whence != SEEK_SET) {
         return HKN_REAL(fcntl)(fd, op, arg);
     }
-    if (op != F_GETLK && atomic_load(&hkn_db_guarded) > 0 && hkn_overlaps_shared(lock)) {
+    if (op != F_GETLK && hkn_overlaps_shared(lock)) {
         return hkn_db_lock(fd, op, lock);
     }
     if (lock->l_start >= HKN_PENDING_BYTE) {
@@ -505,6 +625,39 @@ hkn_shm_parent_fork(void)
     pthread_mutex_unlock(&hkn_shm_mutex);
 }
 
+/* In the forked child only (async-signal-safe calls): gives descriptor
+ * `fd` a new open file description of the same file, without the parent's
+ * locks.  On any failure the inherited description stays. */
+static void
+hkn_reopen_in_child(int fd)
+{
+    char path[32] = "/proc/self/fd/";
+    char digits[12];
+    int n = 0;
+    for (unsigned int v = (unsigned int)fd; n == 0 || v > 0; v /= 10) {
+        digits[n++] = (char)('0' + v % 10);
+    }
+    size_t at = strlen(path);
+    while (n > 0) {
+        path[at++] = digits[--n];
+    }
+    path[at] = '\0';
+    int flags = fcntl(fd, F_GETFL);
+    int fd_flags = fcntl(fd, F_GETFD);
+    struct stat was, now;
+    if (flags < 0 || fd_flags < 0 || fstat(fd, &was) != 0) {
+        return;
+    }
+    int fresh = open(path, (flags & O_ACCMODE) | O_CLOEXEC | O_NOCTTY);
+    if (fresh < 0) {
+        return;
+    }
+    if (fstat(fresh, &now) == 0 && now.st_dev == was.st_dev && now.st_ino == was.st_ino) {
+        (void)dup3(fresh, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0);
+    }
+    close(fresh);
+}
+
 static void
 hkn_shm_child_fork(void)
 {
@@ -532,10 +685,20 @@ hkn_shm_child_fork(void)
     hkn_shm_count = 0;
     hkn_shm_table = NULL;       /* the child's copy is left, not freed: see above */
     hkn_shm_capacity = 0;
-    hkn_db_count = 0;           /* the parent's guard (guard.c reopens its descriptors) */
+    /* The database descriptors this process holds OFD locks on: the same
+     * (/proc/self/fd/N opens the file anew), then the table is forgotten. */
+    for (int i = 0; i < hkn_db_count; i++) {
+        hkn_db_entry *entry = &hkn_db_table[i];
+        for (int j = 0; j < entry->nfds; j++) {
+            hkn_reopen_in_child(entry->fds[j]);
+        }
+    }
+    hkn_db_count = 0;
     hkn_db_table = NULL;
     hkn_db_capacity = 0;
-    atomic_store(&hkn_db_guarded, 0);
+    hkn_opt_out_count = 0;
+    hkn_opt_outs = NULL;
+    hkn_opt_out_capacity = 0;
     pthread_mutex_unlock(&hkn_shm_mutex);
 }
 
@@ -677,17 +840,29 @@ hkn_shmlock_guard_fd(dev_t dev, ino_t ino, int fd)
     return 0;
 }
 
-void
-hkn_shmlock_guard_forget(dev_t dev, ino_t ino)
+int
+hkn_shmlock_guard_forget(dev_t dev, ino_t ino, int opt_out)
 {
     (void)dev;
     (void)ino;
+    (void)opt_out;
+    return 0;
 }
 
-unsigned long long
-hkn_shmlock_stepped_aside(void)
+int
+hkn_shmlock_opt_out(dev_t dev, ino_t ino, int delta)
 {
+    (void)dev;
+    (void)ino;
+    (void)delta;
     return 0;
+}
+
+void
+hkn_shmlock_db_stats(unsigned long long *stepped, unsigned long long *shadowed)
+{
+    *stepped = 0;
+    *shadowed = 0;
 }
 
 int

@@ -166,6 +166,14 @@ try:
         other = sqlite3.connect(db)
         other.execute("SELECT count(*) FROM t").fetchone()
         other.close()
+        try:
+            # Opted out of the shadow locks; recording that may fail cleanly.
+            unguarded = hkn.connect(db, guard_wal=False)
+        except MemoryError:
+            pass
+        else:
+            unguarded.execute("SELECT count(*) FROM t").fetchone()
+            unguarded.close()
         conns.append(conn)
     shm_locks = hkn.sqlite_api()["shm_locks"]
     ofd_open = hkn.stats()["shm_ofd_open"]
