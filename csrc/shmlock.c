@@ -362,9 +362,11 @@ hkn_shmlock_guard_fd(dev_t dev, ino_t ino, int fd)
     hkn_db_entry *entry = hkn_db_get(dev, ino);
     int rc = entry == NULL ? -1 : hkn_db_add_fd(entry, fd);
     if (entry != NULL) {
-        entry->claimed = 1;
-        if (entry->nfds == 0) {         /* new, and the descriptor not added */
-            *entry = hkn_db_table[--hkn_db_count];
+        if (rc < 0 && entry->nfds == 0 && !entry->claimed && !entry->shared) {
+            *entry = hkn_db_table[--hkn_db_count];      /* made here, for nothing */
+        }
+        else {
+            entry->claimed = 1;
         }
     }
     pthread_mutex_unlock(&hkn_shm_mutex);
