@@ -13,7 +13,16 @@ collector, as hermes' code did; their ResourceWarnings are counted, not shown).
 At the same time, in other processes: writers committing ``BEGIN IMMEDIATE``
 transactions that append every id whose ``commit()`` returned to a log file
 (fsync'd, after the commit), readers holding read transactions open for a
-while, and short verifier processes that open, read and close.
+while, short verifier processes that open, read and close, and (with two
+processes or more) a job runner that holds a connection and forks a worker
+per job, which opens its own, commits a row and exits without cleanup.
+
+A second database, the archive (``kanban.db`` -> ``kanban-archive.db``), is
+used the way attached databases are: the long-lived connection keeps it
+ATTACHed for the whole run, worker threads ATTACH it to commit a row and
+DETACH it, writers commit every fourth row into it directly (logged too),
+and verifiers open, read and close it.  Its rows, integrity, stale sidecars
+and lost locks are checked like the main database's.
 
 Every connection is configured as hermes configures its kanban connections:
 ``isolation_level=None, timeout=120``, ``busy_timeout=120000``, WAL (probed
@@ -59,7 +68,7 @@ The exit status is 1 on any violation, else 0 (2 for usage errors).  With
 table goes to stderr.
 
 ``--stray-close`` injects ``os.open(db)``/``os.close()`` and the same on
-``-shm`` in this process during the run (``--stray-files`` picks which): that cancels its
+``-shm`` (of both databases) in this process during the run (``--stray-files`` picks which): that cancels its
 POSIX locks (docs/sqlite-internals.md, "Lock cancellation").  walsafe's WAL-generation guard keeps
 them harmless: it holds the database's SHARED range as OFD locks (lost POSIX
 locks under a held guard are not violations), and SQLite's own ``-shm`` locks
@@ -167,6 +176,31 @@ def create_schema(database, factory):
         conn.close()
 
 
+ARCHIVE_SCHEMA = ("CREATE TABLE IF NOT EXISTS archived (id TEXT PRIMARY KEY, at REAL)",)
+
+
+def archive_path(database):
+    """The second database every process also uses, the gateway through
+    ATTACH: kanban.db -> kanban-archive.db."""
+    root, ext = os.path.splitext(database)
+    return root + "-archive" + (ext or ".db")
+
+
+def create_archive(database, factory):
+    conn = open_configured(archive_path(database), factory)
+    try:
+        for statement in ARCHIVE_SCHEMA:
+            conn.execute(statement)
+    finally:
+        conn.close()
+
+
+def _log_committed(log, row_id):
+    """Only after commit() returned: this id is promised durable."""
+    os.write(log, (row_id + "\n").encode())
+    os.fsync(log)
+
+
 # -------------------------------------------------------- other processes
 #
 # Each child is ``python -m hermes_kanban_native.soak ROLE ...``; it runs
@@ -178,8 +212,20 @@ def _stopping(deadline, stop_path):
     return time.time() >= deadline or os.path.exists(stop_path)
 
 
+def _archive_write(database, factory, row_id, log):
+    """One row committed straight into the archive database, then logged."""
+    conn = open_configured(archive_path(database), factory)
+    try:
+        conn.execute("INSERT INTO archived (id, at) VALUES (?, ?)", (row_id, time.time()))
+    finally:
+        conn.close()
+    _log_committed(log, row_id)
+
+
 def _writer(database, factory, index, run_id, log_path, deadline, stop_path, rng):
     log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    archive_log = os.open(os.path.join(os.path.dirname(log_path), f"archive-writer-{index}.log"),
+                          os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     seq = 0
     try:
         while not _stopping(deadline, stop_path):
@@ -199,9 +245,9 @@ def _writer(database, factory, index, run_id, log_path, deadline, stop_path, rng
                         conn.rollback()
                         raise
                     conn.commit()
-                    # Only after commit() returned: this id is promised durable.
-                    os.write(log, (row_id + "\n").encode())
-                    os.fsync(log)
+                    _log_committed(log, row_id)
+                    if seq % 4 == 0:
+                        _archive_write(database, factory, row_id, archive_log)
                     time.sleep(rng.uniform(0, 0.01))
                     if _stopping(deadline, stop_path):
                         break
@@ -209,6 +255,49 @@ def _writer(database, factory, index, run_id, log_path, deadline, stop_path, rng
                 conn.close()
     finally:
         os.close(log)
+        os.close(archive_log)
+
+
+def _forker(database, factory, index, run_id, log_path, deadline, stop_path, rng):
+    """A process that forks its workers, as a job runner does: it holds a
+    connection of its own across every fork, and each forked worker opens
+    its own, commits a row, logs it and exits without any cleanup.  A child
+    must never hold the parent's locks (nor the parent the children's)."""
+    held = open_configured(database, factory)
+    held.execute("SELECT count(*) FROM tasks").fetchone()
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    seq = 0
+    try:
+        while not _stopping(deadline, stop_path):
+            seq += 1
+            row_id = f"{run_id}-f{index}-{seq}"
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    conn = open_configured(database, factory)
+                    try:
+                        conn.execute("INSERT INTO writes (id, writer, seq, payload, at) "
+                                     "VALUES (?, ?, ?, randomblob(100), ?)",
+                                     (row_id, -1 - index, seq, time.time()))
+                    finally:
+                        conn.close()
+                    _log_committed(log, row_id)
+                except BaseException as exc:  # noqa: BLE001 - reported to the soak
+                    code = 1
+                    report = os.path.join(os.path.dirname(log_path), f"error-{os.getpid()}.txt")
+                    with open(report, "a") as out:
+                        out.write(f"worker forked by forker {index} (pid {os.getpid()}): "
+                                  f"{exc!r}\n" + traceback.format_exc())
+                os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            if status != 0:
+                raise AssertionError(f"forked worker {pid} ended with status {status}")
+            held.execute("SELECT count(*) FROM writes").fetchone()
+            time.sleep(rng.uniform(0.02, 0.1))
+    finally:
+        os.close(log)
+        held.close()
 
 
 def _reader(database, factory, deadline, stop_path, rng):
@@ -245,11 +334,16 @@ def _verifier(database, factory, log_dir, rng):
                     raise AssertionError(f"verifier: committed id {row_id} is missing")
     finally:
         conn.close()
+    archive = open_configured(archive_path(database), factory)
+    try:
+        archive.execute("SELECT count(*) FROM archived").fetchone()
+    finally:
+        archive.close()
 
 
 def _child_main(argv) -> int:
     parser = argparse.ArgumentParser(prog="hermes_kanban_native.soak (child)")
-    parser.add_argument("role", choices=("writer", "reader", "verifier"))
+    parser.add_argument("role", choices=("writer", "reader", "verifier", "forker"))
     parser.add_argument("--database", required=True)
     parser.add_argument("--factory", choices=FACTORIES, required=True)
     parser.add_argument("--index", type=int, default=0)
@@ -266,6 +360,10 @@ def _child_main(argv) -> int:
         if args.role == "writer":
             _writer(args.database, factory, args.index, args.run_id,
                     os.path.join(args.log_dir, f"writer-{args.index}.log"),
+                    args.deadline, stop_path, rng)
+        elif args.role == "forker":
+            _forker(args.database, factory, args.index, args.run_id,
+                    os.path.join(args.log_dir, f"writer-fork-{args.index}.log"),
                     args.deadline, stop_path, rng)
         elif args.role == "reader":
             _reader(args.database, factory, args.deadline, stop_path, rng)
@@ -395,6 +493,9 @@ class Soak:
         self.violation_kinds = set()
         self.errors_lock = threading.Lock()
         self.thread_errors = []
+        self.archive = archive_path(database)
+        self.archive_rows = []          # ids this process's threads committed there
+        self.archive_rows_logged = self.archive_rows_verified = 0
         self.main_rows = []             # ids committed by this process's threads
         self.main_rows_lock = threading.Lock()
         self.main_transactions = 0
@@ -512,6 +613,17 @@ class Soak:
         conn.commit()
         self.record_main_row(row_id)
 
+    def _archive_write(self, conn, row_id):
+        """A row into the archive database, attached for the purpose."""
+        conn.execute("ATTACH DATABASE ? AS archive", (self.archive,))
+        try:
+            conn.execute("INSERT INTO archive.archived (id, at) VALUES (?, ?)",
+                         (row_id, time.time()))
+            with self.main_rows_lock:
+                self.archive_rows.append(row_id)
+        finally:
+            conn.execute("DETACH DATABASE archive")
+
     def dispatcher(self):
         tick = 0
         every = self.args.unclosed_every
@@ -556,6 +668,8 @@ class Soak:
                              (rng.choice(BOARDS),)).fetchall()
                 if n % 2 == 0:
                     self._small_write(conn, f"{self.run_id}-t{index}-{n}", rng.choice(BOARDS))
+                elif n % 3 == 0:
+                    self._archive_write(conn, f"{self.run_id}-a{index}-{n}")
                 else:
                     conn.execute("SELECT count(*) FROM events").fetchone()
             finally:
@@ -566,10 +680,11 @@ class Soak:
         # Lock cancellation (fact 2): a header probe or file copy in the
         # process that holds the connections.
         targets = []
-        if self.args.stray_files in ("db", "both"):
-            targets.append(self.database)
-        if self.args.stray_files in ("shm", "both"):
-            targets.append(self.database + "-shm")
+        for database in (self.database, self.archive):
+            if self.args.stray_files in ("db", "both"):
+                targets.append(database)
+            if self.args.stray_files in ("shm", "both"):
+                targets.append(database + "-shm")
         while not self.stop.is_set():
             for path in targets:
                 # The stray descriptor is in flight for the fd samples.
@@ -653,6 +768,7 @@ class Soak:
         if counts["shm"] > 1:
             self.violation("shm fds", f"{counts['shm']} -shm fds (one per process expected)")
         self.check_health(result, "this process")
+        self.check_health(sqlite_fds(self.archive), "this process (archive)")
         return counts
 
     def check_health(self, result, who):
@@ -701,7 +817,11 @@ class Soak:
             self.wal_size_bound = self.wal_size_high     # report growth once per step
 
     def check_integrity(self, conn):
-        rows = [tuple(row) for row in conn.execute("PRAGMA integrity_check").fetchall()]
+        rows = [tuple(row) for row in conn.execute("PRAGMA main.integrity_check").fetchall()]
+        archive = [tuple(row) for row in conn.execute("PRAGMA archive.integrity_check")]
+        if archive != [("ok",)]:
+            rows = [row for row in rows if row != ("ok",)]
+            rows += [(f"archive: {row[0]}",) for row in archive]
         self.integrity_checks += 1
         if rows == [("ok",)]:
             self.integrity = "ok"
@@ -734,6 +854,30 @@ class Soak:
                         self.missing_rows.append(row_id)
                         self.violation("missing row", f"{row_id} committed by a writer is "
                                                       f"not in the database")
+
+    def verify_archive_rows(self, conn):
+        """Every archive id, from the logs and from this process's threads,
+        must be in the attached archive database."""
+        ids = []
+        for name in sorted(os.listdir(self.log_dir)):
+            if name.startswith("archive-writer-"):
+                with open(os.path.join(self.log_dir, name), "rb") as log:
+                    ids += [line.decode() for line in log.read().split(b"\n") if line]
+        with self.main_rows_lock:
+            ids += self.archive_rows
+        found_total = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found = {row[0] for row in conn.execute(
+                f"SELECT id FROM archive.archived WHERE id IN ({marks})", chunk)}
+            found_total += len(found)
+            for row_id in chunk:
+                if row_id not in found:
+                    self.missing_rows.append(row_id)
+                    self.violation("missing row", f"{row_id} committed to the archive is "
+                                                  f"not in it")
+        return len(ids), found_total
 
     def verify_main_rows(self, conn):
         with self.main_rows_lock:
@@ -833,6 +977,7 @@ class Soak:
         self.last_integrity = time.monotonic()
         page_size = 4096
         create_schema(self.database, factory_class(args.factory))
+        create_archive(self.database, factory_class(args.factory))
         probe = sqlite3.connect(self.database)
         try:
             page_size = probe.execute("PRAGMA page_size").fetchone()[0]
@@ -845,12 +990,18 @@ class Soak:
         deadline_wall = time.time() + args.seconds
 
         long_lived = self.connect()
+        # The gateway's long-lived connection keeps the archive attached for
+        # the whole run (its -wal/-shm generation is this process's too).
+        long_lived.execute("ATTACH DATABASE ? AS archive", (self.archive,))
+        long_lived.execute("SELECT count(*) FROM archive.archived").fetchone()
         writers = (args.processes + 1) // 2
         readers = args.processes // 2
         for index in range(writers):
             self.children.append(("writer", index, self.spawn("writer", index, deadline_wall)))
         for index in range(readers):
             self.children.append(("reader", index, self.spawn("reader", index, deadline_wall)))
+        if args.processes >= 2:
+            self.children.append(("forker", 0, self.spawn("forker", 0, deadline_wall)))
         threads = [self._thread("dispatcher", self.dispatcher)]
         threads += [self._thread(f"worker-{i}", lambda i=i: self.worker(i))
                     for i in range(args.threads)]
@@ -898,6 +1049,8 @@ class Soak:
         self.check_integrity(long_lived)
         self.check_wal_truncates(long_lived)
         self.main_rows_verified = self.verify_main_rows(long_lived)
+        self.archive_rows_logged, self.archive_rows_verified = \
+            self.verify_archive_rows(long_lived)
         if self.counter.unclosed_open:
             self.violation("unclosed", f"{self.counter.unclosed_open} connections survived "
                                        f"gc.collect()")
@@ -906,6 +1059,8 @@ class Soak:
         left = {pid: r for pid, r in holders(self.database).items()}
         for pid, result in left.items():
             self.check_health(result, "after the run, a process")
+        for pid, result in holders(self.archive).items():
+            self.check_health(result, "after the run, a process (archive)")
         if os.getpid() in left and (left[os.getpid()].db or left[os.getpid()].wal):
             self.violation("fds after close", f"this process still holds "
                                               f"{len(left[os.getpid()].db)} db fds after "
@@ -944,6 +1099,8 @@ class Soak:
             "dispatcher_ticks": self.dispatcher_ticks,
             "main_transactions": self.main_transactions,
             "main_rows_verified": self.main_rows_verified,
+            "archive_rows_logged": self.archive_rows_logged,
+            "archive_rows_verified": self.archive_rows_verified,
             "rows_logged": self.rows_logged,
             "rows_verified": self.rows_verified,
             "rows_missing": len(self.missing_rows),

@@ -801,7 +801,9 @@ def test_init_again_closes_the_old_database_and_opens_the_new(tmp_path, factory)
     conn.__init__(second, isolation_level=None)
     conn.execute("INSERT INTO t VALUES (2)")
     assert conn.execute("PRAGMA database_list").fetchone()[2] == os.path.realpath(second)
-    assert fds_on(first) == 0                       # the old handle is gone
+    if factory is WalSafe or sys.version_info >= (3, 11):
+        # (CPython 3.10's own re-initialisation leaves the old handle open.)
+        assert fds_on(first) == 0                   # the old handle is gone
     check = sqlite3.connect(first)
     assert check.execute("SELECT count(*) FROM t").fetchone() == (0,)
     check.close()
