@@ -380,6 +380,17 @@ def _child_main(argv) -> int:
 # ------------------------------------------------- counting in this process
 
 
+def _present(conn, table, ids):
+    """The ids of `ids` that `table` (id TEXT PRIMARY KEY) holds."""
+    found = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        found.update(row[0] for row in conn.execute(
+            f"SELECT id FROM {table} WHERE id IN ({marks})", chunk))
+    return found
+
+
 class ConnectionCounter:
     """Open connections of this process, counted by the soak itself.
 
@@ -843,17 +854,13 @@ class Soak:
             self.log_offsets[name] = offset + end
             ids = [line.decode() for line in data[:end].split(b"\n") if line]
             self.rows_logged += len(ids)
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                found = {row[0] for row in conn.execute(
-                    f"SELECT id FROM writes WHERE id IN ({marks})", chunk)}
-                self.rows_verified += len(found)
-                for row_id in chunk:
-                    if row_id not in found:
-                        self.missing_rows.append(row_id)
-                        self.violation("missing row", f"{row_id} committed by a writer is "
-                                                      f"not in the database")
+            found = _present(conn, "writes", ids)
+            self.rows_verified += len(found)
+            for row_id in ids:
+                if row_id not in found:
+                    self.missing_rows.append(row_id)
+                    self.violation("missing row", f"{row_id} committed by a writer is "
+                                                  f"not in the database")
 
     def verify_archive_rows(self, conn):
         """Every archive id, from the logs and from this process's threads,
@@ -865,30 +872,17 @@ class Soak:
                     ids += [line.decode() for line in log.read().split(b"\n") if line]
         with self.main_rows_lock:
             ids += self.archive_rows
-        found_total = 0
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            found = {row[0] for row in conn.execute(
-                f"SELECT id FROM archive.archived WHERE id IN ({marks})", chunk)}
-            found_total += len(found)
-            for row_id in chunk:
-                if row_id not in found:
-                    self.missing_rows.append(row_id)
-                    self.violation("missing row", f"{row_id} committed to the archive is "
-                                                  f"not in it")
-        return len(ids), found_total
+        found = _present(conn, "archive.archived", ids)
+        for row_id in ids:
+            if row_id not in found:
+                self.missing_rows.append(row_id)
+                self.violation("missing row", f"{row_id} committed to the archive is not in it")
+        return len(ids), len(found)
 
     def verify_main_rows(self, conn):
         with self.main_rows_lock:
             ids = list(self.main_rows)
-        missing = 0
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            found = {row[0] for row in conn.execute(
-                f"SELECT id FROM events WHERE id IN ({marks})", chunk)}
-            missing += len(chunk) - len(found)
+        missing = len(ids) - len(_present(conn, "events", ids))
         if missing:
             self.violation("missing row", f"{missing} rows committed in this process are missing")
         return len(ids) - missing
