@@ -94,7 +94,7 @@ def test_stray_closes_of_the_database_and_shm_under_the_guard_are_clean():
     # locks (the write lock of a transaction in progress included), so no
     # stray close can cost a commit.  A job runner forks workers meanwhile.
     status, report, stderr = soak("--factory", "walsafe", "--seconds", "8", "--stray-close",
-                                  "--stray-files", "both", "--processes", "2")
+                                  "--stray-files", "both", "--processes", "2", "--fork-workers")
     assert report is not None, stderr
     assert report["stray_closes"] > 0
     assert report["violations"] == [], report["violations"]
