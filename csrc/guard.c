@@ -62,7 +62,6 @@ struct hkn_guard {
     struct hkn_guard *next;
     dev_t dev;
     ino_t ino;
-    char *path;                 /* the database as SQLite named it, for reopening */
     int claims;
     int nfds;
     int capacity;
@@ -391,12 +390,6 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
         guard->dev = st.st_dev;
         guard->ino = st.st_ino;
         guard->shm_fd = -1;
-        guard->path = HKN_FAULT_ALLOC("guard.claim.path", strdup(path));
-        if (guard->path == NULL) {
-            free(guard);
-            PyErr_NoMemory();
-            return -1;
-        }
     }
     /* The same open file description may already hold it (a parked
      * descriptor reused by SQLite): OFD re-locking is idempotent. */
@@ -405,7 +398,6 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
          * journal-mode change): no generation to protect right now. */
         state->stats.guard_failures++;
         if (fresh) {
-            free(guard->path);
             free(guard);
         }
         return 0;
@@ -417,7 +409,6 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
         (void)hkn_ofd_setlk(fd, F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
         if (fresh) {
             free(guard->fds);
-            free(guard->path);
             free(guard);
         }
         PyErr_NoMemory();
@@ -496,7 +487,6 @@ hkn_guard_release(hkn_state *state, hkn_conn *conn, int opt_out)
     }
     *link = guard->next;
     free(guard->fds);
-    free(guard->path);
     free(guard);
     state->stats.guards_released++;
 }
@@ -531,28 +521,6 @@ hkn_guard_opt_out(hkn_state *state, hkn_conn *conn, sqlite3 *db, int enable)
     return 0;
 }
 
-/* Gives descriptor `fd`, which must still name (dev, ino), a new open file
- * description of its own: same file, same access mode and close-on-exec
- * flag, no locks.  On any failure the inherited description stays, as it
- * would without this. */
-static void
-hkn_reopen_unlocked(int fd, const char *path, dev_t dev, ino_t ino)
-{
-    int flags = fcntl(fd, F_GETFL);
-    int fd_flags = fcntl(fd, F_GETFD);
-    if (flags < 0 || fd_flags < 0 || !hkn_same_file(fd, dev, ino)) {
-        return;
-    }
-    int fresh = open(path, (flags & O_ACCMODE) | O_CLOEXEC | O_NOCTTY);
-    if (fresh < 0) {
-        return;
-    }
-    if (hkn_same_file(fresh, dev, ino)) {
-        (void)dup3(fresh, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0);
-    }
-    close(fresh);
-}
-
 void
 hkn_guard_after_fork(hkn_state *state)
 {
@@ -566,7 +534,10 @@ hkn_guard_after_fork(hkn_state *state)
      * -shm descriptors are shmlock.c's at-fork handler's business.) */
     for (hkn_guard *g = state->guards; g != NULL; g = g->next) {
         for (int i = 0; i < g->nfds; i++) {
-            hkn_reopen_unlocked(g->fds[i], g->path, g->dev, g->ino);
+            /* A number since recycled for another file is not ours. */
+            if (hkn_same_file(g->fds[i], g->dev, g->ino)) {
+                hkn_reopen_fresh(g->fds[i]);
+            }
         }
     }
     hkn_guard_free_all(state);
@@ -581,7 +552,6 @@ hkn_guard_free_all(hkn_state *state)
     while (state->guards != NULL) {
         hkn_guard *next = state->guards->next;
         free(state->guards->fds);
-        free(state->guards->path);
         free(state->guards);
         state->guards = next;
     }

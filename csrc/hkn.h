@@ -195,6 +195,13 @@ const char *hkn_guard_unavailable(void);   /* NULL when available */
 /* F_OFD_SETLK of `type` (F_RDLCK, F_UNLCK) on [start, start + len) of `fd`:
  * 0, or -1 with errno.  Safe without the GIL. */
 int hkn_ofd_setlk(int fd, short type, off_t start, off_t len);
+/* Gives descriptor `fd` a new open file description of the same file (an
+ * open of /proc/self/fd/N dup3()ed over it), with the same access mode and
+ * close-on-exec flag and none of the old description's locks: what a
+ * forked child needs so as not to hold its parent's OFD locks.  Only
+ * async-signal-safe calls (shmlock.c's at-fork handler uses it); on any
+ * failure the old description stays. */
+void hkn_reopen_fresh(int fd);
 #endif
 
 /* shmlock.c: SQLite's -shm locks as OFD locks (process-wide); see the

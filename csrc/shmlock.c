@@ -627,11 +627,8 @@ hkn_shm_parent_fork(void)
     pthread_mutex_unlock(&hkn_shm_mutex);
 }
 
-/* In the forked child only (async-signal-safe calls): gives descriptor
- * `fd` a new open file description of the same file, without the parent's
- * locks.  On any failure the inherited description stays. */
-static void
-hkn_reopen_in_child(int fd)
+void
+hkn_reopen_fresh(int fd)
 {
     char path[32] = "/proc/self/fd/";
     char digits[12];
@@ -692,7 +689,7 @@ hkn_shm_child_fork(void)
     for (int i = 0; i < hkn_db_count; i++) {
         hkn_db_entry *entry = &hkn_db_table[i];
         for (int j = 0; j < entry->nfds; j++) {
-            hkn_reopen_in_child(entry->fds[j]);
+            hkn_reopen_fresh(entry->fds[j]);
         }
     }
     hkn_db_count = 0;

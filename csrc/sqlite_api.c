@@ -543,10 +543,7 @@ hkn_prove(hkn_state *state, PyObject **why)
 static void
 hkn_unbind(hkn_state *state)
 {
-    if (state->api.dl_handle != NULL) {
-        dlclose(state->api.dl_handle);
-    }
-    memset(&state->api, 0, sizeof(state->api));
+    hkn_sqlite_api_free(state);
     Py_XSETREF(state->api_library, Py_NewRef(Py_None));
 }
 
