@@ -17,6 +17,21 @@ pytest_plugins = ["pytester"]
 
 NATIVE = hkn.sqlite_api()["mode"] == "native"
 
+def _sqlite_symbols_visible():
+    """Whether dlsym sees SQLite's functions from _sqlite3's library (False
+    where they are hidden, as in python-build-standalone)."""
+    import ctypes
+    import _sqlite3
+
+    try:
+        ctypes.CDLL(getattr(_sqlite3, "__file__", None)).sqlite3_vfs_find
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+SQLITE_SYMBOLS_VISIBLE = _sqlite_symbols_visible()
+
 # Skip reasons that begin with this mean "not run for lack of native mode";
 # CI's static-SQLite stage fails if any test reports one.
 NEEDS_NATIVE = "needs native access to SQLite"

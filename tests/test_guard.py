@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 import hermes_kanban_native as hkn
-from conftest import make_wal_db, run_python
+from conftest import SQLITE_SYMBOLS_VISIBLE, make_wal_db, run_python
 
 pytestmark = [
     pytest.mark.native,
@@ -587,17 +587,7 @@ assert vfs.contents.xSetSystemCall(vfs, None, None) == 0
 """
 
 
-def _symbols_visible():
-    import ctypes
-
-    try:
-        ctypes.CDLL(hkn.sqlite_api()["library"]).sqlite3_vfs_find
-    except (OSError, AttributeError, TypeError):
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _symbols_visible(), reason="needs SQLite's symbols to call xSetSystemCall")
+@pytest.mark.skipif(not SQLITE_SYMBOLS_VISIBLE, reason="needs SQLite's symbols to call xSetSystemCall")
 def test_wrappers_removed_by_someone_else_are_reported(tmp_path):
     db = make_wal_db(tmp_path / "kanban.db")
     result = run_python(f"""

@@ -12,7 +12,6 @@ static-SQLite stage); pyenv's default builds have none.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -25,27 +24,14 @@ import pytest
 import hermes_kanban_native as hkn
 from hermes_kanban_native import _native
 
-from conftest import run_python
+from conftest import SQLITE_SYMBOLS_VISIBLE, run_python
 
 LOADABLE = hasattr(sqlite3.Connection, "enable_load_extension")
 needs_loadable = pytest.mark.skipif(
     not LOADABLE, reason="this sqlite3 module is built without loadable extensions")
 
 
-def _symbols_visible():
-    """Whether dlsym can see SQLite's functions from _sqlite3's library
-    (False where they are hidden, as in python-build-standalone)."""
-    import _sqlite3
-
-    try:
-        library = ctypes.CDLL(getattr(_sqlite3, "__file__", None))
-        library.sqlite3_wal_checkpoint_v2
-    except (OSError, AttributeError):
-        return False
-    return True
-
-
-SYMBOLS = _symbols_visible()
+SYMBOLS = SQLITE_SYMBOLS_VISIBLE
 
 
 def api_in_fresh_interpreter(mode=None, prelude=""):
