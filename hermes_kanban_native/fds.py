@@ -142,8 +142,14 @@ class SqliteFds:
 
     @property
     def healthy(self) -> bool:
-        """Nothing stale and no lost locks."""
-        return not self.stale and not self.locks_lost
+        """Nothing stale, and no POSIX locks lost without a guard.
+
+        Lost POSIX locks under a held guard are reported (``locks_lost``)
+        but are healthy: the guard's OFD locks are what other processes'
+        last-close checks see, so nobody can unlink the live ``-wal``/``-shm``.
+        The ``fds`` command's exit status follows this property.
+        """
+        return not self.stale and not (self.locks_lost and not self.guarded)
 
     def __repr__(self) -> str:
         return (f"<SqliteFds pid={self.pid} {self.database!r} db={len(self.db)} "
@@ -170,9 +176,12 @@ class SqliteFds:
         """Every descriptor and mapping, one per line, with kind and inode."""
         if self.healthy:
             state = "healthy"
+            if self.locks_lost:
+                state += " (POSIX locks lost, the guard's OFD locks hold)"
         else:
             state = ", ".join(word for word, bad in (("STALE", self.stale),
-                                                     ("LOCKS LOST", self.locks_lost)) if bad)
+                                                     ("LOCKS LOST", self.locks_lost
+                                                                     and not self.guarded)) if bad)
         lines = [f"{self.database} in pid {self.pid}: {state}"]
         for kind, _ in _KINDS:
             for info in getattr(self, kind):

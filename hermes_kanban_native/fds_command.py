@@ -75,7 +75,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="show the descriptors, mappings and locks processes hold on a database",
         description="Show the descriptors, mappings and locks processes hold on a SQLite "
                     "database and its -wal/-shm/-journal files.  Exit status 0 when "
-                    "healthy, 1 when anything is stale or locks are lost, 2 on errors.",
+                    "healthy, 1 when anything is stale or POSIX locks are lost without "
+                    "a guard holding its OFD locks, 2 on errors.",
     )
     parser.add_argument("database", metavar="DATABASE",
                         help="the database path (it need not exist any more)")
@@ -92,8 +93,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _counts_against(result) -> bool:
-    """Whether this process makes the exit status 1."""
-    return bool(result.stale) or (result.locks_lost and not result.guarded)
+    """Whether this process makes the exit status 1: the same rule as
+    SqliteFds.healthy, so the two never disagree."""
+    return not result.healthy
 
 
 def _scan(args):

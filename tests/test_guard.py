@@ -492,6 +492,18 @@ def test_fds_command_counts_lost_locks_under_a_guard_as_healthy(tmp_path):
                              "--pid", str(os.getpid())], capture_output=True, text=True, cwd="/")
     assert result.returncode == 0, result.stdout
     assert "yes*" in result.stdout
+    # The library, the JSON and the help text tell the same story.
+    seen = hkn.sqlite_fds(path)
+    assert seen.locks_lost and seen.guarded and seen.healthy
+    assert "POSIX locks lost, the guard's OFD locks hold" in seen.report()
+    as_json = subprocess.run([sys.executable, "-m", "hermes_kanban_native", "fds", path,
+                              "--pid", str(os.getpid()), "--json"],
+                             capture_output=True, text=True, cwd="/")
+    process = json.loads(as_json.stdout)["processes"][0]
+    assert as_json.returncode == 0 and process["healthy"] is True and process["locks_lost"]
+    usage = subprocess.run([sys.executable, "-m", "hermes_kanban_native", "fds", "--help"],
+                           capture_output=True, text=True, cwd="/")
+    assert "without a guard" in " ".join(usage.stdout.split())
     conn.close()
 
 
