@@ -20,7 +20,6 @@
 
 #include "structmember.h"       /* PyMemberDef, T_PYSSIZET on 3.10/3.11 */
 #if PY_VERSION_HEX < 0x030B0000
-#include "frameobject.h"        /* PyFrame_GetBack on 3.10 */
 #endif
 
 #include <string.h>
@@ -282,51 +281,6 @@ hkn_unregister(hkn_state *state, hkn_conn *conn)
         }
         PyErr_Clear();
         hkn_error_restore(&saved);
-    }
-}
-
-PyObject *
-hkn_format_opener(hkn_conn *conn)
-{
-    if (conn->opener_code == NULL) {
-        return HKN_FAULT_PY("connection.format_opener.unknown", NULL,
-                            PyUnicode_FromString("<unknown>"));
-    }
-    PyCodeObject *code = (PyCodeObject *)conn->opener_code;
-    return HKN_FAULT_PY("connection.format_opener.format", NULL,
-                        PyUnicode_FromFormat("%U:%d", code->co_filename,
-                                             PyCode_Addr2Line(code, conn->opener_lasti)));
-}
-
-/* The first frame outside this package: where the user opened it.  Only
- * the code object and the instruction offset are kept (no frame, so no
- * locals stay alive); the line number is worked out on demand, because
- * doing it on every open cost more than the rest of the bookkeeping. */
-static void
-hkn_capture_opener(hkn_state *state, hkn_conn *conn)
-{
-    Py_CLEAR(conn->opener_code);
-    conn->opener_lasti = 0;
-    PyFrameObject *frame = PyThreadState_GetFrame(PyThreadState_Get());
-    while (frame != NULL) {
-        PyCodeObject *code = PyFrame_GetCode(frame);
-        int ours = PyUnicode_Tailmatch(code->co_filename, state->package_dir,
-                                       0, PY_SSIZE_T_MAX, -1);
-        if (ours != 1) {
-            PyErr_Clear();
-            conn->opener_code = (PyObject *)code;
-#if PY_VERSION_HEX >= 0x030B0000
-            conn->opener_lasti = PyFrame_GetLasti(frame);
-#else
-            conn->opener_lasti = frame->f_lasti * (int)sizeof(_Py_CODEUNIT);
-#endif
-            Py_DECREF(frame);
-            return;
-        }
-        Py_DECREF(code);
-        PyFrameObject *back = PyFrame_GetBack(frame);
-        Py_DECREF(frame);
-        frame = back;
     }
 }
 
@@ -1027,7 +981,7 @@ hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
             PyErr_Clear();
             continue;
         }
-        PyObject *where = hkn_format_opener(c);
+        PyObject *where = hkn_opener_where(state, &c->opener);
         if (where == NULL) {
             failed = 1;
             break;
@@ -1303,7 +1257,7 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
         now.tv_nsec = 0;
     }
     conn->opened_time = (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
-    hkn_capture_opener(state, conn);
+    hkn_opener_capture(state, &conn->opener);
     if (state->opened_paths != NULL
         && HKN_FAULT_PY("connection.init.track_path", -1,
                         PySet_Add(state->opened_paths, path)) < 0) {
@@ -1327,7 +1281,7 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
             goto fail;
         }
     }
-    state->stats.opened++;
+    conn->serial = ++state->stats.opened;
     return 0;
 
 fail:
@@ -1347,6 +1301,30 @@ fail:
         hkn_error_restore(&saved);
     }
     return -1;
+}
+
+/* The pytest plugin's record of a connection the collector had to close,
+ * kept while it tracks a test: (path, opened_at, opened_via, thread_id,
+ * serial).  The log is held for the duration: the allocations here can run
+ * other finalizers, and one of them could stop the tracking. */
+static int
+hkn_log_finalized(hkn_state *state, hkn_conn *conn)
+{
+    PyObject *log = Py_NewRef(state->finalized_log);
+    PyObject *where = hkn_opener_where(state, &conn->opener);
+    PyObject *frames = where == NULL ? NULL : hkn_opener_frames(&conn->opener);
+    PyObject *row = frames == NULL ? NULL
+                    : HKN_FAULT_PY("connection.finalize.log_row", NULL,
+                                   Py_BuildValue("(OOOkK)", conn->path ? conn->path : Py_None,
+                                                 where, frames, conn->thread_ident,
+                                                 conn->serial));
+    Py_XDECREF(where);
+    Py_XDECREF(frames);
+    int rc = row == NULL ? -1
+             : HKN_FAULT_PY("connection.finalize.log_append", -1, PyList_Append(log, row));
+    Py_XDECREF(row);
+    Py_DECREF(log);
+    return rc;
 }
 
 /* Garbage collection and interpreter shutdown of a connection nobody
@@ -1411,7 +1389,7 @@ hkn_connection_finalize(PyObject *self)
     finalizing = _Py_IsFinalizing();
 #endif
     if (!finalizing) {
-        PyObject *opener = hkn_format_opener(conn);
+        PyObject *opener = hkn_opener_describe(state, &conn->opener);
         if (opener == NULL
             || HKN_FAULT_PY("connection.finalize.warn", -1,
                             PyErr_WarnFormat(PyExc_ResourceWarning, 1,
@@ -1421,6 +1399,9 @@ hkn_connection_finalize(PyObject *self)
             PyErr_WriteUnraisable(self);
         }
         Py_XDECREF(opener);
+        if (state->finalized_log != NULL && hkn_log_finalized(state, conn) < 0) {
+            PyErr_WriteUnraisable(self);
+        }
     }
     /* Close now.  The base's close() refuses another thread (the collector
      * runs wherever it is triggered); from another thread, or when the base's
@@ -1485,7 +1466,10 @@ hkn_connection_traverse(PyObject *self, visitproc visit, void *arg)
     hkn_conn *conn = hkn_conn_get(self);
     Py_VISIT(conn->dict);
     Py_VISIT(conn->last_checkpoint);
-    Py_VISIT(conn->opener_code);
+    int rc = hkn_opener_traverse(&conn->opener, visit, arg);
+    if (rc != 0) {
+        return rc;
+    }
     /* The base visits Py_TYPE(self), as a heap type's instances must. */
     return hkn_base_type(self)->tp_traverse(self, visit, arg);
 }
@@ -1521,7 +1505,7 @@ hkn_connection_dealloc(PyObject *self)
         PyErr_Clear();
     }
     Py_CLEAR(conn->path);
-    Py_CLEAR(conn->opener_code);
+    hkn_opener_clear(&conn->opener);
     /* Untracks, clears (through our tp_clear), closes, frees, and drops the
      * reference to the type. */
     base->tp_dealloc(self);

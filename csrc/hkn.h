@@ -22,6 +22,17 @@
  * that embeds the base. */
 typedef struct hkn_guard hkn_guard;
 
+/* Where a connection was opened (opener.c): up to HKN_OPENER_FRAMES frames
+ * from the first frame outside this package outward, innermost first, as
+ * code objects and instruction offsets in bytes; lines are worked out only
+ * when a report asks. */
+#define HKN_OPENER_FRAMES 5
+typedef struct hkn_opener {
+    PyObject *code[HKN_OPENER_FRAMES];
+    int lasti[HKN_OPENER_FRAMES];
+    int depth;
+} hkn_opener;
+
 typedef struct hkn_conn {
     struct hkn_conn *prev;          /* registry links; both NULL when not registered */
     struct hkn_conn *next;
@@ -29,7 +40,6 @@ typedef struct hkn_conn {
     PyObject *dict;                 /* __dict__: checkpoint_on_close per instance */
     PyObject *weakreflist;
     PyObject *path;                 /* database file as SQLite resolved it; "" for memory/temp */
-    PyObject *opener_code;          /* code object of the user frame that opened it */
     PyObject *last_checkpoint;      /* CheckpointResult or NULL */
     hkn_guard *guard;               /* this connection's claim on its inode's guard */
     unsigned long busy_owner;       /* thread using the handle without the GIL, or 0 */
@@ -37,8 +47,8 @@ typedef struct hkn_conn {
     double opened_time;             /* time.time() at open */
     long long changes_base;         /* SQL mode: total_changes at open */
     pid_t pid;                      /* process that opened it; 0 before __init__ ran */
-    int opener_lasti;               /* its instruction offset in bytes; the line is
-                                     * computed only when someone asks */
+    hkn_opener opener;              /* the user code that opened it */
+    unsigned long long serial;      /* stats.opened after this open: 1, 2, ... */
     unsigned long fork_generation;  /* state->fork_generation when opened */
     int check_same_thread;
     int opted_out;                  /* guard_wal=False: registered with shmlock.c */
@@ -79,6 +89,8 @@ typedef struct hkn_state {
     PyObject *ProgrammingError;
     PyObject *NotSupportedError;
     PyObject *package_dir;          /* frames of files below it are this package's own */
+    PyObject *stdlib_prefixes;      /* tuple of str: the standard library's files */
+    PyObject *install_prefixes;     /* tuple of str: sys.prefix and friends */
     PyObject *str_checkpoint_on_close;
     PyObject *str_off;
     PyObject *str_max_live;         /* "max_live_per_database" */
@@ -91,6 +103,7 @@ typedef struct hkn_state {
     const char *api_route;          /* "symbols", "extension-api" or "sql" */
     int api_check_failed;           /* SQL mode, and a route's self-check failed */
     PyObject *opened_paths;         /* set of database paths opened, while tracked */
+    PyObject *finalized_log;        /* list of connections finalized, while tracked */
     hkn_sqlite_api api;
     hkn_conn registry;              /* head of the circular list of live connections */
     hkn_guard *guards;              /* WAL-generation guards, one per database inode */
@@ -228,11 +241,26 @@ void hkn_shmlock_db_stats(unsigned long long *stepped, unsigned long long *shado
  * (ever) and open now. */
 const char *hkn_shmlock_status(unsigned long long *opened, int *open_now);
 
+/* opener.c: capture is cheap and never fails (an incomplete stack is
+ * kept); the rest return new references, or NULL with an exception. */
+void hkn_opener_capture(hkn_state *state, hkn_opener *op);
+void hkn_opener_clear(hkn_opener *op);
+int hkn_opener_traverse(hkn_opener *op, visitproc visit, void *arg);
+/* "file:line" of the frame a report names, or "<unknown>". */
+PyObject *hkn_opener_where(hkn_state *state, const hkn_opener *op);
+/* That, followed by " (via ...)" with the frames between it and the call of
+ * sqlite3.connect, for warnings and reports. */
+PyObject *hkn_opener_describe(hkn_state *state, const hkn_opener *op);
+/* A tuple of "file:line in function", innermost first. */
+PyObject *hkn_opener_frames(const hkn_opener *op);
+/* _native._opener_here(): (where, frames) for the caller's stack, by the
+ * same rules; the stray-open hook uses it for plain sqlite3 connections. */
+PyObject *hkn_opener_here(PyObject *module, PyObject *unused);
+
 /* connection.c */
 int hkn_connection_exec(PyObject *module, hkn_state *state);
 /* Our part of a WalSafeConnection instance (of any subclass). */
 hkn_conn *hkn_conn_get(PyObject *self);
-PyObject *hkn_format_opener(hkn_conn *conn);
 /* Closes (or, when only its owner thread may, checkpoints) a connection left
  * open at interpreter exit.  Never raises; reports through warnings. */
 void hkn_close_at_exit(hkn_state *state, PyObject *self);

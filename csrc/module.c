@@ -234,14 +234,30 @@ hkn_bound_functions(PyObject *module, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(hkn_live_doc,
-"_live_connections($module, /)\n--\n\n"
-"Open WalSafeConnections of this process as a list of tuples\n"
-"(path, thread_id, opened_at, opened_time).");
+"_live_connections($module, since=0, /)\n--\n\n"
+"Open WalSafeConnections of this process (those opened after the\n"
+"stats()[\"opened\"] value `since`) as a list of tuples\n"
+"(path, thread_id, opened_at, opened_time, opened_via, serial): opened_via\n"
+"is the captured stack as \"file:line in function\", innermost first;\n"
+"serial is stats()[\"opened\"] right after the open.");
 
 static PyObject *
-hkn_live_connections(PyObject *module, PyObject *Py_UNUSED(ignored))
+hkn_live_connections(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     hkn_state *state = hkn_module_state(module);
+    unsigned long long since = 0;
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "_live_connections() takes at most 1 argument (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    if (nargs == 1) {
+        since = HKN_FAULT_PY("module.live_connections.since", (unsigned long long)-1,
+                             PyLong_AsUnsignedLongLong(args[0]));
+        if (since == (unsigned long long)-1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
     Py_ssize_t count = 0;
     PyObject **items = hkn_registry_snapshot(state, &count);
     if (items == NULL) {
@@ -257,19 +273,22 @@ hkn_live_connections(PyObject *module, PyObject *Py_UNUSED(ignored))
         /* Closed behind our back through sqlite3.Connection.close(), still
          * opening, or inherited over fork: not live here. */
         if (hkn_connection_handle(self) == NULL || conn->pid == 0
-            || !hkn_same_process(state, conn)) {
+            || !hkn_same_process(state, conn) || conn->serial <= since) {
             continue;
         }
-        PyObject *opener = hkn_format_opener(conn);
-        if (opener == NULL) {
+        PyObject *opener = hkn_opener_where(state, &conn->opener);
+        PyObject *frames = opener == NULL ? NULL : hkn_opener_frames(&conn->opener);
+        if (frames == NULL) {
+            Py_XDECREF(opener);
             Py_CLEAR(result);
             goto done;
         }
         PyObject *row = HKN_FAULT_PY("module.live_connections.row", NULL,
-                                     Py_BuildValue("(OkOd)", conn->path ? conn->path : Py_None,
+                                     Py_BuildValue("(OkOdOK)", conn->path ? conn->path : Py_None,
                                                    conn->thread_ident, opener,
-                                                   conn->opened_time));
+                                                   conn->opened_time, frames, conn->serial));
         Py_DECREF(opener);
+        Py_DECREF(frames);
         if (row == NULL
             || HKN_FAULT_PY("module.live_connections.append", -1,
                             PyList_Append(result, row)) < 0) {
@@ -363,27 +382,42 @@ hkn_set_persist_wal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(hkn_track_opened_doc,
-"_track_opened($module, enable, /)\n--\n\n"
-"Start (enable true) or stop recording the database paths WalSafeConnections\n"
-"open; returns the set recorded since the previous call, or None.  Used by\n"
-"the pytest plugin's --sqlite-fd-check to find every database a test used.");
+PyDoc_STRVAR(hkn_track_doc,
+"_track($module, enable, /)\n--\n\n"
+"Start (enable true) or stop recording, for the pytest plugin's\n"
+"--sqlite-fd-check, the database paths WalSafeConnections open and the\n"
+"connections the garbage collector closes.  Returns what was recorded since\n"
+"the previous call as (set of paths, list of (path, opened_at, opened_via,\n"
+"thread_id, serial)), or None when nothing was being recorded.");
 
 static PyObject *
-hkn_track_opened(PyObject *module, PyObject *enable)
+hkn_track(PyObject *module, PyObject *enable)
 {
     hkn_state *state = hkn_module_state(module);
-    int on = HKN_FAULT_PY("module.track_opened.is_true", -1, PyObject_IsTrue(enable));
+    int on = HKN_FAULT_PY("module.track.is_true", -1, PyObject_IsTrue(enable));
     if (on < 0) {
         return NULL;
     }
-    PyObject *fresh = NULL;
-    if (on && (fresh = HKN_FAULT_PY("module.track_opened.new_set", NULL, PySet_New(NULL))) == NULL) {
+    PyObject *paths = NULL, *log = NULL;
+    if (on && ((paths = HKN_FAULT_PY("module.track.new_set", NULL, PySet_New(NULL))) == NULL
+               || (log = HKN_FAULT_PY("module.track.new_list", NULL, PyList_New(0))) == NULL)) {
+        Py_XDECREF(paths);
         return NULL;
     }
-    PyObject *previous = state->opened_paths;
-    state->opened_paths = fresh;
-    return previous != NULL ? previous : Py_NewRef(Py_None);
+    /* Switch first: even when the result cannot be built, _track(False)
+     * must stop the recording (the records are then lost). */
+    PyObject *old_paths = state->opened_paths, *old_log = state->finalized_log;
+    state->opened_paths = paths;
+    state->finalized_log = log;
+    if (old_paths == NULL) {
+        Py_XDECREF(old_log);
+        Py_RETURN_NONE;
+    }
+    PyObject *result = HKN_FAULT_PY("module.track.result", NULL,
+                                    PyTuple_Pack(2, old_paths, old_log));
+    Py_DECREF(old_paths);
+    Py_XDECREF(old_log);
+    return result;
 }
 
 PyDoc_STRVAR(hkn_guard_doc,
@@ -458,10 +492,15 @@ static PyMethodDef hkn_module_methods[] = {
     {"stats", hkn_stats_dict, METH_NOARGS, hkn_stats_doc},
     {"sqlite_api", hkn_sqlite_api_info, METH_NOARGS, hkn_sqlite_api_doc},
     {"_bound_functions", hkn_bound_functions, METH_NOARGS, hkn_bound_functions_doc},
-    {"_live_connections", hkn_live_connections, METH_NOARGS, hkn_live_doc},
+    {"_live_connections", (PyCFunction)(void (*)(void))hkn_live_connections, METH_FASTCALL,
+     hkn_live_doc},
     {"_reset_peak_live", hkn_reset_peak_live, METH_NOARGS, hkn_reset_peak_doc},
     {"_close_all_at_exit", hkn_close_all_at_exit, METH_NOARGS, hkn_close_all_doc},
-    {"_track_opened", hkn_track_opened, METH_O, hkn_track_opened_doc},
+    {"_track", hkn_track, METH_O, hkn_track_doc},
+    {"_opener_here", hkn_opener_here, METH_NOARGS,
+     PyDoc_STR("_opener_here($module, /)\n--\n\n"
+               "(opened_at, opened_via) for the calling code, as a WalSafeConnection\n"
+               "opened here would report them.")},
     {"_after_fork_in_child", hkn_after_fork_in_child, METH_NOARGS, hkn_after_fork_doc},
     {"_guard", (PyCFunction)(void (*)(void))hkn_guard_switch, METH_FASTCALL, hkn_guard_doc},
     {"set_persist_wal", (PyCFunction)(void (*)(void))hkn_set_persist_wal, METH_FASTCALL,
@@ -540,36 +579,94 @@ hkn_make_checkpoint_result(PyObject *module, hkn_state *state)
                         PyModule_AddObjectRef(module, "CheckpointResult", cls));
 }
 
-/* Frames of files in this package's directory are skipped when looking for
- * the user code that opened a connection. */
+/* Appends `dir` as a prefix ending in `sep` to `list`; anything but a
+ * non-empty str (a sys attribute someone replaced) is left out. */
 static int
-hkn_find_package_dir(PyObject *module, hkn_state *state)
+hkn_add_prefix(PyObject *list, PyObject *dir, PyObject *sep)
+{
+    if (dir == NULL || !PyUnicode_Check(dir) || PyUnicode_GET_LENGTH(dir) == 0) {
+        return 0;
+    }
+    PyObject *prefix = PyUnicode_Tailmatch(dir, sep, 0, PY_SSIZE_T_MAX, 1) == 1
+                       ? Py_NewRef(dir)
+                       : HKN_FAULT_PY("module.exec.prefix", NULL, PyUnicode_Concat(dir, sep));
+    int rc = prefix == NULL ? -1
+             : HKN_FAULT_PY("module.exec.prefix_add", -1, PyList_Append(list, prefix));
+    Py_XDECREF(prefix);
+    return rc;
+}
+
+static int
+hkn_prefix_tuple(PyObject *list, PyObject **slot)
+{
+    *slot = HKN_FAULT_PY("module.exec.prefix_tuple", NULL, PyList_AsTuple(list));
+    return *slot == NULL ? -1 : 0;
+}
+
+/* The directories opener.c judges frames by: this package's own (skipped
+ * when capturing), the standard library's (plus frozen modules, whose
+ * co_filename is "<frozen name>") and the installation's, sys.prefix and
+ * friends (pytest, pluggy and other installed code live below them). */
+static int
+hkn_find_dirs(PyObject *module, hkn_state *state)
 {
     PyObject *file = HKN_FAULT_PY("module.exec.filename", NULL,
                                   PyModule_GetFilenameObject(module));
     if (file == NULL) {
         return -1;
     }
-    PyObject *os_path = hkn_import("os.path");
-    if (os_path == NULL) {
-        Py_DECREF(file);
-        return -1;
+    PyObject *os = hkn_import("os");
+    PyObject *os_path = NULL, *dir = NULL, *sep = NULL, *os_file = NULL;
+    PyObject *stdlib = NULL, *installed = NULL, *frozen = NULL;
+    int status = -1;
+    if (os == NULL
+        || hkn_take(os, "path", &os_path) < 0
+        || hkn_take(os_path, "sep", &sep) < 0
+        || (dir = HKN_FAULT_PY("module.exec.dirname", NULL,
+                               PyObject_CallMethod(os_path, "dirname", "O", file))) == NULL
+        || (state->package_dir = HKN_FAULT_PY("module.exec.package_dir", NULL,
+                                              PyUnicode_Concat(dir, sep))) == NULL) {
+        goto done;
     }
-    PyObject *dir = HKN_FAULT_PY("module.exec.dirname", NULL,
-                                 PyObject_CallMethod(os_path, "dirname", "O", file));
+    Py_CLEAR(dir);
+    /* os.__file__ is missing only in unusual embeddings; frames are then
+     * judged by the installation prefixes alone. */
+    os_file = PyObject_GetAttrString(os, "__file__");
+    PyErr_Clear();
+    if (os_file != NULL
+        && (dir = HKN_FAULT_PY("module.exec.stdlib_dir", NULL,
+                               PyObject_CallMethod(os_path, "dirname", "O", os_file))) == NULL) {
+        goto done;
+    }
+    if ((stdlib = HKN_FAULT_PY("module.exec.stdlib_prefixes", NULL, PyList_New(0))) == NULL
+        || (installed = HKN_FAULT_PY("module.exec.install_prefixes", NULL, PyList_New(0))) == NULL
+        || hkn_intern("<frozen ", &frozen) < 0
+        || HKN_FAULT_PY("module.exec.frozen_prefix", -1, PyList_Append(stdlib, frozen)) < 0
+        || hkn_add_prefix(stdlib, dir, sep) < 0) {
+        goto done;
+    }
+    static const char *const names[4] = {"prefix", "base_prefix", "exec_prefix",
+                                         "base_exec_prefix"};
+    for (int i = 0; i < 4; i++) {
+        if (hkn_add_prefix(installed, PySys_GetObject(names[i]), sep) < 0) {
+            goto done;
+        }
+    }
+    if (hkn_prefix_tuple(stdlib, &state->stdlib_prefixes) == 0
+        && hkn_prefix_tuple(installed, &state->install_prefixes) == 0) {
+        status = 0;
+    }
+done:
     Py_DECREF(file);
-    PyObject *sep = NULL;
-    if (dir == NULL || hkn_take(os_path, "sep", &sep) < 0) {
-        Py_DECREF(os_path);
-        Py_XDECREF(dir);
-        return -1;
-    }
-    Py_DECREF(os_path);
-    state->package_dir = HKN_FAULT_PY("module.exec.package_dir", NULL,
-                                      PyUnicode_Concat(dir, sep));
-    Py_DECREF(dir);
-    Py_DECREF(sep);
-    return state->package_dir == NULL ? -1 : 0;
+    Py_XDECREF(os);
+    Py_XDECREF(os_path);
+    Py_XDECREF(dir);
+    Py_XDECREF(sep);
+    Py_XDECREF(os_file);
+    Py_XDECREF(stdlib);
+    Py_XDECREF(installed);
+    Py_XDECREF(frozen);
+    return status;
 }
 
 /* atexit (connections held by daemon threads are never collected) and
@@ -686,7 +783,7 @@ hkn_module_exec(PyObject *module)
     if (state->bound_exceeded == NULL) {
         return -1;
     }
-    if (hkn_find_package_dir(module, state) < 0) {
+    if (hkn_find_dirs(module, state) < 0) {
         return -1;
     }
 
@@ -733,6 +830,8 @@ hkn_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->ProgrammingError);
     Py_VISIT(state->NotSupportedError);
     Py_VISIT(state->package_dir);
+    Py_VISIT(state->stdlib_prefixes);
+    Py_VISIT(state->install_prefixes);
     Py_VISIT(state->str_checkpoint_on_close);
     Py_VISIT(state->str_off);
     Py_VISIT(state->str_max_live);
@@ -747,6 +846,7 @@ hkn_module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->api_reason);
     Py_VISIT(state->api_routes_not_taken);
     Py_VISIT(state->opened_paths);
+    Py_VISIT(state->finalized_log);
     Py_VISIT(state->guard_failure);
     return 0;
 }
@@ -769,6 +869,8 @@ hkn_module_clear(PyObject *module)
     Py_CLEAR(state->ProgrammingError);
     Py_CLEAR(state->NotSupportedError);
     Py_CLEAR(state->package_dir);
+    Py_CLEAR(state->stdlib_prefixes);
+    Py_CLEAR(state->install_prefixes);
     Py_CLEAR(state->str_checkpoint_on_close);
     Py_CLEAR(state->str_off);
     Py_CLEAR(state->str_max_live);
@@ -783,6 +885,7 @@ hkn_module_clear(PyObject *module)
     Py_CLEAR(state->api_reason);
     Py_CLEAR(state->api_routes_not_taken);
     Py_CLEAR(state->opened_paths);
+    Py_CLEAR(state->finalized_log);
     Py_CLEAR(state->guard_failure);
     return 0;
 }

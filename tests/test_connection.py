@@ -1,6 +1,7 @@
 """WalSafeConnection: close-time checkpoint, drop-in behaviour, errors."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import inspect
 import os
@@ -655,6 +656,61 @@ def test_live_connections_and_stats_from_threads(db):
     assert stats["live"] >= 1
     conn.close()
     assert hkn.live_connections(db) == []
+
+
+def _connect_helper(db):
+    return sqlite3.connect(db, factory=WalSafe)                 # the helper's line
+
+
+@contextlib.contextmanager
+def _connect_context(db):
+    conn = sqlite3.connect(db, factory=WalSafe)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _line_here():
+    return inspect.currentframe().f_back.f_lineno
+
+
+def test_opener_is_the_caller_of_a_connect_helper(db):
+    helper_line = inspect.getsourcelines(_connect_helper)[1] + 1
+    conn = _connect_helper(db); line = _line_here()              # noqa: E702
+    entry, = hkn.live_connections(db)
+    assert entry.opened_at == f"{__file__}:{line}"
+    assert entry.opened_via[:2] == (
+        f"{__file__}:{helper_line} in _connect_helper",
+        f"{__file__}:{line} in test_opener_is_the_caller_of_a_connect_helper")
+    assert len(entry.opened_via) <= 5
+    conn.close()
+
+    # A helper written as a context manager: contextlib's frame is skipped.
+    with _connect_context(db) as conn:
+        line = _line_here() - 1
+        entry, = hkn.live_connections(db)
+        assert entry.opened_at == f"{__file__}:{line}"
+        assert "contextlib.py" in entry.opened_via[1]
+
+    # Called directly by a test: the test is the opener, not pytest's code.
+    conn = sqlite3.connect(db, factory=WalSafe); line = _line_here()   # noqa: E702
+    entry, = hkn.live_connections(db)
+    assert entry.opened_at == f"{__file__}:{line}"
+    assert entry.opened_via[0].startswith(f"{__file__}:{line} in test_opener")
+    conn.close()
+
+
+def test_resource_warning_names_the_caller_and_the_helper(db):
+    helper_line = inspect.getsourcelines(_connect_helper)[1] + 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        conn = _connect_helper(db); line = _line_here()          # noqa: E702
+        del conn
+        gc.collect()
+    message, = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert (f"opened at {__file__}:{line} (via {__file__}:{helper_line} in _connect_helper)"
+            in message)
 
 
 def test_live_connections_by_relative_and_symlinked_path(db, tmp_path, monkeypatch):
