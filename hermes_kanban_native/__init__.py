@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from . import _native
 from ._native import CheckpointResult, WalSafeConnection, sqlite_api, stats
+from .stray import StrayOpenWarning, warn_on_stray_open
 
 __all__ = [
     "CheckpointResult",
@@ -30,6 +31,7 @@ __all__ = [
     "MapInfo",
     "SqliteFds",
     "StaleWalGenerationError",
+    "StrayOpenWarning",
     "WalSafeConnection",
     "connect",
     "holders",
@@ -39,6 +41,7 @@ __all__ = [
     "sqlite_api",
     "sqlite_fds",
     "stats",
+    "warn_on_stray_open",
 ]
 
 __version__ = "0.1.0"
@@ -74,9 +77,14 @@ class LiveConnection(NamedTuple):
     """Name of the thread that opened it (``"<gone>"`` if that thread ended)."""
     thread_id: int
     opened_at: str
-    """``file:line`` of the user code that opened it."""
+    """``file:line`` of the code that opened it: the caller of the function
+    that called ``sqlite3.connect`` when that function is a helper (see
+    ``opened_via``), else that function itself."""
     opened_time: float
     """``time.time()`` when it was opened."""
+    opened_via: tuple = ()
+    """The stack when it was opened, as ``"file:line in function"``, innermost
+    first, from the call of ``sqlite3.connect`` outward (up to 5 frames)."""
 
 
 def _identity(path):
@@ -107,8 +115,9 @@ def live_connections(database=None) -> list[LiveConnection]:
                            or os.path.realpath(row[0]) == real)
         ]
     return [
-        LiveConnection(path, names.get(thread_id, "<gone>"), thread_id, opened_at, opened_time)
-        for path, thread_id, opened_at, opened_time in rows
+        LiveConnection(path, names.get(thread_id, "<gone>"), thread_id, opened_at, opened_time,
+                       opened_via)
+        for path, thread_id, opened_at, opened_time, opened_via, _serial in rows
     ]
 
 
@@ -230,3 +239,6 @@ from .fds import (  # noqa: E402
     open_fds,
     sqlite_fds,
 )
+from .stray import _from_environment  # noqa: E402
+
+_from_environment()

@@ -35,7 +35,7 @@ import tempfile
 import time
 import warnings
 
-from . import ClosingWalSafeConnection, WalSafeConnection, sqlite_api, sqlite_fds
+from . import ClosingWalSafeConnection, WalSafeConnection, plugin_bench, sqlite_api, sqlite_fds
 from .reference import ReaderProcess, TruncatingConnection
 
 SCHEMA_VERSION = 1
@@ -127,6 +127,8 @@ class Plan:
         self.ckpt_rounds, self.ckpt_batch = pick(1000, 150), 100
         self.connect_rounds, self.connect_batch = pick(1000, 150), 20
         self.scan_rounds, self.scan_repeat = pick(60, 8), 5
+        self.plugin_files, self.plugin_per_file = pick(4, 2), pick(75, 25)
+        self.plugin_rounds = pick(5, 1)
 
 
 # ------------------------------------------------------------- measuring
@@ -591,6 +593,7 @@ SCENARIOS = (
     ("connect_overhead", scenario_connect_overhead),
     ("fd_scan", scenario_fd_scan),
     ("gc_connections", scenario_gc_connections),
+    ("plugin_overhead", plugin_bench.scenario),
 )
 
 
@@ -657,6 +660,18 @@ def evaluate_targets(s: dict) -> list:
         row["fds_left"] == 0,
         note="parked db fds are SQLite's: bounded by peak concurrency while another "
              "connection of the process holds the database" if row["fds_left"] else None))
+    suites = s["plugin_overhead"]["suites"]
+    if "kanban" in suites:
+        for kind, label, limit in (("kanban", "a kanban suite", 1.10),
+                                   ("no_sqlite", "tests that open no connection", 1.02)):
+            row = suites[kind]
+            targets.append(_target(f"8: pytest --sqlite-fd-check on {label} "
+                                   f"{'<=' if limit == 1.10 else '<'} {limit:.2f}x",
+                                   f"{row['ratio']:.3f}x ({row['overhead_per_test_us']:.0f} us "
+                                   f"per test)", row["ratio"] <= limit))
+        failures = sum(row["failures"] for row in suites.values())
+        targets.append(_target("8: every generated test passes, with and without the option",
+                               f"{failures} failed", failures == 0))
     return targets
 
 
@@ -782,6 +797,18 @@ def render(report: dict) -> str:
                      r["parked_db_fds_after_gc"], r["fds_left"]]
                     for r in s["contenders"].values()]
             out += _table(body, headers)
+        elif key == "plugin_overhead":
+            if s.get("skipped"):
+                out.append(f"  skipped: {s['skipped']}")
+            headers = ["suite", "tests", "runs", "without", "with option", "ratio",
+                       "per test", "passed (without/with)"]
+            body = [[kind, r["tests"], r["runs"], f"{r['without_s']:.2f} s",
+                     f"{r['with_s']:.2f} s", f"{r['ratio']:.3f}x",
+                     f"{r['overhead_per_test_us']:.0f} us",
+                     f"{r['passed_without']}/{r['passed_with']}"]
+                    for kind, r in s["suites"].items()]
+            if body:
+                out += _table(body, headers)
         else:
             out += _timing_lines(s["contenders"])
             if key == "fd_scan":

@@ -3,50 +3,63 @@
 Installed with the package (entry point ``pytest11``), so it needs no
 configuration.  Two ways to use it:
 
-* the fixture ``sqlite_fd_tracker``: call ``sqlite_fd_tracker.watch(path)``
-  for the databases a test uses;
-* ``pytest --sqlite-fd-check``: the same check for every database any
-  WalSafeConnection opened during each test, with no change to the suite.
-  ``@pytest.mark.no_sqlite_fd_check`` opts a test out.
+* ``pytest --sqlite-fd-check``: every database any connection opened during
+  each test is checked, plain ``sqlite3`` connections included, with no
+  change to the suite.  ``@pytest.mark.no_sqlite_fd_check`` opts a test out.
+* the fixture ``sqlite_fd_tracker``: the same for one test, with the
+  per-database checks limited to the databases passed to
+  ``sqlite_fd_tracker.watch(path)``.
 
-At teardown, after a garbage collection, a watched database fails the test
-when this process
+A test fails at teardown, with one report listing each problem once, when
 
-* holds stale sidecars (a ``-wal``/``-shm`` whose file was unlinked or
-  replaced while still open or mapped),
-* has lost its POSIX locks on it without a guard holding them,
-* has WalSafeConnections to it that the test opened and never closed (and,
-  for the whole process, any connection the garbage collector had to close),
-* or holds more database/WAL descriptors than its open connections and
-  SQLite's parked-descriptor rule explain: a closed connection's database
-  descriptor stays parked while another connection of the process is open,
-  so parked descriptors are bounded by the peak number of concurrent
-  connections during the test, and none may remain once none is open.
+* it opened a database, its ``-wal`` or its ``-shm`` behind SQLite's back
+  (``open()``, ``os.open``, ``pathlib``, a copy) while this process held
+  connections to it: closing that file drops every POSIX lock the process
+  holds on the database (see ``hermes_kanban_native.stray``).  The report
+  names the ``file:line`` of the open and whether the guard covered it;
+* a WalSafeConnection it opened was never closed: either the garbage
+  collector closed it ("never closed, collected") or it is still open
+  ("still open", with its thread).  Both name the code that opened it: the
+  caller of a project's connect helper, with the helper's frames after "via";
+* a database it used holds stale sidecars (a ``-wal``/``-shm`` whose file was
+  unlinked or replaced while still open or mapped), or has lost its POSIX
+  locks without the guard holding the WAL;
+* descriptors remain that its connections explain no other way: on a
+  database nobody had open before the test, any descriptor left after it
+  means a connection it opened is still open (for plain connections this is
+  the only sign, with their openers listed); and with WalSafeConnections
+  only, SQLite's parking keeps at most one closed connection's database
+  descriptor per concurrent connection, and none once none is open.
 
-The report lists every descriptor and mapping with its path, kind and inode.
-The check works for suites that monkeypatch ``sqlite3.connect`` or wrap
-connections in proxies: it follows WalSafeConnection's own registry, not
-``sqlite3.connect``.
+The garbage collector runs only when a connection the test opened is still
+open at its end, youngest generation first, and stops as soon as none is.
+A test that opens no connection costs a few microseconds.  The check follows
+the connection type's own registry and Python's audit events, not
+``sqlite3.connect``, so suites that monkeypatch it or wrap connections in
+proxies are checked all the same.
 """
 from __future__ import annotations
 
 import gc
 import os
-import time
+import sqlite3
+import threading
+import warnings
 
 import pytest
 
 OPTION = "--sqlite-fd-check"
 MARKER = "no_sqlite_fd_check"
+_TRACKER = "_hermes_kanban_native_tracker"
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("hermes_kanban_native")
     group.addoption(
         OPTION, action="store_true", default=False,
-        help="fail tests that leave stale SQLite sidecars, lost locks, unclosed "
-             "WalSafeConnections or unexplained descriptors on any database a "
-             "WalSafeConnection opened during the test",
+        help="fail tests that open a live SQLite database behind SQLite's back, leave "
+             "connections open, or leave stale sidecars, lost locks or unexplained "
+             "descriptors on any database they used",
     )
 
 
@@ -55,17 +68,64 @@ def pytest_configure(config):
         "markers", f"{MARKER}: skip the {OPTION} check for this test")
 
 
+# Databases any plain sqlite3 connection opened while a tracker listened:
+# their descriptors cannot be told apart from WalSafeConnections' by count.
+_PLAIN_EVER: set = set()
+
+
 class SqliteFdTracker:
     """What one test did to its databases; see the module docstring."""
 
-    def __init__(self):
+    def __init__(self, every_database=False):
         import hermes_kanban_native as hkn
+        from hermes_kanban_native import _native, stray
         self._hkn = hkn
+        self._native = _native
+        self._stray = stray
+        self._every_database = every_database
         self._watched = {}
-        self._started = time.time()
-        self._finalized_before = hkn.stats()["finalized"]
-        self._live_before = {id_key(entry) for entry in hkn.live_connections()}
-        hkn._native._reset_peak_live()
+        self._serial = _native.stats()["opened"]
+        _native._reset_peak_live()
+        self._outer = _native._track(True)
+        self._paths = set(self._outer[0]) if self._outer else set()
+        self._log = []
+        self._real = {}
+        self._baseline = {}     # database -> (db fds, wal fds) before its first connect
+        self._plain = {}        # database -> openers of plain connections
+        self._connected = set()
+        self._plain_ids = {}    # id() of this test's plain connections -> (database, opener)
+        self._plain_collected = []
+        self._strays = []
+        self._listening = True
+        stray._listen(self)
+
+    # ------------------------------------------------- the audit hook's side
+
+    def before_connect(self, path):
+        real = self._realpath(path)
+        if real not in self._baseline:
+            self._baseline[real] = _descriptors_on(real)
+
+    def connected(self, path, connection, opener):
+        real = self._realpath(path)
+        self._connected.add(real)
+        if opener is not None:
+            where = _describe(*opener)
+            self._plain.setdefault(real, []).append(where)
+            self._plain_ids[id(connection)] = (real, where)
+            _PLAIN_EVER.add(real)
+
+    def stray_open(self, stray):
+        self._strays.append(stray)
+
+    def _realpath(self, path):
+        try:
+            return self._real[path]
+        except KeyError:
+            real = self._real[path] = os.path.realpath(path)
+            return real
+
+    # ------------------------------------------------------------ public API
 
     def watch(self, database):
         """watch(database) -> None
@@ -82,34 +142,148 @@ class SqliteFdTracker:
     def problems(self):
         """problems() -> list[str]
 
-        Runs the check now (after a garbage collection) and returns one
-        readable report per problem found; empty when all is well.
+        Runs the check now and returns one readable report per problem found;
+        empty when all is well.  The garbage collector runs first, and only
+        as far as needed, so that every connection is listed once: as
+        collected or as still open.
         """
-        hkn = self._hkn
-        never_closed = [
-            entry for entry in hkn.live_connections()
-            if id_key(entry) not in self._live_before and entry.opened_time >= self._started
-        ]
-        gc.collect()
-        finalized = hkn.stats()["finalized"] - self._finalized_before
-        peak = hkn.stats()["peak_live"]
+        self._settle()
+        self._drain()
+        names = {t.ident: t.name for t in threading.enumerate()}
         reports = []
-        if finalized > 0:
+        if self._strays:
+            reports.append("stray open of a live database (code other than SQLite opened it):\n"
+                           + "\n".join(f"  - {s.describe()}" for s in self._strays))
+        collected = [row for row in self._log if row[4] > self._serial]
+        if collected:
             reports.append(
-                f"{finalized} WalSafeConnection(s) were never closed: the garbage "
-                f"collector closed them (see the ResourceWarnings for where they "
-                f"were opened)")
-        for path in self._watched:
-            reasons = []
-            opened_here = [entry for entry in never_closed if same_file(entry.path, path)]
-            if opened_here:
-                reasons.append(
-                    f"{len(opened_here)} WalSafeConnection(s) opened by this test are "
-                    f"still open: " + ", ".join(entry.opened_at for entry in opened_here))
+                f"{len(collected)} WalSafeConnection(s) opened by this test were never "
+                f"closed, collected (the garbage collector closed them):\n"
+                + "\n".join(f"  - {path} opened at {_describe(where, via)} in thread "
+                            f"{names.get(thread, '<gone>')}"
+                            for path, where, via, thread, _ in collected))
+        if self._plain_collected:
+            reports.append(
+                f"{len(self._plain_collected)} plain sqlite3 connection(s) opened by this "
+                f"test were never closed, collected (CPython warned when the garbage "
+                f"collector closed them):\n"
+                + "\n".join(f"  - {path} opened at {where}"
+                            for path, where in self._plain_collected))
+        still_open = self._native._live_connections(self._serial)
+        if still_open:
+            reports.append(
+                f"{len(still_open)} WalSafeConnection(s) opened by this test are still open:\n"
+                + "\n".join(f"  - {path} opened at {_describe(where, via)} in thread "
+                            f"{names.get(thread, '<gone>')}"
+                            for path, thread, where, _, via, _ in still_open))
+        reports.extend(self._database_reports(still_open))
+        return reports
+
+    def check(self):
+        """Stop tracking, run the check, and fail the test on any problem."""
+        try:
+            if self._quiet():
+                return
+            reports = self.problems()
+        finally:
+            self._stop()
+        if reports:
+            pytest.fail("sqlite fd check failed\n\n" + "\n\n".join(reports), pytrace=False)
+
+    # ----------------------------------------------------------- the check
+
+    def _quiet(self):
+        """Whether the test touched no database at all: nothing to check."""
+        self._drain()
+        return (not self._watched and not self._connected and not self._strays
+                and not self._log and not self._paths
+                and self._native.stats()["opened"] == self._serial)
+
+    def _drain(self):
+        if self._listening:
+            got = self._native._track(True)
+            if got:
+                self._paths |= got[0]
+                self._log.extend(got[1])
+
+    def _stop(self):
+        if self._listening:
+            self._drain()
+            self._listening = False
+            self._stray._unlisten(self)
+            self._native._track(self._outer is not None)
+
+    def _databases(self):
+        found = dict.fromkeys(self._watched)
+        if self._every_database:
+            for path in self._paths:
+                if path:
+                    found.setdefault(self._realpath(path))
+            for path in self._connected:
+                found.setdefault(path)
+        return list(found)
+
+    def _unsettled(self):
+        """Whether something the test opened may still be waiting for the
+        garbage collector."""
+        if self._native._live_connections(self._serial):
+            return True
+        if self._plain:
+            held = _held_paths() or []
+            return any(self._baseline.get(db) == (0, 0) and _holds(held, db)
+                       for db in self._plain)
+        return False
+
+    def _settle(self):
+        if self._native.stats()["opened"] == self._serial and not self._plain:
+            return
+        for generation in (0, 1, 2):
+            if not self._unsettled():
+                return
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                gc.collect(generation)
+            self._sort_warnings(caught)
+
+    def _sort_warnings(self, caught):
+        # A WalSafeConnection collected here is in the finalized log, and a
+        # plain one this test opened (CPython 3.13+ warns about those) is
+        # reported with its opener: their ResourceWarnings would only say it
+        # again.  Any other warning goes on as it came.
+        for item in caught:
+            source = item.source
+            if issubclass(item.category, ResourceWarning) and isinstance(source, sqlite3.Connection):
+                opened = self._plain_ids.pop(id(source), None)
+                if isinstance(source, self._hkn.WalSafeConnection) or opened is not None:
+                    if opened is not None:
+                        self._plain_collected.append(opened)
+                        self._plain[opened[0]].remove(opened[1])
+                    continue
+            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno,
+                                   source=source)
+
+    def _database_reports(self, still_open):
+        hkn = self._hkn
+        databases = self._databases()
+        if not databases:
+            return []
+        held = _held_paths()
+        if held is None:
+            return []
+        peak = hkn.stats()["peak_live"]
+        mine = {}
+        for row in still_open:
+            if row[0]:
+                mine[self._realpath(row[0])] = mine.get(self._realpath(row[0]), 0) + 1
+        reports = []
+        for path in databases:
+            if not _holds(held, path):
+                continue                    # no descriptor, no mapping: nothing to see
             try:
                 info = hkn.sqlite_fds(path)
             except FileNotFoundError:
                 continue
+            reasons = []
             if info.stale:
                 reasons.append(f"{len(info.stale)} stale sidecar descriptor(s)/mapping(s): "
                                f"the -wal/-shm were unlinked or replaced while in use")
@@ -117,60 +291,111 @@ class SqliteFdTracker:
                 reasons.append("the process uses the WAL but holds no lock on the "
                                "database: its POSIX locks were cancelled by a stray close")
             live = len(info.live or ())
-            if live == 0 and (info.db or info.wal):
-                reasons.append(f"{len(info.db)} database and {len(info.wal)} WAL "
-                               f"descriptor(s) remain with no WalSafeConnection open")
-            elif len(info.db) > live + peak or len(info.wal) > live:
+            base = self._baseline.get(path)
+            plain = self._plain.get(path, [])
+            if live == 0 and (info.db or info.wal) and base in (None, (0, 0)):
+                left = f"{len(info.db)} database and {len(info.wal)} WAL descriptor(s) remain"
+                if base is None:
+                    reasons.append(f"{left} with no WalSafeConnection open")
+                elif plain:
+                    reasons.append(f"{left} on a database nobody had open before the test: "
+                                   f"of the {len(plain)} plain sqlite3 connection(s) it "
+                                   f"opened and the garbage collector did not close, one "
+                                   f"or more are still open (opened at {'; '.join(plain)})")
+                else:
+                    reasons.append(f"{left} on a database nobody had open before the test: "
+                                   f"a connection it opened is still open")
+            elif (not plain and path not in _PLAIN_EVER
+                  and (len(info.db) > live + peak or len(info.wal) > live)):
                 reasons.append(
                     f"{len(info.db)} database / {len(info.wal)} WAL descriptors for "
                     f"{live} open connection(s); SQLite's parking explains at most "
                     f"{live + peak} / {live} (peak concurrency {peak})")
             if reasons:
+                summary = (f"  live WalSafeConnections: {live}, {mine.get(path, 0)} of them "
+                           f"opened by this test (listed above)")
                 reports.append("\n".join([f"{path}:"] + [f"  - {r}" for r in reasons]
-                                         + [info.report()]))
+                                         + [info.report(), summary]))
         return reports
 
-    def check(self):
-        reports = self.problems()
-        if reports:
-            pytest.fail("sqlite fd check failed\n" + "\n\n".join(reports), pytrace=False)
+
+def _describe(where, via):
+    """"file:line (via helper frames)" from an opener's primary frame and
+    its captured stack."""
+    for index, frame in enumerate(via):
+        if frame.startswith(where + " in "):
+            if index:
+                return f"{where} (via {', '.join(via[:index])})"
+            break
+    return where
 
 
-def id_key(entry):
-    return (entry.path, entry.thread_id, entry.opened_at, entry.opened_time)
-
-
-def same_file(a, b):
-    if not a:
-        return False
+def _held_paths():
+    """The paths this process holds descriptors on (deleted ones too); None
+    where descriptors cannot be listed (no /proc)."""
+    from hermes_kanban_native import _native
     try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == b
+        return [row[1] for row in _native._scan_fds(os.getpid()) if row[1]]
+    except NotImplementedError:
+        return None
+
+
+def _holds(held, database):
+    return any(link.startswith(database) for link in held)
+
+
+def _descriptors_on(database):
+    """(database descriptors, WAL descriptors) this process holds now."""
+    from hermes_kanban_native import _native
+    identities = []
+    for suffix in ("", "-wal"):
+        try:
+            st = os.stat(database + suffix)
+        except OSError:
+            identities.append(None)
+        else:
+            identities.append((st.st_dev, st.st_ino))
+    if identities == [None, None]:
+        return (0, 0)
+    counts = [0, 0]
+    try:
+        rows = _native._scan_fds(os.getpid(), links=False)
+    except NotImplementedError:
+        rows = []
+    for row in rows:
+        for i, identity in enumerate(identities):
+            if identity is not None and (row[2], row[3]) == identity:
+                counts[i] += 1
+    return tuple(counts)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # A hook, not an autouse fixture: a fixture costs every test tens of
+    # microseconds even when it does nothing.  First, so that connections
+    # the test's fixtures open count as the test's.
+    if item.config.getoption(OPTION) and item.get_closest_marker(MARKER) is None:
+        setattr(item, _TRACKER, SqliteFdTracker(every_database=True))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    # Last, after the test's fixtures were torn down (connections they close
+    # are closed); an exception here is the test's teardown error.
+    tracker = item.__dict__.pop(_TRACKER, None)
+    if tracker is not None:
+        tracker.check()
 
 
 @pytest.fixture
-def sqlite_fd_tracker():
+def sqlite_fd_tracker(request):
     """A SqliteFdTracker: ``watch(path)`` the databases the test uses; the
-    test fails at teardown if any of them is left in a bad state."""
-    tracker = SqliteFdTracker()
-    yield tracker
-    tracker.check()
-
-
-@pytest.fixture(autouse=True)
-def _sqlite_fd_check(request):
-    if not request.config.getoption(OPTION) or request.node.get_closest_marker(MARKER):
-        yield
+    test fails at teardown if it left any of them in a bad state.  Under
+    ``--sqlite-fd-check`` it is the tracker the option already runs."""
+    tracker = getattr(request.node, _TRACKER, None)
+    if tracker is not None:
+        yield tracker
         return
-    from hermes_kanban_native import _native
-    previous = _native._track_opened(True)
-    tracker = SqliteFdTracker()
-    try:
-        yield
-    finally:
-        opened = _native._track_opened(previous is not None) or set()
-    for path in opened:
-        if path:
-            tracker.watch(path)
+    tracker = SqliteFdTracker(every_database=False)
+    yield tracker
     tracker.check()

@@ -113,6 +113,20 @@ def test_gc_scenario_walsafe_leaves_no_connection_or_wal_fd(report):
     assert rows["closing_walsafe"]["fds_left"] <= 1
 
 
+def test_plugin_scenario_runs_both_suites_and_every_test_passes(report):
+    scenario = report["scenarios"]["plugin_overhead"]
+    suites = scenario["suites"]
+    assert set(suites) == {"kanban", "no_sqlite"}
+    for row in suites.values():
+        assert row["tests"] >= 50 and row["runs"] >= 1
+        assert row["passed_without"] == row["passed_with"] == row["tests"]
+        assert row["failures"] == 0
+        assert all(_is_number(row[key]) and row[key] > 0
+                   for key in ("without_s", "with_s", "ratio"))
+    names = [t["target"] for t in report["targets"] if t["target"].startswith("8:")]
+    assert len(names) == 3
+
+
 def test_machine_block(report):
     machine = report["machine"]
     assert MACHINE_KEYS <= set(machine)

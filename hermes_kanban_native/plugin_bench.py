@@ -1,0 +1,176 @@
+"""What ``pytest --sqlite-fd-check`` costs a test suite: the bench scenario.
+
+Two generated suites, each run by pytest in a fresh process with and
+without the option, interleaved, several times:
+
+* a kanban suite shaped like hermes-agent's (the one the plugin was tried on):
+  a project module with one connect helper (``factory=WalSafeConnection``,
+  ``timeout=120``, WAL), and tests that each make a board in ``tmp_path``,
+  write through a few short connections and read it back, closing them all;
+* a suite of tests that never touch SQLite (JSON, regular expressions and a
+  small file in ``tmp_path``), for the cost the option adds to them.
+
+"Without" is pytest with this plugin disabled (``-p no:hermes_kanban_native``),
+so the ratio is the whole price of the option.  Every test must pass in every
+run; a failure under the option would be a false report, and the scenario
+records it.  The same suites back the test that a clean suite passes.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+HELPER = '''\
+"""The project's database module: one helper opens every connection."""
+import sqlite3
+
+import hermes_kanban_native as hkn
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS tasks (id INTEGER PRIMARY KEY, title TEXT, status TEXT)"
+
+
+def connect(path):
+    conn = sqlite3.connect(path, factory=hkn.WalSafeConnection, timeout=120,
+                           isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    return conn
+
+
+def init(path):
+    conn = connect(path)
+    try:
+        conn.execute(SCHEMA)
+    finally:
+        conn.close()
+'''
+
+KANBAN_TESTS = '''\
+import pytest
+
+import kanban_db
+
+
+@pytest.mark.parametrize("n", range({count}))
+def test_board(tmp_path, n):
+    path = str(tmp_path / "kanban.db")
+    kanban_db.init(path)
+    for i in range(3):
+        conn = kanban_db.connect(path)
+        try:
+            conn.execute("INSERT INTO tasks (title, status) VALUES (?, 'todo')", (f"t{{n}}-{{i}}",))
+        finally:
+            conn.close()
+    conn = kanban_db.connect(path)
+    try:
+        conn.execute("UPDATE tasks SET status = 'done' WHERE id = 1")
+        rows = conn.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall()
+    finally:
+        conn.close()
+    assert dict(rows) == {{"done": 1, "todo": 2}}
+'''
+
+PLAIN_TESTS = '''\
+import json
+import re
+
+import pytest
+
+
+@pytest.mark.parametrize("n", range({count}))
+def test_work(tmp_path, n):
+    data = {{"n": n, "items": list(range(300))}}
+    target = tmp_path / "data.json"
+    target.write_text(json.dumps(data))
+    loaded = json.loads(target.read_text())
+    assert loaded["n"] == n
+    assert len(re.findall(r"\\d+", " ".join(map(str, loaded["items"])))) == 300
+'''
+
+SUITES = {"kanban": KANBAN_TESTS, "no_sqlite": PLAIN_TESTS}
+PLUGIN = "hermes_kanban_native"
+
+
+def write_suite(directory, kind, files, per_file):
+    """Write suite `kind` ("kanban" or "no_sqlite") of `files` files with
+    `per_file` tests each into `directory`; returns the test count."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "kanban_db.py"), "w") as f:
+        f.write(HELPER)
+    with open(os.path.join(directory, "conftest.py"), "w") as f:
+        f.write("import os, sys\nsys.path.insert(0, os.path.dirname(__file__))\n")
+    # Its own (empty) configuration: a project's pytest settings further up
+    # the tree must not change what is measured.
+    with open(os.path.join(directory, "pytest.ini"), "w") as f:
+        f.write("[pytest]\n")
+    for index in range(files):
+        with open(os.path.join(directory, f"test_{kind}_{index:02}.py"), "w") as f:
+            f.write(SUITES[kind].format(count=per_file))
+    return files * per_file
+
+
+def run_suite(directory, option):
+    """(seconds, passed, failed or errored) of one pytest run in a fresh process.
+    The tests' tmp_path directories are made beside `directory` (pytest
+    wipes them each run), on the filesystem the bench was pointed at."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               f"--basetemp={directory.rstrip(os.sep)}-tmp", directory]
+    command += ["--sqlite-fd-check"] if option else ["-p", f"no:{PLUGIN}"]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=directory, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    counts = {word: int(number) for number, word in
+              re.findall(r"(\d+) (passed|failed|errors?)", done.stdout)}
+    bad = counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
+    if done.returncode not in (0, 1):
+        bad = max(bad, 1)
+    return elapsed, counts.get("passed", 0), bad
+
+
+def pytest_available():
+    try:
+        import pytest  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def scenario(tmp, plan, log):
+    """The bench scenario: medians of interleaved runs, and ratios."""
+    files, per_file, rounds = plan.plugin_files, plan.plugin_per_file, plan.plugin_rounds
+    title = (f"pytest --sqlite-fd-check on generated suites of {files * per_file} tests, "
+             f"against the same runs without the plugin")
+    if not pytest_available():
+        return {"title": title, "unit": "s per run", "skipped": "pytest is not installed",
+                "suites": {}}
+    suites = {}
+    for kind in SUITES:
+        directory = os.path.join(tmp, f"suite-{kind}")
+        tests = write_suite(directory, kind, files, per_file)
+        times = {False: [], True: []}
+        passed = {False: [], True: []}
+        bad = 0
+        order = [False, True]
+        for _ in range(rounds):
+            for option in order:
+                seconds, ok, failed = run_suite(directory, option)
+                times[option].append(seconds)
+                passed[option].append(ok)
+                bad += failed
+            order.reverse()
+        without, with_option = (sorted(times[o])[len(times[o]) // 2] for o in (False, True))
+        suites[kind] = {
+            "tests": tests,
+            "runs": rounds,
+            "without_s": round(without, 3),
+            "with_s": round(with_option, 3),
+            "ratio": round(with_option / without, 4),
+            "overhead_per_test_us": round((with_option - without) / tests * 1e6, 1),
+            "passed_without": min(passed[False]),
+            "passed_with": min(passed[True]),
+            "failures": bad,
+        }
+        log(f"  {kind}: {suites[kind]['ratio']:.3f}x")
+    return {"title": title, "unit": "s per run (median)", "suites": suites}

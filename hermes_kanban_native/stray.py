@@ -1,0 +1,318 @@
+"""Who opens a live database behind SQLite's back: the stray open.
+
+POSIX record locks belong to a process and an inode, not to a descriptor:
+when a process closes *any* descriptor of a file, every POSIX lock it holds
+on that file is gone.  SQLite's locks are POSIX locks, so code that merely
+opens and closes a live database (a header probe such as
+``open(path, "rb").read(100)``, a copy, a checksum) silently cancels the
+locks of every SQLite connection in its process.  Another process's last
+close then believes nobody uses the WAL, checkpoints it and unlinks the
+``-wal``/``-shm`` the first process is still writing to: lost commits, then
+``disk I/O error``.  Opening the ``-wal`` or ``-shm`` is the same hazard.
+
+Python raises the audit event ``open`` for every file it opens (``open()``,
+``io.open``, ``os.open``, ``pathlib``), and ``sqlite3.connect`` and
+``sqlite3.connect/handle`` for every connection (plain or not).  SQLite's own
+opens are system calls made in C and never raise these events, so every
+``open`` event naming a database that this process holds connections to is
+code other than SQLite: a stray open.
+
+This module keeps one audit hook (audit hooks cannot be removed, so it is
+installed once, on first use, and does nothing while nobody listens):
+
+* ``warn_on_stray_open()`` makes each stray open issue a
+  :class:`StrayOpenWarning` attributed to the ``file:line`` of the code that
+  opened the file, so an operator can find such code in a running service
+  (``HERMES_KANBAN_NATIVE_WARN_STRAY_OPEN=1`` switches it on at import).
+  Under ``-W error::hermes_kanban_native.StrayOpenWarning`` the open itself
+  raises, before the file is opened.
+* the pytest plugin listens to the same events to learn every database a
+  test opens, plain sqlite3 included, and to fail a test that opens one of
+  them behind SQLite's back.
+
+A database is known from the ``sqlite3.connect`` events seen while the hook
+listens (and, when warnings are switched on, from the WalSafeConnections
+open at that moment).  An ``open`` of a file whose name is a known
+database's, or that name plus ``-wal``, ``-shm`` or ``-journal``, counts
+when this process holds a descriptor on that database file: SQLite keeps one
+open for every connection.  The cost is one name lookup per ``open`` event,
+and a scan of this process's descriptors only for opens of such names.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from typing import NamedTuple, Optional
+
+from . import _native
+
+__all__ = ["StrayOpen", "StrayOpenWarning", "warn_on_stray_open"]
+
+ENV_SWITCH = "HERMES_KANBAN_NATIVE_WARN_STRAY_OPEN"
+
+_SUFFIXES = (("-wal", "wal"), ("-shm", "shm"), ("-journal", "journal"))
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# The standard library's files, and frozen modules ("<frozen os>"): a stray
+# open through pathlib or shutil is attributed to the code that called them.
+_STDLIB = (os.path.dirname(os.path.abspath(os.__file__)) + os.sep, "<frozen ")
+_FRAMES = 5
+
+
+class StrayOpenWarning(RuntimeWarning):
+    """Code other than SQLite opened a database (or its ``-wal``/``-shm``)
+    that this process holds SQLite connections to; closing that file drops
+    every POSIX lock the process holds on it.  Attributed to the line of the
+    open."""
+
+
+class StrayOpen(NamedTuple):
+    """One stray open, as the pytest plugin reports it."""
+
+    path: str
+    """The file opened, absolute."""
+    database: str
+    """The database it belongs to, absolute."""
+    kind: str
+    """``"db"``, ``"wal"``, ``"shm"`` or ``"journal"``."""
+    where: str
+    """``file:line`` of the code that opened it (outside the standard library)."""
+    via: tuple
+    """The frames from the open outward to ``where``, as ``file:line in function``."""
+    guarded: bool
+    """Whether this package's guard held the database's WAL at the time: the
+    process's POSIX locks are lost all the same, but other processes still
+    see the guard's locks and leave the ``-wal``/``-shm`` alone."""
+    thread_id: int
+
+    def describe(self) -> str:
+        via = f" (via {', '.join(self.via)})" if self.via else ""
+        if self.kind == "db":
+            what = f"the database {self.path}"
+        else:
+            what = f"{self.path}, the -{self.kind} of {self.database}"
+        cover = ("the guard's OFD locks covered it: other processes still see the WAL "
+                 "in use" if self.guarded else
+                 "no guard covered it: another process's last close can then checkpoint "
+                 "and unlink the live -wal/-shm")
+        return (f"{self.where}{via} opened {what}, which this process holds SQLite "
+                f"connections to; closing it drops every POSIX lock the process holds on "
+                f"the database ({cover})")
+
+
+class _Listening:
+    """The hook's shared state; every field is replaced, never mutated in
+    place, so the hook reads a consistent value without a lock."""
+
+    installed = False
+    warn = False
+    listeners: tuple = ()
+    names: frozenset = frozenset()          # base names of known databases
+
+
+_state = _Listening()
+_lock = threading.Lock()
+_local = threading.local()
+
+
+def warn_on_stray_open(enable: bool = True) -> bool:
+    """warn_on_stray_open(enable=True) -> bool
+
+    Switch :class:`StrayOpenWarning` on (or off) for stray opens anywhere in
+    this process, from now on; returns whether it was on.  Databases are
+    learnt from the connections opened from now on and from the
+    WalSafeConnections open now.
+    """
+    if not isinstance(enable, bool):
+        raise TypeError(f"enable must be a bool, not {enable!r}")
+    with _lock:
+        previous = _state.warn
+        if enable:
+            _install()
+            _learn_many(row[0] for row in _native._live_connections())
+        _state.warn = enable
+    return previous
+
+
+def _listen(listener) -> None:
+    """Start passing events to ``listener`` (the pytest plugin's tracker):
+    ``listener.before_connect(database)``, ``listener.connected(database,
+    connection, opener)`` and ``listener.stray_open(StrayOpen)``."""
+    with _lock:
+        _install()
+        _state.listeners = _state.listeners + (listener,)
+
+
+def _unlisten(listener) -> None:
+    with _lock:
+        _state.listeners = tuple(item for item in _state.listeners if item is not listener)
+
+
+def _install() -> None:
+    if not _state.installed:
+        sys.addaudithook(_hook)
+        _state.installed = True
+
+
+def _learn_many(paths) -> None:
+    names = {os.path.basename(path) for path in paths if path}
+    if not names <= _state.names:
+        _state.names = _state.names | names
+
+
+def _hook(event, args):
+    # Called for every audit event of the process (imports, compiles, opens):
+    # everything but the three events below must cost next to nothing.
+    if event == "open":
+        if _state.names and (_state.warn or _state.listeners):
+            _guarded_call(_on_open, args[0])
+    elif event == "sqlite3.connect":
+        if _state.warn or _state.listeners:
+            _guarded_call(_on_connect, args[0])
+    elif event == "sqlite3.connect/handle":
+        if _state.listeners:
+            _guarded_call(_on_handle, args[0])
+
+
+def _guarded_call(function, argument):
+    # An exception out of an audit hook aborts the operation it audits (the
+    # user's open() or connect()), so our own failures are swallowed; only
+    # a StrayOpenWarning made an error by the user's filters gets through.
+    # The flag stops recursion: scanning /proc may itself open files.
+    if getattr(_local, "busy", False):
+        return
+    _local.busy = True
+    try:
+        function(argument)
+    except StrayOpenWarning:
+        raise
+    except Exception:
+        pass
+    finally:
+        _local.busy = False
+
+
+def _database_path(database) -> Optional[str]:
+    """The absolute path of a sqlite3.connect() database argument, or None
+    for in-memory and temporary databases."""
+    if isinstance(database, int):
+        return None
+    text = os.fsdecode(os.fspath(database))
+    if text.startswith("file:"):
+        # A URI (uri=True is not part of the event; a file really named
+        # "file:..." is rare enough to be read as a URI too).
+        from urllib.parse import unquote, urlsplit
+        parts = urlsplit(text)
+        if "mode=memory" in parts.query:
+            return None
+        text = unquote(parts.path)
+    if text in ("", ":memory:"):
+        return None
+    return os.path.abspath(text)
+
+
+def _on_connect(database):
+    path = _database_path(database)
+    _local.pending = path
+    if path is None:
+        return
+    name = os.path.basename(path)
+    if name not in _state.names:
+        with _lock:
+            _state.names = _state.names | {name}
+    for listener in _state.listeners:
+        listener.before_connect(path)
+
+
+def _on_handle(connection):
+    path = getattr(_local, "pending", None)
+    _local.pending = None
+    if path is None:
+        return
+    opener = None
+    if not isinstance(connection, _native.WalSafeConnection):
+        # WalSafeConnections keep their own opener; a plain one gets the
+        # same frames, captured here (our package's frames are skipped).
+        opener = _native._opener_here()
+    for listener in _state.listeners:
+        listener.connected(path, connection, opener)
+
+
+def _on_open(file):
+    if isinstance(file, int):
+        return                                  # os.fdopen() and friends
+    path = os.fsdecode(os.fspath(file))
+    name = path.rpartition(os.sep)[2]
+    kind = "db"
+    for suffix, sidecar in _SUFFIXES:
+        if name.endswith(suffix):
+            name, kind = name[: -len(suffix)], sidecar
+            break
+    if name not in _state.names:
+        return
+    path = os.path.abspath(path)
+    database = path if kind == "db" else os.path.join(os.path.dirname(path), name)
+    try:
+        st = os.stat(database)
+    except OSError:
+        return
+    identity = (st.st_dev, st.st_ino)
+    held = [row for row in _native._scan_fds(os.getpid(), links=False)
+            if (row[2], row[3]) == identity]
+    if not held:
+        return                                  # no connection holds it: harmless
+    frame, via = _open_site()
+    where = "<unknown>" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
+    stray = StrayOpen(path, database, kind, where, via, _guarded(database),
+                      threading.get_ident())
+    for listener in _state.listeners:
+        listener.stray_open(stray)
+    if _state.warn:
+        # As warnings.warn() would from that frame: its module's registry
+        # makes the default filter show each location once.
+        module_globals = frame.f_globals if frame is not None else {}
+        warnings.warn_explicit(stray.describe(), StrayOpenWarning,
+                               frame.f_code.co_filename if frame is not None else "<unknown>",
+                               frame.f_lineno if frame is not None else 0,
+                               module=module_globals.get("__name__"),
+                               registry=module_globals.setdefault("__warningregistry__", {}))
+
+
+def _guarded(database) -> bool:
+    try:
+        from .fds import sqlite_fds
+        return sqlite_fds(database).guarded
+    except (OSError, NotImplementedError):
+        return False
+
+
+def _open_site():
+    """(frame, via) of the code that opened the file: the innermost frame
+    outside this package and the standard library (None if there is none),
+    and the standard-library frames from the open to it, as "file:line in
+    function"."""
+    frame = sys._getframe(1)
+    via = []
+    while frame is not None and len(via) < _FRAMES:
+        filename = frame.f_code.co_filename
+        if filename.startswith(_PACKAGE_DIR):
+            frame = frame.f_back
+            continue
+        if not filename.startswith(_STDLIB):
+            return frame, tuple(via)
+        via.append(f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        frame = frame.f_back
+    return None, tuple(via)
+
+
+def _from_environment() -> None:
+    value = os.environ.get(ENV_SWITCH, "").strip().lower()
+    if value in ("", "0", "no", "false", "off"):
+        return
+    if value not in ("1", "yes", "true", "on"):
+        warnings.warn(f"{ENV_SWITCH}={os.environ[ENV_SWITCH]!r} is not one of 1/yes/true/on or "
+                      f"0/no/false/off; stray opens are not watched", RuntimeWarning,
+                      stacklevel=3)
+        return
+    warn_on_stray_open(True)

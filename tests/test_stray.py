@@ -1,0 +1,160 @@
+"""warn_on_stray_open(): code other than SQLite opening a live database is
+named, at its own line, and SQLite's own opens never are."""
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import sqlite3
+import warnings
+
+import pytest
+
+import hermes_kanban_native as hkn
+from conftest import make_wal_db, run_python
+
+StrayOpenWarning = hkn.StrayOpenWarning
+
+
+@pytest.fixture
+def watching():
+    previous = hkn.warn_on_stray_open(True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield caught
+    finally:
+        hkn.warn_on_stray_open(previous)
+
+
+def _strays(caught):
+    return [w for w in caught if issubclass(w.category, StrayOpenWarning)]
+
+
+def _line_of(fragment):
+    lines = pathlib.Path(__file__).read_text().splitlines()
+    return next(n for n, line in enumerate(lines, 1) if fragment in line)
+
+
+@pytest.mark.parametrize("factory", [sqlite3.Connection, hkn.WalSafeConnection])
+def test_an_open_of_a_live_database_warns_at_its_line(tmp_path, watching, factory):
+    db = make_wal_db(tmp_path / "board.db")
+    conn = sqlite3.connect(db, factory=factory)
+    conn.execute("SELECT * FROM t").fetchall()
+    with open(db, "rb") as f:                                   # the header probe
+        f.read(100)
+    stray, = _strays(watching)
+    assert stray.filename == __file__
+    assert stray.lineno == _line_of("# the header probe")
+    message = str(stray.message)
+    assert f"opened the database {db}" in message and "POSIX lock" in message
+    guarded = hkn.sqlite_fds(db).guarded
+    assert ("the guard's OFD locks covered it" in message) == guarded
+    assert ("no guard covered it" in message) == (not guarded)
+    conn.close()
+
+
+def test_sidecars_and_library_calls_are_named_at_the_callers_line(tmp_path, watching):
+    db = make_wal_db(tmp_path / "board.db")
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("INSERT INTO t VALUES (1)")
+    pathlib.Path(db + "-wal").read_bytes()                      # through pathlib
+    os.close(os.open(db + "-shm", os.O_RDONLY))                 # through os.open
+    shutil.copyfile(db, tmp_path / "copy.db")                   # through shutil
+    wal, shm, copy = _strays(watching)
+    assert (wal.filename, wal.lineno) == (__file__, _line_of("# through pathlib"))
+    assert "the -wal of" in str(wal.message) and "/pathlib" in str(wal.message)
+    assert (shm.filename, shm.lineno) == (__file__, _line_of("# through os.open"))
+    assert "the -shm of" in str(shm.message)
+    assert (copy.lineno, copy.filename) == (_line_of("# through shutil"), __file__)
+    conn.close()
+
+
+def test_unrelated_files_and_databases_nobody_holds_do_not_warn(tmp_path, watching):
+    db = make_wal_db(tmp_path / "board.db")
+    other = tmp_path / "notes.txt"
+    conn = sqlite3.connect(db)
+    other.write_text("x")
+    assert other.read_text() == "x"
+    (tmp_path / "board.db.bak").write_bytes(b"")                 # a name that only looks alike
+    conn.close()
+    with open(db, "rb") as f:                                   # closed: harmless now
+        f.read(100)
+    assert _strays(watching) == []
+
+
+def test_sqlite_own_opens_never_warn(tmp_path, watching):
+    db = make_wal_db(tmp_path / "board.db")
+    first = hkn.connect(db, isolation_level=None)
+    second = sqlite3.connect(db, isolation_level=None)
+    for i in range(300):
+        first.execute("INSERT INTO t VALUES (?)", (i,))
+    assert second.execute("SELECT count(*) FROM t").fetchone()[0] == 300
+    first.checkpoint("truncate")
+    first.execute("ATTACH DATABASE ? AS other", (str(tmp_path / "other.db"),))
+    first.execute("CREATE TABLE other.u (y)")
+    copy = sqlite3.connect(str(tmp_path / "copy.db"))
+    second.backup(copy)
+    copy.close()
+    first.execute("DETACH DATABASE other")
+    second.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    second.close()
+    first.close()
+    assert _strays(watching) == []
+
+
+def test_as_an_error_the_open_itself_fails(tmp_path):
+    db = make_wal_db(tmp_path / "board.db")
+    conn = sqlite3.connect(db)
+    previous = hkn.warn_on_stray_open(True)
+    try:
+        before = hkn.sqlite_fds(db)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", StrayOpenWarning)
+            with pytest.raises(StrayOpenWarning, match="opened the database"):
+                open(db, "rb")
+        after = hkn.sqlite_fds(db)
+        assert len(after.db) == len(before.db) and not after.locks_lost
+    finally:
+        hkn.warn_on_stray_open(previous)
+        conn.close()
+
+
+def test_switching_it_off_and_bad_arguments(tmp_path):
+    db = make_wal_db(tmp_path / "board.db")
+    conn = sqlite3.connect(db)
+    assert hkn.warn_on_stray_open(True) is False
+    assert hkn.warn_on_stray_open(False) is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StrayOpenWarning)
+        open(db, "rb").close()                                  # off: not watched
+    with pytest.raises(TypeError, match="'yes'"):
+        hkn.warn_on_stray_open("yes")
+    conn.close()
+
+
+def test_environment_switch_warns_in_a_service(tmp_path):
+    db = make_wal_db(tmp_path / "board.db")
+    code = f"""
+        import sqlite3, hermes_kanban_native as hkn
+        conn = sqlite3.connect({db!r})
+        conn.execute("SELECT * FROM t").fetchall()
+        def header():
+            with open({db!r}, "rb") as f:
+                return f.read(16)
+        header()
+        header()
+        conn.close()
+    """
+    done = run_python(code, env={"HERMES_KANBAN_NATIVE_WARN_STRAY_OPEN": "1"})
+    assert done.returncode == 0, done.stderr
+    # Once per location, at the line of the open (the default filter).
+    assert done.stderr.count("StrayOpenWarning") == 1
+    assert "<string>:6: StrayOpenWarning" in done.stderr
+
+    quiet = run_python(code, env={"HERMES_KANBAN_NATIVE_WARN_STRAY_OPEN": "0"})
+    assert quiet.returncode == 0 and "StrayOpenWarning" not in quiet.stderr
+    bad = run_python(code, env={"HERMES_KANBAN_NATIVE_WARN_STRAY_OPEN": "maybe"})
+    assert bad.returncode == 0
+    assert "HERMES_KANBAN_NATIVE_WARN_STRAY_OPEN='maybe'" in bad.stderr
+    assert "StrayOpenWarning" not in bad.stderr
