@@ -662,13 +662,17 @@ def evaluate_targets(s: dict) -> list:
              "connection of the process holds the database" if row["fds_left"] else None))
     suites = s["plugin_overhead"]["suites"]
     if "kanban" in suites:
-        for kind, label, limit in (("kanban", "a kanban suite", 1.10),
-                                   ("no_sqlite", "tests that open no connection", 1.02)):
-            row = suites[kind]
-            targets.append(_target(f"8: pytest --sqlite-fd-check on {label} "
-                                   f"{'<=' if limit == 1.10 else '<'} {limit:.2f}x",
-                                   f"{row['ratio']:.3f}x ({row['overhead_per_test_us']:.0f} us "
-                                   f"per test)", row["ratio"] <= limit))
+        row = suites["kanban"]
+        targets.append(_target("8: pytest --sqlite-fd-check on a kanban suite <= 1.10x "
+                               "wall clock", f"{row['ratio']:.3f}x ({row['per_test_ratio']:.3f}x "
+                               f"per test)", row["ratio"] <= 1.10))
+        row = suites["no_sqlite"]
+        targets.append(_target("8: --sqlite-fd-check on tests that open no connection "
+                               "< 1.02x per test",
+                               f"{row['per_test_ratio']:.3f}x ({row['overhead_per_test_us']:.0f} "
+                               f"us per test; whole run {row['ratio']:.3f}x, "
+                               f"{row['startup_overhead_ms']:.0f} ms once)",
+                               row["per_test_ratio"] < 1.02))
         failures = sum(row["failures"] for row in suites.values())
         targets.append(_target("8: every generated test passes, with and without the option",
                                f"{failures} failed", failures == 0))
@@ -801,10 +805,11 @@ def render(report: dict) -> str:
             if s.get("skipped"):
                 out.append(f"  skipped: {s['skipped']}")
             headers = ["suite", "tests", "runs", "without", "with option", "ratio",
-                       "per test", "passed (without/with)"]
+                       "per test", "per-test ratio", "once", "passed (without/with)"]
             body = [[kind, r["tests"], r["runs"], f"{r['without_s']:.2f} s",
                      f"{r['with_s']:.2f} s", f"{r['ratio']:.3f}x",
-                     f"{r['overhead_per_test_us']:.0f} us",
+                     f"{r['per_test_without_us']:.0f} -> {r['per_test_with_us']:.0f} us",
+                     f"{r['per_test_ratio']:.3f}x", f"{r['startup_overhead_ms']:.0f} ms",
                      f"{r['passed_without']}/{r['passed_with']}"]
                     for kind, r in s["suites"].items()]
             if body:
