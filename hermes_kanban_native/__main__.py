@@ -1,18 +1,19 @@
 """Command line: ``python -m hermes_kanban_native COMMAND``.
 
-Each command lives in its own module with ``register(subparsers)``, which
-adds its parser and sets ``run``; this file only assembles them.
+Each command lives in its own module of ``commands/`` with
+``register(subparsers)``, which adds its parser and sets ``run``; this file
+only assembles them.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import bench, demo, fds_command, info, soak
+from .commands import bench, demo, fds, info, soak
 
 
 def _commands():
-    return [demo, fds_command, info, bench, soak]
+    return [demo, fds, info, bench, soak]
 
 
 def build_parser() -> argparse.ArgumentParser:

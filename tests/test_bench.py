@@ -147,7 +147,7 @@ def test_output_file_holds_the_same_json(report):
 
 
 def test_table_names_every_scenario_and_target(report):
-    from hermes_kanban_native import bench
+    from hermes_kanban_native.commands import bench
 
     table = bench.render({key: value for key, value in report.items() if key != "_output_file"})
     for scenario in report["scenarios"].values():

@@ -28,7 +28,7 @@ import threading
 import time
 import warnings
 
-from . import WalSafeConnection, sqlite_fds, stats
+from .. import WalSafeConnection, sqlite_fds, stats
 from .reference import ReaderProcess, TruncatingConnection
 
 # The demo's busy timeout.  hermes uses 120 s; the Python subclass waits out
@@ -192,7 +192,7 @@ def _table(rows: list) -> str:
 
 
 def _fds_command(path: str) -> int:
-    from .__main__ import main
+    from ..__main__ import main
     return main(["fds", path, "--pid", str(os.getpid())])
 
 

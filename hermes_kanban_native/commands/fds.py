@@ -50,7 +50,7 @@ import json
 import sys
 import time
 
-from . import fds as fds_module
+from .. import fds as fds_module
 
 SCHEMA_VERSION = 1
 _PROG = "hermes-kanban-native fds"

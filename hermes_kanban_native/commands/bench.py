@@ -35,7 +35,8 @@ import tempfile
 import time
 import warnings
 
-from . import ClosingWalSafeConnection, WalSafeConnection, plugin_bench, sqlite_api, sqlite_fds
+from .. import ClosingWalSafeConnection, WalSafeConnection, sqlite_api, sqlite_fds
+from . import bench_plugin
 from .reference import ReaderProcess, TruncatingConnection
 
 SCHEMA_VERSION = 1
@@ -593,7 +594,7 @@ SCENARIOS = (
     ("connect_overhead", scenario_connect_overhead),
     ("fd_scan", scenario_fd_scan),
     ("gc_connections", scenario_gc_connections),
-    ("plugin_overhead", plugin_bench.scenario),
+    ("plugin_overhead", bench_plugin.scenario),
 )
 
 

@@ -139,7 +139,7 @@ def factory_class(name: str):
     if name == "python-subclass":
         return TruncatingConnection
     if name == "walsafe":
-        from . import WalSafeConnection
+        from .. import WalSafeConnection
         return WalSafeConnection
     raise ValueError(f"unknown factory {name!r}")
 
@@ -207,7 +207,7 @@ def _log_committed(log, row_id):
 
 # -------------------------------------------------------- other processes
 #
-# Each child is ``python -m hermes_kanban_native.soak ROLE ...``; it runs
+# Each child is ``python -m hermes_kanban_native.commands.soak ROLE ...``; it runs
 # until the wall-clock deadline or until the stop file appears, and writes any
 # failure to its error file before exiting 1.
 
@@ -346,7 +346,7 @@ def _verifier(database, factory, log_dir, rng):
 
 
 def _child_main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="hermes_kanban_native.soak (child)")
+    parser = argparse.ArgumentParser(prog="hermes_kanban_native.commands.soak (child)")
     parser.add_argument("role", choices=("writer", "reader", "verifier", "forker"))
     parser.add_argument("--database", required=True)
     parser.add_argument("--factory", choices=FACTORIES, required=True)
@@ -493,7 +493,7 @@ class Soak:
         self.factory_name = args.factory
         base = factory_class(args.factory)
         # As hermes tracks its connections: a subclass made with type().
-        from . import WalSafeConnection
+        from .. import WalSafeConnection
         attributes = {}
         if issubclass(base, WalSafeConnection):
             if args.max_live is not None:
@@ -716,7 +716,7 @@ class Soak:
     # -- other processes
 
     def spawn(self, role, index, deadline):
-        cmd = [sys.executable, "-m", "hermes_kanban_native.soak", role,
+        cmd = [sys.executable, "-m", "hermes_kanban_native.commands.soak", role,
                "--database", os.path.abspath(self.database), "--factory", self.factory_name,
                "--index", str(index), "--run-id", self.run_id,
                "--log-dir", os.path.abspath(self.log_dir),
@@ -748,7 +748,7 @@ class Soak:
     def sample_fds(self, label):
         """Descriptors of this process on the database, checked against what
         its open connections explain."""
-        from . import sqlite_fds, stats
+        from .. import sqlite_fds, stats
         # What may hold descriptors is read *before* the scan: meanwhile the
         # collector (a bound collection in another thread, with the GIL
         # released around each close) can only close connections, whose
@@ -804,7 +804,7 @@ class Soak:
                                          f"no lock on the database")
 
     def check_other_processes(self):
-        from . import holders, sqlite_fds
+        from .. import holders, sqlite_fds
         for pid, result in holders(self.database).items():
             if pid == os.getpid():
                 continue
@@ -1060,7 +1060,7 @@ class Soak:
             self.violation("unclosed", f"{self.counter.unclosed_open} connections survived "
                                        f"gc.collect()")
         self.close(long_lived)
-        from . import holders
+        from .. import holders
         left = {pid: r for pid, r in holders(self.database).items()}
         for pid, result in left.items():
             self.check_health(result, "after the run, a process")
@@ -1075,7 +1075,7 @@ class Soak:
         return self.report()
 
     def report(self):
-        from . import sqlite_api, stats
+        from .. import sqlite_api, stats
         native = stats() if self.factory_name == "walsafe" else None
         explicit = 1 + len(BOARDS) + self.args.threads
         return {

@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import tempfile
 
-from . import WalSafeConnection, __version__, sqlite_api
+from .. import WalSafeConnection, __version__, sqlite_api
 
 
 def register(subparsers) -> None:
