@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sqlite3
 import subprocess
@@ -37,15 +38,33 @@ SQLITE_SYMBOLS_VISIBLE = _sqlite_symbols_visible()
 NEEDS_NATIVE = "needs native access to SQLite"
 
 
+# What makes a test `isolated`: it starts a fresh interpreter (directly, or
+# through the helpers below that run the package in another process).
+_FRESH_INTERPRETER = ("run_python(", "runpytest_subprocess(", "sys.executable", "Holder(",
+                     "reader_process(")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `native` (pyproject.toml registers the marker) are
-    skipped in sql mode, saying why this interpreter has no native route."""
-    if NATIVE:
-        return
-    skip = pytest.mark.skip(reason=f"{NEEDS_NATIVE} (sql mode: {hkn.sqlite_api()['reason']})")
+    """Tests marked `native` (pyproject.toml registers the markers) are
+    skipped in sql mode, saying why this interpreter has no native route.
+    Tests whose own source starts a fresh interpreter are marked
+    `isolated`, so that nobody has to remember to."""
+    skip = None
+    if not NATIVE:
+        skip = pytest.mark.skip(reason=f"{NEEDS_NATIVE} (sql mode: {hkn.sqlite_api()['reason']})")
+    sources = {}
     for item in items:
-        if item.get_closest_marker("native") is not None:
+        if skip is not None and item.get_closest_marker("native") is not None:
             item.add_marker(skip)
+        function = getattr(item, "function", None)
+        if function is not None:
+            if function not in sources:
+                try:
+                    sources[function] = inspect.getsource(function)
+                except (OSError, TypeError):
+                    sources[function] = ""
+            if any(marker in sources[function] for marker in _FRESH_INTERPRETER):
+                item.add_marker(pytest.mark.isolated)
 
 
 @pytest.fixture(autouse=True)

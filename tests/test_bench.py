@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 SCENARIOS = {
     "read_tick": {"plain", "python_truncate", "walsafe", "walsafe_truncate"},
     "write_tick": {"plain", "python_truncate", "walsafe", "walsafe_truncate"},

@@ -49,6 +49,8 @@ from fault_workload import (  # noqa: E402
     growth,
 )
 
+pytestmark = pytest.mark.faults
+
 POINTS = _native._fault_points()
 # The extension-API route goes past its first step only where the sqlite3
 # module can load extensions (CI's static-SQLite stage has one).
@@ -380,7 +382,8 @@ def test_every_fault_point_is_reached(reach):
 _MACRO = re.compile(r'HKN_FAULT_(?:PY|ALLOC|SYS|SQLITE|RELEASE)\(\s*"([^"]+)"')
 _PREFIX = {"module.c": "module.", "connection.c": "connection.", "sqlite_api.c": "sqlite_api.",
            "guard.c": "guard.", "fdscan_linux.c": "fdscan.", "fdscan_other.c": "fdscan_other.",
-           "shmlock.c": "shmlock.", "opener.c": "opener."}
+           "shmlock.c": "shmlock.", "opener.c": "opener.", "checkpoint.c": "checkpoint.",
+           "registry.c": "registry."}
 
 
 def _condition(expression):
@@ -419,8 +422,8 @@ def _compiled_text(path):
 
 @pytest.mark.skipif(not CSRC.is_dir(), reason="needs the source tree")
 def test_fault_points_match_the_sources():
-    compiled = {"module.c", "connection.c", "opener.c", "sqlite_api.c", "guard.c",
-                "fdscan_linux.c", "shmlock.c"}
+    compiled = {"module.c", "connection.c", "checkpoint.c", "registry.c", "opener.c",
+                "sqlite_api.c", "guard.c", "fdscan_linux.c", "shmlock.c"}
     everywhere, here = [], []
     for path in sorted(CSRC.glob("*.c")):
         for name in _MACRO.findall(path.read_text()):

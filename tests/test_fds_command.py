@@ -1,7 +1,6 @@
 """``python -m hermes_kanban_native fds``: output and exit status, as a user
 running it from a shell sees them."""
 import json
-import os
 import select
 import signal
 import subprocess

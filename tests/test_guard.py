@@ -383,6 +383,7 @@ def test_normal_life_is_unchanged(tmp_path, mode):
     plain.close()
 
 
+@pytest.mark.slow
 def test_no_lock_outlives_its_connection_over_10000_cycles(tmp_path):
     path = make_wal_db(tmp_path / "cycles.db")
     rng = random.Random(1234)

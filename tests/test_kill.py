@@ -27,6 +27,8 @@ import pytest
 
 import hermes_kanban_native as hkn
 
+pytestmark = pytest.mark.slow
+
 KILLS = 200
 DEADLINE = 30.0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 
@@ -126,6 +125,7 @@ def test_interpreter_exit_checkpoints_open_connections(tmp_path):
     assert "unclosed database" in result.stderr and main_db in result.stderr
 
 
+@pytest.mark.slow
 def test_no_reference_or_fd_leak_over_10000_cycles(tmp_path):
     path = make_wal_db(tmp_path / "leak.db")
     result = run_python(f"""
@@ -161,6 +161,7 @@ def test_no_reference_or_fd_leak_over_10000_cycles(tmp_path):
 
 @pytest.mark.skipif(os.environ.get("HERMES_KANBAN_NATIVE_MODE") == "sql",
                     reason="already running in SQL mode")
+@pytest.mark.slow
 def test_suite_passes_in_sql_fallback_mode():
     here = os.path.dirname(os.path.abspath(__file__))
     result = run_python(f"""

@@ -286,8 +286,9 @@ def test_option_names_the_caller_and_the_stray_open(pytester, factory):
         assert "collected" in report and "still open" not in report
 
 
+@pytest.mark.slow
 def test_a_clean_suite_of_hundreds_of_tests_passes(pytester):
-    from hermes_kanban_native.commands import bench_plugin
+    from hermes_kanban_native.commands.bench import plugin as bench_plugin
     count = bench_plugin.write_suite(str(pytester.path), "kanban", files=3, per_file=70)
     bench_plugin.write_suite(str(pytester.path), "no_sqlite", files=1, per_file=40)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sqlite-fd-check")

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 
 def soak(*args, timeout=240):
     """Run the soak with --json; returns (exit status, report, stderr)."""

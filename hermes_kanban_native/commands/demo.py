@@ -29,6 +29,7 @@ import time
 import warnings
 
 from .. import WalSafeConnection, sqlite_fds, stats
+from ._args import number
 from .reference import ReaderProcess, TruncatingConnection
 
 # The demo's busy timeout.  hermes uses 120 s; the Python subclass waits out
@@ -50,20 +51,10 @@ def register(subparsers) -> None:
         "demo", help="the gateway pattern with sqlite3, a Python subclass and "
                      "WalSafeConnection, side by side",
         description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=_seconds, default=10.0, metavar="N",
+    parser.add_argument("--seconds", type=number(float, low=1.5, high=86400, unit="seconds"),
+                        default=10.0, metavar="N",
                         help="about how long the whole demo runs (default 10)")
     parser.set_defaults(run=run)
-
-
-def _seconds(text: str) -> float:
-    import argparse
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 1.5 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"must be between 1.5 and 86400 seconds: {text!r}")
-    return value
 
 
 def _say(text: str) -> None:
@@ -235,10 +226,10 @@ def run(args) -> int:
             # Unclosed connections are the point of the demo; their warnings
             # are counted in the table instead.
             warnings.simplefilter("ignore", ResourceWarning)
-            for number, (name, factory) in enumerate(CONTENDERS, 1):
-                _say(f"[{number}/{len(CONTENDERS) + 1}] {name}: {phase:.1f} s of gateway ticks "
+            for index, (name, factory) in enumerate(CONTENDERS, 1):
+                _say(f"[{index}/{len(CONTENDERS) + 1}] {name}: {phase:.1f} s of gateway ticks "
                      f"with a reader open in another process ...")
-                rows.append(_gateway(name, factory, os.path.join(tmp, f"board{number}.db"),
+                rows.append(_gateway(name, factory, os.path.join(tmp, f"board{index}.db"),
                                      phase))
         _say("\n" + _table(rows))
         _say(f"\nbusy timeout {BUSY_TIMEOUT} s here (120 s in hermes): the Python subclass "

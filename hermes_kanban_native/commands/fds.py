@@ -51,20 +51,11 @@ import sys
 import time
 
 from .. import fds as fds_module
+from ._args import number
 
 SCHEMA_VERSION = 1
 _PROG = "hermes-kanban-native fds"
 _COLUMNS = ("PID", "DB", "WAL", "SHM", "JOURNAL", "PARKED", "STALE", "LOCKS", "LOST", "GUARDED")
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
-    return value
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -86,7 +77,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                        help="inspect every process we may read (the default)")
     parser.add_argument("--json", action="store_true",
                         help=f"print JSON (schema {SCHEMA_VERSION}, one object per line)")
-    parser.add_argument("--watch", type=_positive_seconds, metavar="SECONDS",
+    parser.add_argument("--watch", type=number(float, low=0, low_open=True, unit="seconds"),
+                        metavar="SECONDS",
                         help="repeat every SECONDS until interrupted")
     parser.set_defaults(run=run)
     return parser

@@ -17,6 +17,7 @@ records it.  The same suites back the test that a clean suite passes.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -134,11 +135,7 @@ def run_suite(directory, option, basetemp=None):
 
 
 def pytest_available():
-    try:
-        import pytest  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("pytest") is not None
 
 
 def _best(values):
