@@ -29,8 +29,8 @@ def _flag(name):
 
 
 def _sources():
-    sources = ["csrc/module.c", "csrc/connection.c", "csrc/opener.c", "csrc/sqlite_api.c",
-               "csrc/guard.c", "csrc/shmlock.c"]
+    sources = ["csrc/module.c", "csrc/connection.c", "csrc/checkpoint.c", "csrc/registry.c",
+               "csrc/opener.c", "csrc/sqlite_api.c", "csrc/guard.c", "csrc/shmlock.c"]
     if sys.platform.startswith("linux") and not _flag("HKN_FDSCAN_STUB"):
         sources.append("csrc/fdscan_linux.c")
     else:

@@ -1,15 +1,14 @@
 /* connection.c - WalSafeConnection, the sqlite3.Connection that checkpoints
  * natively when it closes or is garbage-collected, without ever waiting.
  *
- * The close-time policy lives here and nowhere else.  Everything that is not
+ * The type itself: its layout after the base's fields, __init__, close(),
+ * checkpoint(), the finalizer, attributes and the type spec.  What a
+ * checkpoint does is checkpoint.c's; the registry and leak bound are
+ * registry.c's; where it was opened is opener.c's.  Everything that is not
  * close-time behaviour is the base class's, untouched: we forward __init__,
  * delegate traverse/clear/dealloc, and call the base's own close().
  *
  * Facts this file rests on (docs/sqlite-internals.md):
- *  - PASSIVE never calls the busy handler; FULL/RESTART/TRUNCATE wait up to
- *    the busy timeout, so close() turns the handler off first (Checkpoints).
- *  - A checkpoint on a connection with an open transaction or a stepped
- *    statement returns SQLITE_LOCKED (Checkpoints).
  *  - 3.11+ close() with a stepped statement leaves a zombie handle that keeps
  *    the files open until the cursor is collected (CPython's
  *    sqlite3.Connection from C).
@@ -19,8 +18,6 @@
 #include "hkn.h"
 
 #include "structmember.h"       /* PyMemberDef, T_PYSSIZET on 3.10/3.11 */
-#if PY_VERSION_HEX < 0x030B0000
-#endif
 
 #include <string.h>
 #include <time.h>
@@ -30,31 +27,6 @@
  * well-behaved process keeps open on one database, far below the 256-1024
  * descriptor limits that the leak exhausted. */
 #define HKN_DEFAULT_MAX_LIVE 64
-
-/* Close-time policy values besides the SQLITE_CHECKPOINT_* modes. */
-#define HKN_POLICY_OFF      (-1)
-#define HKN_POLICY_INVALID  (-2)
-#define HKN_POLICY_ERROR    (-3)    /* parsing itself failed: exception set */
-
-/* Why a close-time checkpoint did not run (counted in checkpoints_skipped). */
-typedef enum {
-    HKN_RAN = 0,
-    HKN_SKIP_NOT_FILE,      /* :memory:, "" (temporary) */
-    HKN_SKIP_READONLY,
-    HKN_SKIP_TRANSACTION,   /* a transaction is open: the base discards it */
-    HKN_SKIP_UNCHANGED,     /* passive policy and this connection wrote nothing */
-    HKN_SKIP_NOT_WAL,
-} hkn_skip;
-
-typedef struct {
-    int rc;
-    int extended;
-    int log_frames;
-    int checkpointed_frames;
-    int busy_statements;
-    hkn_skip skipped;
-    char message[256];
-} hkn_outcome;
 
 static void hkn_connection_dealloc(PyObject *self);
 
@@ -125,56 +97,6 @@ hkn_thread_error(hkn_state *state, hkn_conn *conn)
     return NULL;
 }
 
-static int
-hkn_match_mode(hkn_state *state, PyObject *value, int allow_off)
-{
-    for (int mode = 0; mode < 4; mode++) {
-        if (PyUnicode_Compare(value, state->mode_names[mode]) == 0) {
-            return mode;
-        }
-    }
-    if (allow_off && PyUnicode_Compare(value, state->str_off) == 0) {
-        return HKN_POLICY_OFF;
-    }
-    PyErr_Clear();
-    return HKN_POLICY_INVALID;
-}
-
-/* Parses a mode name: SQLITE_CHECKPOINT_*, HKN_POLICY_OFF when `allow_off`
- * and the value is "off", HKN_POLICY_INVALID otherwise.  Case-insensitive,
- * as SQLite's own PRAGMA is.  HKN_POLICY_ERROR with the exception set when
- * lower() itself fails: a MemoryError there says nothing about the value. */
-static int
-hkn_parse_mode(hkn_state *state, PyObject *value, int allow_off)
-{
-    if (value == NULL || !PyUnicode_Check(value)) {
-        return HKN_POLICY_INVALID;
-    }
-    int mode = hkn_match_mode(state, value, allow_off);
-    if (mode != HKN_POLICY_INVALID) {
-        return mode;
-    }
-    /* Only the rare mixed-case spelling pays for lower(). */
-    PyObject *lower = HKN_FAULT_PY("connection.parse_mode.lower", NULL,
-                                   PyObject_CallMethod(value, "lower", NULL));
-    if (lower == NULL) {
-        return HKN_POLICY_ERROR;
-    }
-    mode = PyUnicode_Check(lower) ? hkn_match_mode(state, lower, allow_off) : HKN_POLICY_INVALID;
-    Py_DECREF(lower);
-    return mode;
-}
-
-static PyObject *
-hkn_mode_error(PyObject *value, int allow_off)
-{
-    PyErr_Format(PyExc_ValueError,
-                 "%s must be one of %s'passive', 'full', 'restart', 'truncate', not %R",
-                 allow_off ? "checkpoint_on_close" : "mode",
-                 allow_off ? "'off', " : "", value);
-    return NULL;
-}
-
 /* Ownership of the handle while native code uses it without the GIL, so
  * that a close() from another thread (check_same_thread=False) cannot free
  * it under us.  Only read and written with the GIL held (the module keeps
@@ -208,39 +130,6 @@ hkn_unlock(hkn_conn *conn)
     conn->busy_owner = 0;
 }
 
-/* --------------------------------------------------------- bookkeeping */
-
-static PyObject *
-hkn_make_result(hkn_state *state, int mode, int busy, int log_frames, int checkpointed)
-{
-    return HKN_FAULT_PY("connection.make_result.call", NULL,
-                        PyObject_CallFunction(state->checkpoint_result, "OOii",
-                                              state->mode_names[mode],
-                                              busy ? Py_True : Py_False,
-                                              log_frames, checkpointed));
-}
-
-/* Records a checkpoint that ran: last_checkpoint and the counters. */
-static int
-hkn_record(hkn_state *state, hkn_conn *conn, int mode, const hkn_outcome *out)
-{
-    int busy = out->rc == SQLITE_BUSY;
-    PyObject *result = hkn_make_result(state, mode, busy, out->log_frames,
-                                       out->checkpointed_frames);
-    if (result == NULL) {
-        return -1;
-    }
-    Py_XSETREF(conn->last_checkpoint, result);
-    state->stats.checkpoints++;
-    if (busy) {
-        state->stats.checkpoints_busy++;
-    }
-    if (out->checkpointed_frames > 0) {
-        state->stats.frames_checkpointed += (unsigned long long)out->checkpointed_frames;
-    }
-    return 0;
-}
-
 /* The connection is going away: leave the registry and drop its claim on
  * the guard.  Callers do this before the base closes the handle, because
  * the last claim's release must come before SQLite's last-close EXCLUSIVE
@@ -258,7 +147,6 @@ hkn_drop_guard(hkn_state *state, hkn_conn *conn)
     }
 }
 
-static Py_ssize_t hkn_count_live(hkn_state *state, PyObject *self, PyObject *path);
 
 static void
 hkn_unregister(hkn_state *state, hkn_conn *conn)
@@ -282,408 +170,6 @@ hkn_unregister(hkn_state *state, hkn_conn *conn)
         PyErr_Clear();
         hkn_error_restore(&saved);
     }
-}
-
-/* ------------------------------------------------------ native checkpoint */
-
-/* The message and extended code of a failed checkpoint.  errmsg() describes
- * the handle's latest error, which is the checkpoint's own only when the
- * codes agree; otherwise the result code's generic text is the honest one. */
-static void
-hkn_describe_error(const hkn_sqlite_api *api, sqlite3 *db, hkn_outcome *out)
-{
-    int extended = api->extended_errcode(db);
-    const char *msg = (extended & 0xff) == (out->rc & 0xff) ? api->errmsg(db) : NULL;
-    out->extended = msg != NULL ? extended : out->rc;
-    snprintf(out->message, sizeof(out->message), "%s", msg ? msg : api->errstr(out->rc));
-}
-
-/* Runs under the connection lock, without the GIL, holding SQLite's own
- * connection mutex so that no other thread steps a statement between the
- * reset and the checkpoint.  Touches no Python object. */
-static void
-hkn_native_close_checkpoint(const hkn_sqlite_api *api, sqlite3 *db, int mode, hkn_outcome *out)
-{
-    sqlite3_mutex *mutex = api->db_mutex(db);
-    api->mutex_enter(mutex);
-
-    for (sqlite3_stmt *stmt = api->next_stmt(db, NULL); stmt != NULL;
-         stmt = api->next_stmt(db, stmt)) {
-        if (api->stmt_busy(stmt)) {
-            out->busy_statements++;
-        }
-    }
-
-    const char *file = HKN_FAULT_SQLITE("connection.close_checkpoint.db_filename", NULL,
-                                        api->db_filename(db, "main"));
-    int txn = api->txn_state == NULL ? -1
-              : HKN_FAULT_SQLITE("connection.close_checkpoint.txn_state", -1,
-                                 api->txn_state(db, "main"));
-    /* Without txn_state (before 3.34, or if it fails) get_autocommit tells
-     * that some transaction is open, which may only be a read. */
-    int write_txn = txn >= 0 ? txn == SQLITE_TXN_WRITE : !api->get_autocommit(db);
-    int wrote = 0, high = 0;
-    if (HKN_FAULT_SQLITE("connection.close_checkpoint.db_status", SQLITE_MISUSE,
-                         api->db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0))
-        != SQLITE_OK) {
-        wrote = 1;              /* unknown: checkpoint rather than skip */
-    }
-
-    if (file == NULL || file[0] == '\0') {
-        out->skipped = HKN_SKIP_NOT_FILE;
-    }
-    else if (HKN_FAULT_SQLITE("connection.close_checkpoint.db_readonly", -1,
-                              api->db_readonly(db, "main")) == 1) {
-        out->skipped = HKN_SKIP_READONLY;
-    }
-    else if (write_txn) {
-        out->skipped = HKN_SKIP_TRANSACTION;
-    }
-    else if (mode == SQLITE_CHECKPOINT_PASSIVE && wrote == 0) {
-        /* A connection that wrote nothing added no frames; copying other
-         * connections' frames is their autocheckpoint's job. */
-        out->skipped = HKN_SKIP_UNCHANGED;
-    }
-    else {
-        /* Stepped statements hold a read transaction that would make the
-         * checkpoint fail with SQLITE_LOCKED; the base close is about to
-         * abandon them anyway. */
-        if (out->busy_statements > 0) {
-            for (sqlite3_stmt *stmt = api->next_stmt(db, NULL); stmt != NULL;
-                 stmt = api->next_stmt(db, stmt)) {
-                if (api->stmt_busy(stmt)) {
-                    /* reset() returns the statement's last error; it resets
-                     * regardless. */
-                    (void)HKN_FAULT_RELEASE("connection.close_checkpoint.reset", SQLITE_IOERR,
-                                            api->reset(stmt));
-                }
-            }
-        }
-        /* The connection is closing: nothing is left to restore the
-         * handler for, so close() can never wait on another process. */
-        api->busy_handler(db, NULL, NULL);
-        out->rc = HKN_FAULT_SQLITE("connection.close_checkpoint.wal_checkpoint", SQLITE_IOERR,
-                                   api->wal_checkpoint_v2(db, NULL, mode, &out->log_frames,
-                                                          &out->checkpointed_frames));
-        if (out->rc == SQLITE_OK && out->log_frames < 0) {
-            out->skipped = HKN_SKIP_NOT_WAL;
-        }
-        else if ((out->rc & 0xff) == SQLITE_LOCKED) {
-            /* A read transaction still open (BEGIN, then only reads): the
-             * base close ends it; skipped, as in SQL mode. */
-            out->skipped = HKN_SKIP_TRANSACTION;
-            out->rc = SQLITE_OK;
-        }
-        else if (out->rc != SQLITE_OK && out->rc != SQLITE_BUSY) {
-            hkn_describe_error(api, db, out);
-        }
-    }
-    api->mutex_leave(mutex);
-}
-
-/* ---------------------------------------------------------- SQL fallback */
-
-/* Runs `sql` through a cursor of the base class (never a subclass's
- * cursor() or execute() override, and without the user's row_factory) and
- * returns the first row as a tuple, or None. */
-static PyObject *
-hkn_sql_first_row(hkn_state *state, PyObject *self, const char *sql)
-{
-    PyObject *row = NULL;
-    PyObject *make_cursor = HKN_FAULT_PY("connection.sql_first_row.cursor_method", NULL,
-                                         PyObject_GetAttrString((PyObject *)state->base_type,
-                                                                "cursor"));
-    if (make_cursor == NULL) {
-        return NULL;
-    }
-    PyObject *cursor = HKN_FAULT_PY("connection.sql_first_row.cursor", NULL,
-                                    PyObject_CallOneArg(make_cursor, self));
-    Py_DECREF(make_cursor);
-    if (cursor == NULL) {
-        return NULL;
-    }
-    if (HKN_FAULT_PY("connection.sql_first_row.row_factory", -1,
-                     PyObject_SetAttrString(cursor, "row_factory", Py_None)) == 0) {
-        PyObject *executed = HKN_FAULT_PY("connection.sql_first_row.execute", NULL,
-                                          PyObject_CallMethod(cursor, "execute", "s", sql));
-        if (executed != NULL) {
-            Py_DECREF(executed);
-            row = HKN_FAULT_PY("connection.sql_first_row.fetchone", NULL,
-                               PyObject_CallMethod(cursor, "fetchone", NULL));
-        }
-    }
-    hkn_saved_error saved;
-    hkn_error_save(&saved);
-    PyObject *closed = HKN_FAULT_PY("connection.sql_first_row.close_cursor", NULL,
-                                    PyObject_CallMethod(cursor, "close", NULL));
-    Py_DECREF(cursor);
-    Py_XDECREF(closed);
-    PyErr_Clear();
-    hkn_error_restore(&saved);
-    return row;
-}
-
-/* The text of exception `exc` into `buf` ("unknown error" when it cannot
- * be had).  Called with no exception pending; never raises. */
-static void
-hkn_exception_text(PyObject *exc, char *buf, size_t size)
-{
-    PyObject *text = HKN_FAULT_PY("connection.exception_text.str", NULL, PyObject_Str(exc));
-    const char *s = text == NULL ? NULL
-                    : HKN_FAULT_PY("connection.exception_text.utf8", NULL,
-                                   PyUnicode_AsUTF8(text));
-    snprintf(buf, size, "%s", s ? s : "unknown error");
-    Py_XDECREF(text);
-    PyErr_Clear();
-}
-
-/* The sqlite3 result code of a sqlite3 exception: sqlite_errorcode on
- * 3.11+, otherwise (or if reading it fails) guessed from its message.
- * Never raises. */
-static int
-hkn_sql_error_code(PyObject *exc, const char *message)
-{
-#if PY_VERSION_HEX >= 0x030B0000
-    PyObject *code = HKN_FAULT_PY("connection.sql_error_code.attribute", NULL,
-                                  PyObject_GetAttrString(exc, "sqlite_errorcode"));
-    if (code != NULL) {
-        long value = HKN_FAULT_PY("connection.sql_error_code.value", -1, PyLong_AsLong(code));
-        Py_DECREF(code);
-        if (!(value == -1 && PyErr_Occurred())) {
-            return (int)value;
-        }
-    }
-    PyErr_Clear();
-#else
-    (void)exc;
-#endif
-    if (strstr(message, "locked") != NULL) {
-        return SQLITE_LOCKED;
-    }
-    if (strstr(message, "readonly") != NULL) {
-        return SQLITE_READONLY;
-    }
-    return SQLITE_ERROR;
-}
-
-/* The checkpoint through the connection's own Python API, for when the
- * library's symbols are out of reach.  Same policy as the native path, with
- * what SQL can see: total_changes for "wrote nothing" (it does not count
- * DDL); an open transaction or a stepping cursor shows as SQLITE_LOCKED and
- * a read-only open as SQLITE_READONLY, both counted as skipped at close.
- * Returns -1 only for a Python error unrelated to SQLite (the exception is
- * set). */
-static int
-hkn_sql_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
-                   int nowait, int closing, hkn_outcome *out)
-{
-    PyObject *row = NULL;
-    if (closing) {
-        if (conn->path == NULL || PyUnicode_GetLength(conn->path) == 0) {
-            out->skipped = HKN_SKIP_NOT_FILE;
-            return 0;
-        }
-        if (mode == SQLITE_CHECKPOINT_PASSIVE) {
-            PyObject *changes = HKN_FAULT_PY("connection.sql_checkpoint.total_changes", NULL,
-                                             PyObject_GetAttrString(self, "total_changes"));
-            if (changes == NULL) {
-                return -1;
-            }
-            long long now = HKN_FAULT_PY("connection.sql_checkpoint.total_changes_value", -1,
-                                         PyLong_AsLongLong(changes));
-            Py_DECREF(changes);
-            if (now == -1 && PyErr_Occurred()) {
-                return -1;
-            }
-            if (now == conn->changes_base) {
-                out->skipped = HKN_SKIP_UNCHANGED;
-                return 0;
-            }
-        }
-    }
-    long saved_timeout = -1;
-    if (nowait && mode != SQLITE_CHECKPOINT_PASSIVE) {
-        if (!closing) {
-            row = hkn_sql_first_row(state, self, "PRAGMA busy_timeout");
-            if (row == NULL) {
-                goto sqlite_error;
-            }
-            PyObject *value = HKN_FAULT_PY("connection.sql_checkpoint.timeout_item", NULL,
-                                           PyTuple_GetItem(row, 0));
-            saved_timeout = value == NULL ? -1
-                            : HKN_FAULT_PY("connection.sql_checkpoint.timeout_value", -1,
-                                           PyLong_AsLong(value));
-            Py_CLEAR(row);
-            if (saved_timeout == -1 && PyErr_Occurred()) {
-                return -1;
-            }
-        }
-        row = hkn_sql_first_row(state, self, "PRAGMA busy_timeout = 0");
-        if (row == NULL) {
-            goto sqlite_error;
-        }
-        Py_CLEAR(row);
-    }
-    static const char *const pragmas[4] = {
-        "PRAGMA wal_checkpoint(PASSIVE)", "PRAGMA wal_checkpoint(FULL)",
-        "PRAGMA wal_checkpoint(RESTART)", "PRAGMA wal_checkpoint(TRUNCATE)",
-    };
-    row = hkn_sql_first_row(state, self, pragmas[mode]);
-    if (saved_timeout >= 0) {
-        hkn_saved_error saved;
-        hkn_error_save(&saved);
-        char restore[64];
-        snprintf(restore, sizeof(restore), "PRAGMA busy_timeout = %ld", saved_timeout);
-        PyObject *r = hkn_sql_first_row(state, self, restore);
-        Py_XDECREF(r);
-        if (r == NULL && !hkn_error_saved(&saved)) {
-            Py_XDECREF(row);
-            return -1;
-        }
-        PyErr_Clear();
-        hkn_error_restore(&saved);
-    }
-    if (row == NULL) {
-        goto sqlite_error;
-    }
-    int busy = 0;
-    if (!HKN_FAULT_PY("connection.sql_checkpoint.parse_row", 0,
-                      PyArg_ParseTuple(row, "iii", &busy, &out->log_frames,
-                                       &out->checkpointed_frames))) {
-        Py_DECREF(row);
-        return -1;
-    }
-    Py_DECREF(row);
-    out->rc = busy ? SQLITE_BUSY : SQLITE_OK;
-    if (closing && out->log_frames < 0) {
-        out->skipped = HKN_SKIP_NOT_WAL;
-    }
-    return 0;
-
-sqlite_error:
-    if (!PyErr_ExceptionMatches(state->Error)) {
-        return -1;
-    }
-    {
-        hkn_saved_error saved;
-        hkn_error_save(&saved);
-#if PY_VERSION_HEX >= 0x030C0000
-        PyObject *exc = saved.exc;
-#else
-        PyErr_NormalizeException(&saved.type, &saved.value, &saved.tb);
-        PyObject *exc = saved.value;
-#endif
-        hkn_exception_text(exc, out->message, sizeof(out->message));
-        out->rc = hkn_sql_error_code(exc, out->message);
-        out->extended = out->rc;
-        hkn_error_drop(&saved);
-    }
-    if (closing && ((out->rc & 0xff) == SQLITE_LOCKED || (out->rc & 0xff) == SQLITE_READONLY)) {
-        /* SQL cannot see stepping cursors or read-only opens beforehand. */
-        out->skipped = (out->rc & 0xff) == SQLITE_READONLY ? HKN_SKIP_READONLY
-                                                             : HKN_SKIP_TRANSACTION;
-        out->rc = SQLITE_OK;
-    }
-    return 0;
-}
-
-/* ------------------------------------------------------ close-time policy */
-
-/* Runs the close-time checkpoint of `self` in the given mode and records
- * it.  Every failure is reported as a warning, never raised, except that a
- * warning turned into an error by the warning filters propagates (-1). */
-static int
-hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
-{
-    if (conn->path == NULL || PyUnicode_GET_LENGTH(conn->path) == 0) {
-        /* In-memory or temporary: no WAL, and no reason to leave the GIL. */
-        state->stats.checkpoints_skipped++;
-        return 0;
-    }
-    hkn_outcome out;
-    memset(&out, 0, sizeof(out));
-    out.log_frames = out.checkpointed_frames = -1;
-
-    if (state->api.native) {
-        sqlite3 *db = hkn_connection_handle(self);
-        const hkn_sqlite_api *api = &state->api;
-        Py_BEGIN_ALLOW_THREADS
-        hkn_native_close_checkpoint(api, db, mode, &out);
-        Py_END_ALLOW_THREADS
-    }
-    else if (hkn_sql_checkpoint(state, conn, self, mode, 1, 1, &out) < 0) {
-        /* Not SQLite's doing (memory, a broken subclass attribute): report
-         * it like a checkpoint error; the close must still happen. */
-        hkn_saved_error saved;
-        hkn_error_save(&saved);
-#if PY_VERSION_HEX >= 0x030C0000
-        PyObject *exc = saved.exc;
-#else
-        PyErr_NormalizeException(&saved.type, &saved.value, &saved.tb);
-        PyObject *exc = saved.value;
-#endif
-        hkn_exception_text(exc, out.message, sizeof(out.message));
-        hkn_error_drop(&saved);
-        out.rc = SQLITE_ERROR;
-    }
-
-    int status = 0;
-    if (out.skipped != HKN_RAN) {
-        state->stats.checkpoints_skipped++;
-    }
-    else if (out.rc == SQLITE_OK || out.rc == SQLITE_BUSY) {
-        if (hkn_record(state, conn, mode, &out) < 0) {
-            status = -1;
-        }
-    }
-    else {
-        state->stats.checkpoint_errors++;
-        if (HKN_FAULT_PY("connection.close_checkpoint.warn_failed", -1,
-                         PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
-                                          "%s checkpoint on close of %R failed (%s): %s",
-                                          PyUnicode_AsUTF8(state->mode_names[mode]),
-                                          conn->path ? conn->path : Py_None,
-                                          out.rc == SQLITE_ERROR ? "error" : "sqlite",
-                                          out.message)) < 0) {
-            status = -1;
-        }
-    }
-#if PY_VERSION_HEX >= 0x030B0000
-    /* 3.10's close() finalizes every statement; 3.11+ only drops its cache,
-     * so statements a cursor is still stepping keep the handle (and its
-     * files) alive until that cursor is collected. */
-    if (out.busy_statements > 0 && status == 0 && conn->path != NULL
-        && PyUnicode_GetLength(conn->path) > 0) {
-        if (HKN_FAULT_PY("connection.close_checkpoint.warn_stepping", -1,
-                         PyErr_WarnFormat(PyExc_ResourceWarning, 1,
-                                          "close() of %R with %d statement(s) still stepping: "
-                                          "SQLite keeps the database open until the cursor(s) "
-                                          "using them are released",
-                                          conn->path, out.busy_statements)) < 0) {
-            status = -1;
-        }
-    }
-#endif
-    return status;
-}
-
-/* Reads checkpoint_on_close the ordinary way (instance, class, subclass,
- * property).  Returns a mode, HKN_POLICY_OFF or HKN_POLICY_INVALID; on
- * INVALID, *value holds the offending object (new reference) or NULL with
- * an exception set. */
-static int
-hkn_policy(hkn_state *state, PyObject *self, PyObject **value)
-{
-    *value = HKN_FAULT_PY("connection.policy.getattr", NULL,
-                          PyObject_GetAttr(self, state->str_checkpoint_on_close));
-    if (*value == NULL) {
-        return HKN_POLICY_INVALID;
-    }
-    int mode = hkn_parse_mode(state, *value, 1);
-    if (mode != HKN_POLICY_INVALID) {
-        Py_CLEAR(*value);
-    }
-    return mode == HKN_POLICY_ERROR ? HKN_POLICY_INVALID : mode;
 }
 
 static PyObject *
@@ -793,34 +279,6 @@ PyDoc_STRVAR(hkn_checkpoint_doc,
 "when it is closed or used from another thread; ValueError for an unknown\n"
 "mode.  On a database not in WAL mode the result has log_frames == -1.");
 
-/* Reads the busy timeout into *timeout with a native PRAGMA (there is no C
- * getter).  With the GIL held: a trace callback may run.  SQLITE_OK, or the
- * error of the statement. */
-static int
-hkn_read_busy_timeout(const hkn_sqlite_api *api, sqlite3 *db, int *timeout)
-{
-    sqlite3_stmt *stmt = NULL;
-    int rc = HKN_FAULT_SQLITE("connection.read_busy_timeout.prepare", SQLITE_NOMEM,
-                              api->prepare_v2(db, "PRAGMA busy_timeout", -1, &stmt, NULL));
-    if (rc == SQLITE_OK) {
-        rc = HKN_FAULT_SQLITE("connection.read_busy_timeout.step", SQLITE_IOERR,
-                              api->step(stmt));
-        if (rc == SQLITE_ROW) {
-            *timeout = api->column_int(stmt, 0);
-            rc = SQLITE_OK;
-        }
-        else if (rc == SQLITE_DONE) {
-            rc = SQLITE_ERROR;  /* the PRAGMA always has a row */
-        }
-    }
-    if (stmt != NULL) {
-        /* finalize() repeats the step's error, which rc already holds. */
-        (void)HKN_FAULT_RELEASE("connection.read_busy_timeout.finalize", SQLITE_IOERR,
-                                api->finalize(stmt));
-    }
-    return rc;
-}
-
 static PyObject *
 hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
 {
@@ -875,46 +333,8 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
     }
 
     hkn_outcome out;
-    memset(&out, 0, sizeof(out));
-    out.log_frames = out.checkpointed_frames = -1;
-    int failed = 0;
-    if (state->api.native) {
-        const hkn_sqlite_api *api = &state->api;
-        sqlite3 *db = hkn_connection_handle(self);
-        int restore = -1;
-        if (!wait && mode != SQLITE_CHECKPOINT_PASSIVE) {
-            /* Without the old timeout nothing could put the busy handler
-             * back afterwards: fail instead of leaving the connection
-             * without it. */
-            out.rc = hkn_read_busy_timeout(api, db, &restore);
-            if (out.rc == SQLITE_OK) {
-                api->busy_handler(db, NULL, NULL);
-            }
-            else {
-                hkn_describe_error(api, db, &out);
-            }
-        }
-        if (out.rc == SQLITE_OK) {
-            Py_BEGIN_ALLOW_THREADS
-            sqlite3_mutex *mutex = api->db_mutex(db);
-            api->mutex_enter(mutex);
-            out.rc = HKN_FAULT_SQLITE("connection.checkpoint.wal_checkpoint", SQLITE_IOERR,
-                                      api->wal_checkpoint_v2(db, NULL, mode, &out.log_frames,
-                                                             &out.checkpointed_frames));
-            if (out.rc != SQLITE_OK && out.rc != SQLITE_BUSY) {
-                hkn_describe_error(api, db, &out);
-            }
-            api->mutex_leave(mutex);
-            Py_END_ALLOW_THREADS
-            if (restore >= 0) {
-                api->busy_timeout(db, restore);
-            }
-        }
-        hkn_guard_refresh(state, conn, db);
-    }
-    else if (hkn_sql_checkpoint(state, conn, self, mode, !wait, 0, &out) < 0) {
-        failed = 1;
-    }
+    int failed = hkn_checkpoint_run(state, conn, self, mode,
+                                    wait ? HKN_CKPT_WAIT : HKN_CKPT_NOWAIT, &out) < 0;
     hkn_unlock(conn);
 
     if (failed) {
@@ -925,206 +345,10 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
         hkn_set_sqlite_error(state, out.rc, out.extended, out.message);
         return NULL;
     }
-    if (hkn_record(state, conn, mode, &out) < 0) {
+    if (hkn_record_checkpoint(state, conn, mode, &out) < 0) {
         return NULL;
     }
     return Py_NewRef(conn->last_checkpoint);
-}
-
-/* ------------------------------------------------------ leak bound */
-
-/* Open WalSafeConnections of this process on `path` (same resolved name),
- * `self` aside. */
-static Py_ssize_t
-hkn_count_live(hkn_state *state, PyObject *self, PyObject *path)
-{
-    Py_ssize_t count = 0;
-    for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
-        if (c->owner == self) {
-            continue;
-        }
-        if (c->path == path
-            || (c->path != NULL && PyUnicode_Compare(c->path, path) == 0)) {
-            if (hkn_connection_handle(c->owner) != NULL) {
-                count++;
-            }
-        }
-    }
-    PyErr_Clear();
-    return count;
-}
-
-/* "file:line (xN), ..." for the live connections on `path`, `self` aside. */
-static PyObject *
-hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
-{
-    PyObject *counter = HKN_FAULT_PY("connection.openers.dict", NULL, PyDict_New());
-    if (counter == NULL) {
-        return NULL;
-    }
-    /* Formatting allocates, and allocation can run the GC, whose finalizers
-     * unlink registry entries: take the snapshot first, format after. */
-    Py_ssize_t count = 0;
-    PyObject **items = hkn_registry_snapshot(state, &count);
-    if (items == NULL) {
-        Py_DECREF(counter);
-        return NULL;
-    }
-    int failed = 0;
-    for (Py_ssize_t i = 0; i < count && !failed; i++) {
-        hkn_conn *c = hkn_conn_get(items[i]);
-        if (items[i] == self || c->path == NULL) {
-            continue;
-        }
-        int same = PyUnicode_Compare(c->path, path);
-        if (same != 0) {
-            PyErr_Clear();
-            continue;
-        }
-        PyObject *where = hkn_opener_where(state, &c->opener);
-        if (where == NULL) {
-            failed = 1;
-            break;
-        }
-        PyObject *seen = HKN_FAULT_PY("connection.openers.get", NULL,
-                                      PyDict_GetItemWithError(counter, where));
-        long total = seen == NULL ? 0
-                     : HKN_FAULT_PY("connection.openers.count_value", -1, PyLong_AsLong(seen));
-        PyObject *value = NULL;
-        if (!PyErr_Occurred()) {
-            value = HKN_FAULT_PY("connection.openers.count", NULL, PyLong_FromLong(total + 1));
-        }
-        if (value == NULL
-            || HKN_FAULT_PY("connection.openers.set", -1,
-                            PyDict_SetItem(counter, where, value)) < 0) {
-            failed = 1;
-        }
-        Py_XDECREF(value);
-        Py_DECREF(where);
-    }
-    hkn_snapshot_free(items, count);
-    if (failed) {
-        Py_DECREF(counter);
-        return NULL;
-    }
-    PyObject *parts = HKN_FAULT_PY("connection.openers.list", NULL, PyList_New(0));
-    PyObject *key, *value;
-    Py_ssize_t pos = 0;
-    while (parts != NULL && PyDict_Next(counter, &pos, &key, &value)) {
-        PyObject *part = HKN_FAULT_PY("connection.openers.part", NULL,
-                                      PyUnicode_FromFormat("%U (x%S)", key, value));
-        if (part == NULL
-            || HKN_FAULT_PY("connection.openers.append", -1, PyList_Append(parts, part)) < 0) {
-            Py_CLEAR(parts);
-        }
-        Py_XDECREF(part);
-    }
-    Py_DECREF(counter);
-    if (parts == NULL) {
-        return NULL;
-    }
-    PyObject *sep = HKN_FAULT_PY("connection.openers.separator", NULL, PyUnicode_FromString(", "));
-    PyObject *joined = sep == NULL ? NULL
-                       : HKN_FAULT_PY("connection.openers.join", NULL, PyUnicode_Join(sep, parts));
-    Py_XDECREF(sep);
-    Py_DECREF(parts);
-    return joined;
-}
-
-/* The per-database bound on live connections (max_live_per_database).  On
- * CPython 3.11+ an unclosed connection lives until the cyclic collector
- * runs, which in a large busy process can be long: that is how the gateway
- * reached ~1,000 descriptors.  When opening one more would exceed the
- * bound, collect once so abandoned connections are finalized; if the bound
- * still holds, open anyway and warn once per episode.  The well-behaved path
- * costs one walk of the (short) registry and one attribute read. */
-static int
-hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
-{
-    Py_ssize_t live = hkn_count_live(state, self, path);
-    if (live == 0) {
-        return 0;
-    }
-    PyObject *limit_obj = HKN_FAULT_PY("connection.bound.getattr", NULL,
-                                       PyObject_GetAttr(self, state->str_max_live));
-    if (limit_obj == NULL) {
-        return -1;
-    }
-    if (limit_obj == Py_None) {
-        Py_DECREF(limit_obj);
-        return 0;
-    }
-    Py_ssize_t limit = -1;
-    if (PyLong_Check(limit_obj) && !PyBool_Check(limit_obj)) {
-        limit = HKN_FAULT_PY("connection.bound.limit_value", -1, PyLong_AsSsize_t(limit_obj));
-        /* Too large is a bad value; anything else (memory) is not the
-         * value's fault and propagates. */
-        if (limit == -1 && PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
-                Py_DECREF(limit_obj);
-                return -1;
-            }
-            PyErr_Clear();
-        }
-    }
-    if (limit < 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "max_live_per_database must be None or an int >= 0, not %R", limit_obj);
-        Py_DECREF(limit_obj);
-        return -1;
-    }
-    Py_DECREF(limit_obj);
-    if (limit == 0) {
-        return 0;
-    }
-    int contains = HKN_FAULT_PY("connection.bound.contains", -1,
-                                PySet_Contains(state->bound_exceeded, path));
-    if (contains < 0) {
-        return -1;
-    }
-    if (live < limit) {
-        /* Under the bound again: the next excess collects and warns anew. */
-        if (contains
-            && HKN_FAULT_PY("connection.bound.discard", -1,
-                            PySet_Discard(state->bound_exceeded, path)) < 0) {
-            return -1;
-        }
-        return 0;
-    }
-    if (contains) {
-        return 0;
-    }
-    /* gc.collect() rather than PyGC_Collect(): the latter does nothing while
-     * automatic collection is disabled, which is exactly when this matters. */
-    PyObject *gc = HKN_FAULT_PY("connection.bound.import_gc", NULL, PyImport_ImportModule("gc"));
-    PyObject *collected = gc == NULL ? NULL
-                          : HKN_FAULT_PY("connection.bound.collect", NULL,
-                                         PyObject_CallMethod(gc, "collect", NULL));
-    Py_XDECREF(gc);
-    if (collected == NULL) {
-        return -1;
-    }
-    Py_DECREF(collected);
-    state->stats.bound_collections++;
-    live = hkn_count_live(state, self, path);
-    if (live < limit) {
-        return 0;
-    }
-    if (HKN_FAULT_PY("connection.bound.add", -1, PySet_Add(state->bound_exceeded, path)) < 0) {
-        return -1;
-    }
-    PyObject *openers = hkn_openers_of(state, self, path);
-    if (openers == NULL) {
-        return -1;
-    }
-    int rc = HKN_FAULT_PY("connection.bound.warn", -1,
-                          PyErr_WarnFormat(PyExc_ResourceWarning, 1,
-                                           "%zd WalSafeConnections to %R are open "
-                                           "(max_live_per_database=%zd) even after a garbage "
-                                           "collection; opening one more. Opened at: %U",
-                                           live, path, limit, openers));
-    Py_DECREF(openers);
-    return rc;
 }
 
 /* ----------------------------------------------------------------- slots */
@@ -1382,13 +606,7 @@ hkn_connection_finalize(PyObject *self)
     hkn_drop_guard(state, conn);
     state->stats.finalized++;
 
-    int finalizing;
-#if PY_VERSION_HEX >= 0x030D0000
-    finalizing = Py_IsFinalizing();
-#else
-    finalizing = _Py_IsFinalizing();
-#endif
-    if (!finalizing) {
+    if (!hkn_is_finalizing()) {
         PyObject *opener = hkn_opener_describe(state, &conn->opener);
         if (opener == NULL
             || HKN_FAULT_PY("connection.finalize.warn", -1,

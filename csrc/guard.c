@@ -48,15 +48,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#define SQLITE_FCNTL_FILE_POINTER 7
-
-/* Offsets in the unix VFS objects on LP64 (elsewhere the zPath pointer check
- * fails and no guard is taken). */
-#define HKN_FILE_H_OFFSET      (3 * sizeof(void *))
-#define HKN_FILE_ZPATH_OFFSET  (3 * sizeof(void *) + 4 * sizeof(int) + 2 * sizeof(void *))
-#define HKN_FILE_PSHM_OFFSET   (HKN_FILE_ZPATH_OFFSET + sizeof(void *))
-#define HKN_NODE_ZNAME_OFFSET  (2 * sizeof(void *))
-#define HKN_NODE_HSHM_OFFSET   (3 * sizeof(void *))
+/* The unix VFS offsets are in sqlite_private.h. */
 
 struct hkn_guard {
     struct hkn_guard *next;

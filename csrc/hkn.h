@@ -12,8 +12,10 @@
 #include <Python.h>
 #include <sys/types.h>
 
+#include "compat.h"
 #include "faults.h"
 #include "sqlite_api.h"
+#include "sqlite_private.h"
 #include "fdscan.h"
 
 /* Our part of a WalSafeConnection.  It sits right after sqlite3.Connection's
@@ -121,7 +123,7 @@ extern struct PyModuleDef hkn_module_def;
 
 /* Saving the pending exception around code that may raise (finalizers,
  * best-effort cleanup): PyErr_GetRaisedException is 3.12+. */
-#if PY_VERSION_HEX >= 0x030C0000
+#if HKN_PY_HAS_RAISED_EXCEPTION
 typedef struct { PyObject *exc; } hkn_saved_error;
 static inline void hkn_error_save(hkn_saved_error *s) { s->exc = PyErr_GetRaisedException(); }
 static inline void hkn_error_restore(hkn_saved_error *s) { PyErr_SetRaisedException(s->exc); s->exc = NULL; }
@@ -162,7 +164,7 @@ static inline PyObject *hkn_error_take(void)
 #define HKN_CONN_OFFSET(base_size) \
     ((((Py_ssize_t)(base_size)) + HKN_CONN_ALIGN - 1) & ~(HKN_CONN_ALIGN - 1))
 
-/* registry (module.c): the live WalSafeConnections of this process.  All
+/* registry.c: the live WalSafeConnections of this process.  All
  * run with the GIL held and never call into Python while the list is
  * inconsistent. */
 void hkn_registry_add(hkn_state *state, hkn_conn *conn);
@@ -172,6 +174,12 @@ void hkn_registry_remove(hkn_state *state, hkn_conn *conn);
  * with hkn_snapshot_free().  NULL with MemoryError set on failure. */
 PyObject **hkn_registry_snapshot(hkn_state *state, Py_ssize_t *count);
 void hkn_snapshot_free(PyObject **items, Py_ssize_t count);
+/* Open connections of this process on `path` (the same resolved name),
+ * `self` aside; -1 with an exception set. */
+Py_ssize_t hkn_count_live(hkn_state *state, PyObject *self, PyObject *path);
+/* On the first open of `self`: the leak bound for its database (see
+ * registry.c); -1 with an exception set. */
+int hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path);
 
 /* Whether this connection was opened in this process: a forked child has
  * a higher fork generation than its inherited connections (cheaper than a
@@ -181,15 +189,6 @@ hkn_same_process(hkn_state *state, hkn_conn *conn)
 {
     return conn->fork_generation == state->fork_generation;
 }
-
-/* SQLite's lock bytes (docs/sqlite-internals.md, "The locks that protect a
- * WAL generation"): the database file's locks all lie at PENDING_BYTE and
- * above, each connection's read lock on the SHARED range; the -shm's
- * dead-man switch is byte (22 + SQLITE_SHM_NLOCK) * 4 with SQLITE_SHM_NLOCK 8. */
-#define HKN_PENDING_BYTE  0x40000000
-#define HKN_SHARED_FIRST  (HKN_PENDING_BYTE + 2)
-#define HKN_SHARED_SIZE   510
-#define HKN_DMS_OFFSET    128
 
 /* guard.c: the WAL-generation guard (OFD locks); see the file's comment. */
 int hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db);
@@ -240,6 +239,58 @@ void hkn_shmlock_db_stats(unsigned long long *stepped, unsigned long long *shado
 /* NULL when in place, else why not; counts of -shm descriptors translated
  * (ever) and open now. */
 const char *hkn_shmlock_status(unsigned long long *opened, int *open_now);
+
+/* checkpoint.c: the checkpoint engine and the close-time policy. */
+/* Close-time policy values besides the SQLITE_CHECKPOINT_* modes. */
+#define HKN_POLICY_OFF      (-1)
+#define HKN_POLICY_INVALID  (-2)
+#define HKN_POLICY_ERROR    (-3)    /* parsing itself failed: exception set */
+
+/* Why a close-time checkpoint did not run (counted in checkpoints_skipped). */
+typedef enum {
+    HKN_RAN = 0,
+    HKN_SKIP_NOT_FILE,      /* :memory:, "" (temporary) */
+    HKN_SKIP_READONLY,
+    HKN_SKIP_TRANSACTION,   /* a transaction is open: the base discards it */
+    HKN_SKIP_UNCHANGED,     /* passive policy and this connection wrote nothing */
+    HKN_SKIP_NOT_WAL,
+} hkn_skip;
+
+typedef struct {
+    int rc;
+    int extended;
+    int log_frames;
+    int checkpointed_frames;
+    int busy_statements;
+    hkn_skip skipped;
+    char message[256];
+} hkn_outcome;
+
+/* How a checkpoint runs: at close (never waits, skips what needs no
+ * checkpoint), or on request, waiting up to the busy timeout or not. */
+typedef enum { HKN_CKPT_CLOSE, HKN_CKPT_WAIT, HKN_CKPT_NOWAIT } hkn_ckpt_how;
+
+/* Fills *out; -1 with a Python exception only for failures that are not
+ * SQLite's (SQL mode: memory, a broken subclass attribute). */
+int hkn_checkpoint_run(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
+                       hkn_ckpt_how how, hkn_outcome *out);
+/* The close-time checkpoint in `mode`, recorded; failures are warnings (-1
+ * only when a warnings filter made one an error). */
+int hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode);
+/* last_checkpoint and the counters, for a checkpoint that ran. */
+int hkn_record_checkpoint(hkn_state *state, hkn_conn *conn, int mode, const hkn_outcome *out);
+/* checkpoint_on_close read the ordinary way: a mode, HKN_POLICY_OFF or
+ * HKN_POLICY_INVALID (*value: the offending object, or NULL with an
+ * exception set). */
+int hkn_policy(hkn_state *state, PyObject *self, PyObject **value);
+/* A mode name (any case; "off" only with allow_off): a mode,
+ * HKN_POLICY_OFF, HKN_POLICY_INVALID, or HKN_POLICY_ERROR with an
+ * exception set.  hkn_mode_error() raises the ValueError for `value`. */
+int hkn_parse_mode(hkn_state *state, PyObject *value, int allow_off);
+PyObject *hkn_mode_error(PyObject *value, int allow_off);
+/* SQL mode: the first row of `sql` run through the base class's own cursor
+ * (no subclass override, no row_factory), or None; NULL with an exception. */
+PyObject *hkn_sql_first_row(hkn_state *state, PyObject *self, const char *sql);
 
 /* opener.c: capture is cheap and never fails (an incomplete stack is
  * kept); the rest return new references, or NULL with an exception. */

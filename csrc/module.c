@@ -16,67 +16,6 @@ hkn_module_state(PyObject *module)
     return (hkn_state *)PyModule_GetState(module);
 }
 
-/* -------------------------------------------------------------- registry */
-
-void
-hkn_registry_add(hkn_state *state, hkn_conn *conn)
-{
-    hkn_conn *head = &state->registry;
-    conn->prev = head->prev;
-    conn->next = head;
-    head->prev->next = conn;
-    head->prev = conn;
-    state->stats.live++;
-    if (state->stats.live > state->stats.peak_live) {
-        state->stats.peak_live = state->stats.live;
-    }
-}
-
-void
-hkn_registry_remove(hkn_state *state, hkn_conn *conn)
-{
-    if (conn->prev == NULL) {
-        return;
-    }
-    conn->prev->next = conn->next;
-    conn->next->prev = conn->prev;
-    conn->prev = conn->next = NULL;
-    state->stats.live--;
-}
-
-/* Strong references to every registered connection, taken without
- * allocating Python objects while walking: an allocation can run the GC,
- * whose finalizers unregister connections under the walk. */
-PyObject **
-hkn_registry_snapshot(hkn_state *state, Py_ssize_t *count)
-{
-    Py_ssize_t n = 0;
-    for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
-        n++;
-    }
-    PyObject **items = HKN_FAULT_ALLOC(
-        "module.snapshot.alloc", PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(PyObject *)));
-    if (items == NULL) {
-        PyErr_NoMemory();
-        return NULL;
-    }
-    Py_ssize_t i = 0;
-    for (hkn_conn *c = state->registry.next; c != &state->registry && i < n; c = c->next) {
-        items[i++] = Py_NewRef(c->owner);
-    }
-    *count = i;
-    return items;
-}
-
-void
-hkn_snapshot_free(PyObject **items, Py_ssize_t count)
-{
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_DECREF(items[i]);
-    }
-    PyMem_Free(items);
-}
-
 /* ------------------------------------------------------------- functions */
 
 PyDoc_STRVAR(hkn_stats_doc,
@@ -900,7 +839,7 @@ hkn_module_free(void *module)
 
 static PyModuleDef_Slot hkn_module_slots[] = {
     {Py_mod_exec, hkn_module_exec},
-#if PY_VERSION_HEX >= 0x030C0000
+#if HKN_PY_HAS_INTERPRETERS_SLOT
     /* One instance per process: the registry and the statistics describe
      * the process's connections, and SQLite's lock state is per process. */
     {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},

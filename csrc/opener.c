@@ -46,7 +46,7 @@ hkn_opener_traverse(hkn_opener *op, visitproc visit, void *arg)
 static int
 hkn_frame_lasti(PyFrameObject *frame)
 {
-#if PY_VERSION_HEX >= 0x030B0000
+#if HKN_PY_HAS_FRAME_GETLASTI
     return PyFrame_GetLasti(frame);
 #else
     return frame->f_lasti * (int)sizeof(_Py_CODEUNIT);

@@ -264,7 +264,7 @@ hkn_call_refusable(PyObject *conn, const char *name, PyObject *arg, int with_ent
     if (args == NULL) {
         goto done;
     }
-#if PY_VERSION_HEX >= 0x030C0000
+#if HKN_PY_HAS_LOAD_ENTRYPOINT
     if (with_entrypoint) {
         kwargs = HKN_FAULT_PY("sqlite_api.extension.kwargs", NULL,
                               Py_BuildValue("{ss}", "entrypoint", HKN_ENTRY_POINT));
@@ -337,7 +337,7 @@ hkn_route_extension(hkn_state *state, PyObject **why)
         hkn_loaded_routines = NULL;
         /* 3.12+ takes the entry point by name; before, SQLite derives the
          * same name from the file name. */
-        rc = hkn_call_refusable(conn, "load_extension", path, PY_VERSION_HEX >= 0x030C0000,
+        rc = hkn_call_refusable(conn, "load_extension", path, HKN_PY_HAS_LOAD_ENTRYPOINT,
                                 "load_extension()", why);
         /* Off again at once, even though the connection is closed next. */
         hkn_saved_error saved;
@@ -422,7 +422,7 @@ hkn_self_check(hkn_state *state, const char **why)
         *why = "no sqlite3 handle where the layout assumption expects it";
         goto done;
     }
-#if PY_VERSION_HEX >= 0x030B0000
+#if HKN_PY_HAS_SETLIMIT
     int before = api->limit(db, SQLITE_LIMIT_VARIABLE_NUMBER, -1);
     int probe = before > 1 ? before - 1 : 1;
     res = HKN_FAULT_PY("sqlite_api.self_check.setlimit", NULL,
@@ -715,7 +715,7 @@ hkn_exception_for(hkn_state *state, int rc)
     }
 }
 
-#if PY_VERSION_HEX >= 0x030B0000
+#if HKN_PY_HAS_SQLITE_ERROR_CODES
 /* Names of the primary result codes, as sqlite_errorname shows them.  The
  * checkpoint reports primary codes; an extended code is named by its primary. */
 static const char *
@@ -757,7 +757,7 @@ hkn_set_sqlite_error(hkn_state *state, int rc, int extended, const char *message
     if (exc == NULL) {
         return;
     }
-#if PY_VERSION_HEX >= 0x030B0000
+#if HKN_PY_HAS_SQLITE_ERROR_CODES
     /* sqlite3 exceptions carry these since 3.11. */
     PyObject *code = NULL, *name = NULL;
     if ((code = HKN_FAULT_PY("sqlite_api.set_error.code", NULL, PyLong_FromLong(extended))) == NULL

@@ -386,9 +386,19 @@ _PREFIX = {"module.c": "module.", "connection.c": "connection.", "sqlite_api.c":
            "registry.c": "registry."}
 
 
+def _compat_macros():
+    """csrc/compat.h's HKN_PY_* names and the comparison each stands for."""
+    path = CSRC / "compat.h"
+    if not path.is_file():
+        return {}
+    return dict(re.findall(r"#define\s+(HKN_PY_\w+)\s+\((PY_VERSION_HEX[^)]*)\)",
+                           path.read_text()))
+
+
 def _condition(expression):
     """The preprocessor conditions csrc/ uses, for this interpreter and
     Linux; anything else counts as true."""
+    expression = _compat_macros().get(expression.strip(), expression)
     match = re.fullmatch(r"PY_VERSION_HEX\s*(>=|<|>|<=)\s*(0x[0-9A-Fa-f]+)", expression.strip())
     if match:
         ops = {">=": int.__ge__, "<": int.__lt__, ">": int.__gt__, "<=": int.__le__}

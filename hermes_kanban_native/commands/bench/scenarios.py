@@ -43,19 +43,13 @@ _USER_CODE = '''
 import sqlite3
 from time import perf_counter_ns
 
-def make_read_tick(path, factory, timeout):
-    def read_tick():
+def make_tick(path, factory, timeout, sql):
+    """A gateway tick: connect, one statement, close."""
+    def tick():
         conn = sqlite3.connect(path, factory=factory, isolation_level=None, timeout=timeout)
-        conn.execute("SELECT count(*) FROM t").fetchone()
+        conn.execute(sql).fetchall()
         conn.close()
-    return read_tick
-
-def make_write_tick(path, factory, timeout):
-    def write_tick():
-        conn = sqlite3.connect(path, factory=factory, isolation_level=None, timeout=timeout)
-        conn.execute("INSERT INTO t (x) VALUES ('tick')")
-        conn.close()
-    return write_tick
+    return tick
 
 def make_timed_close(path, factory, timeout):
     """ns spent in close() after writing one row."""
@@ -131,7 +125,8 @@ def scenario_read_tick(tmp, plan, log):
     path = _make_db(os.path.join(tmp, "read.db"))
     holder = _holder(path)
     try:
-        samplers = {name: _timed_batch(_user["make_read_tick"](path, factory, TIMEOUT))
+        read = "SELECT count(*) FROM t"
+        samplers = {name: _timed_batch(_user["make_tick"](path, factory, TIMEOUT, read))
                     for name, (factory, _) in CONTENDERS.items()}
         raw = _interleave(samplers, plan.read_rounds, plan.warmup)
     finally:
@@ -145,7 +140,8 @@ def scenario_write_tick(tmp, plan, log):
     path = _make_db(os.path.join(tmp, "write.db"))
     holder = _holder(path)
     try:
-        ticks = {name: _user["make_write_tick"](path, factory, TIMEOUT)
+        write = "INSERT INTO t (x) VALUES ('tick')"
+        ticks = {name: _user["make_tick"](path, factory, TIMEOUT, write)
                  for name, (factory, _) in CONTENDERS.items()}
         raw = _interleave({name: _timed_batch(fn) for name, fn in ticks.items()},
                           plan.write_rounds, plan.warmup // 5)

@@ -1,0 +1,268 @@
+/* registry.c - the live WalSafeConnections of this process, and the leak
+ * bound on them.
+ *
+ * The registry is an intrusive circular list through each connection's
+ * hkn_conn (no allocation per open); it is only touched with the GIL held
+ * and never calls into Python while inconsistent.  The leak bound
+ * (max_live_per_database) counts a database's live connections on open and,
+ * over the bound, runs the garbage collector once so that abandoned
+ * connections are finalized, warning with the openers of those that stay.
+ */
+#include "hkn.h"
+
+/* -------------------------------------------------------------- registry */
+
+void
+hkn_registry_add(hkn_state *state, hkn_conn *conn)
+{
+    hkn_conn *head = &state->registry;
+    conn->prev = head->prev;
+    conn->next = head;
+    head->prev->next = conn;
+    head->prev = conn;
+    state->stats.live++;
+    if (state->stats.live > state->stats.peak_live) {
+        state->stats.peak_live = state->stats.live;
+    }
+}
+
+void
+hkn_registry_remove(hkn_state *state, hkn_conn *conn)
+{
+    if (conn->prev == NULL) {
+        return;
+    }
+    conn->prev->next = conn->next;
+    conn->next->prev = conn->prev;
+    conn->prev = conn->next = NULL;
+    state->stats.live--;
+}
+
+/* Strong references to every registered connection, taken without
+ * allocating Python objects while walking: an allocation can run the GC,
+ * whose finalizers unregister connections under the walk. */
+PyObject **
+hkn_registry_snapshot(hkn_state *state, Py_ssize_t *count)
+{
+    Py_ssize_t n = 0;
+    for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
+        n++;
+    }
+    PyObject **items = HKN_FAULT_ALLOC(
+        "registry.snapshot.alloc", PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(PyObject *)));
+    if (items == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    Py_ssize_t i = 0;
+    for (hkn_conn *c = state->registry.next; c != &state->registry && i < n; c = c->next) {
+        items[i++] = Py_NewRef(c->owner);
+    }
+    *count = i;
+    return items;
+}
+
+void
+hkn_snapshot_free(PyObject **items, Py_ssize_t count)
+{
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_DECREF(items[i]);
+    }
+    PyMem_Free(items);
+}
+
+/* ---------------------------------------------------------------- leak bound */
+
+/* Open WalSafeConnections of this process on `path` (same resolved name),
+ * `self` aside. */
+Py_ssize_t
+hkn_count_live(hkn_state *state, PyObject *self, PyObject *path)
+{
+    Py_ssize_t count = 0;
+    for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
+        if (c->owner == self) {
+            continue;
+        }
+        if (c->path == path
+            || (c->path != NULL && PyUnicode_Compare(c->path, path) == 0)) {
+            if (hkn_connection_handle(c->owner) != NULL) {
+                count++;
+            }
+        }
+    }
+    PyErr_Clear();
+    return count;
+}
+
+/* "file:line (xN), ..." for the live connections on `path`, `self` aside. */
+static PyObject *
+hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
+{
+    PyObject *counter = HKN_FAULT_PY("registry.openers.dict", NULL, PyDict_New());
+    if (counter == NULL) {
+        return NULL;
+    }
+    /* Formatting allocates, and allocation can run the GC, whose finalizers
+     * unlink registry entries: take the snapshot first, format after. */
+    Py_ssize_t count = 0;
+    PyObject **items = hkn_registry_snapshot(state, &count);
+    if (items == NULL) {
+        Py_DECREF(counter);
+        return NULL;
+    }
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < count && !failed; i++) {
+        hkn_conn *c = hkn_conn_get(items[i]);
+        if (items[i] == self || c->path == NULL) {
+            continue;
+        }
+        int same = PyUnicode_Compare(c->path, path);
+        if (same != 0) {
+            PyErr_Clear();
+            continue;
+        }
+        PyObject *where = hkn_opener_where(state, &c->opener);
+        if (where == NULL) {
+            failed = 1;
+            break;
+        }
+        PyObject *seen = HKN_FAULT_PY("registry.openers.get", NULL,
+                                      PyDict_GetItemWithError(counter, where));
+        long total = seen == NULL ? 0
+                     : HKN_FAULT_PY("registry.openers.count_value", -1, PyLong_AsLong(seen));
+        PyObject *value = NULL;
+        if (!PyErr_Occurred()) {
+            value = HKN_FAULT_PY("registry.openers.count", NULL, PyLong_FromLong(total + 1));
+        }
+        if (value == NULL
+            || HKN_FAULT_PY("registry.openers.set", -1,
+                            PyDict_SetItem(counter, where, value)) < 0) {
+            failed = 1;
+        }
+        Py_XDECREF(value);
+        Py_DECREF(where);
+    }
+    hkn_snapshot_free(items, count);
+    if (failed) {
+        Py_DECREF(counter);
+        return NULL;
+    }
+    PyObject *parts = HKN_FAULT_PY("registry.openers.list", NULL, PyList_New(0));
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (parts != NULL && PyDict_Next(counter, &pos, &key, &value)) {
+        PyObject *part = HKN_FAULT_PY("registry.openers.part", NULL,
+                                      PyUnicode_FromFormat("%U (x%S)", key, value));
+        if (part == NULL
+            || HKN_FAULT_PY("registry.openers.append", -1, PyList_Append(parts, part)) < 0) {
+            Py_CLEAR(parts);
+        }
+        Py_XDECREF(part);
+    }
+    Py_DECREF(counter);
+    if (parts == NULL) {
+        return NULL;
+    }
+    PyObject *sep = HKN_FAULT_PY("registry.openers.separator", NULL, PyUnicode_FromString(", "));
+    PyObject *joined = sep == NULL ? NULL
+                       : HKN_FAULT_PY("registry.openers.join", NULL, PyUnicode_Join(sep, parts));
+    Py_XDECREF(sep);
+    Py_DECREF(parts);
+    return joined;
+}
+
+/* The per-database bound on live connections (max_live_per_database).  On
+ * CPython 3.11+ an unclosed connection lives until the cyclic collector
+ * runs, which in a large busy process can be long: that is how the gateway
+ * reached ~1,000 descriptors.  When opening one more would exceed the
+ * bound, collect once so abandoned connections are finalized; if the bound
+ * still holds, open anyway and warn once per episode.  The well-behaved path
+ * costs one walk of the (short) registry and one attribute read. */
+int
+hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
+{
+    Py_ssize_t live = hkn_count_live(state, self, path);
+    if (live == 0) {
+        return 0;
+    }
+    PyObject *limit_obj = HKN_FAULT_PY("registry.bound.getattr", NULL,
+                                       PyObject_GetAttr(self, state->str_max_live));
+    if (limit_obj == NULL) {
+        return -1;
+    }
+    if (limit_obj == Py_None) {
+        Py_DECREF(limit_obj);
+        return 0;
+    }
+    Py_ssize_t limit = -1;
+    if (PyLong_Check(limit_obj) && !PyBool_Check(limit_obj)) {
+        limit = HKN_FAULT_PY("registry.bound.limit_value", -1, PyLong_AsSsize_t(limit_obj));
+        /* Too large is a bad value; anything else (memory) is not the
+         * value's fault and propagates. */
+        if (limit == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                Py_DECREF(limit_obj);
+                return -1;
+            }
+            PyErr_Clear();
+        }
+    }
+    if (limit < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "max_live_per_database must be None or an int >= 0, not %R", limit_obj);
+        Py_DECREF(limit_obj);
+        return -1;
+    }
+    Py_DECREF(limit_obj);
+    if (limit == 0) {
+        return 0;
+    }
+    int contains = HKN_FAULT_PY("registry.bound.contains", -1,
+                                PySet_Contains(state->bound_exceeded, path));
+    if (contains < 0) {
+        return -1;
+    }
+    if (live < limit) {
+        /* Under the bound again: the next excess collects and warns anew. */
+        if (contains
+            && HKN_FAULT_PY("registry.bound.discard", -1,
+                            PySet_Discard(state->bound_exceeded, path)) < 0) {
+            return -1;
+        }
+        return 0;
+    }
+    if (contains) {
+        return 0;
+    }
+    /* gc.collect() rather than PyGC_Collect(): the latter does nothing while
+     * automatic collection is disabled, which is exactly when this matters. */
+    PyObject *gc = HKN_FAULT_PY("registry.bound.import_gc", NULL, PyImport_ImportModule("gc"));
+    PyObject *collected = gc == NULL ? NULL
+                          : HKN_FAULT_PY("registry.bound.collect", NULL,
+                                         PyObject_CallMethod(gc, "collect", NULL));
+    Py_XDECREF(gc);
+    if (collected == NULL) {
+        return -1;
+    }
+    Py_DECREF(collected);
+    state->stats.bound_collections++;
+    live = hkn_count_live(state, self, path);
+    if (live < limit) {
+        return 0;
+    }
+    if (HKN_FAULT_PY("registry.bound.add", -1, PySet_Add(state->bound_exceeded, path)) < 0) {
+        return -1;
+    }
+    PyObject *openers = hkn_openers_of(state, self, path);
+    if (openers == NULL) {
+        return -1;
+    }
+    int rc = HKN_FAULT_PY("registry.bound.warn", -1,
+                          PyErr_WarnFormat(PyExc_ResourceWarning, 1,
+                                           "%zd WalSafeConnections to %R are open "
+                                           "(max_live_per_database=%zd) even after a garbage "
+                                           "collection; opening one more. Opened at: %U",
+                                           live, path, limit, openers));
+    Py_DECREF(openers);
+    return rc;
+}
