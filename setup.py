@@ -5,7 +5,7 @@ Environment switches (all off by default; users get the compiler's normal flags)
   HKN_WERROR=1    -Wall -Wextra -Werror (CI)
   HKN_DEBUG=1     -O0 -g3, assertions on
   HKN_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer (CI's sanitizer stage)
-  HKN_FDSCAN_STUB=1  build csrc/fdscan_other.c (the scanners of platforms
+  HKN_FDSCAN_STUB=1  build csrc/other/fdscan.c (the scanners of platforms
                   without /proc) even on Linux, so CI can check what those
                   users see
   HKN_FAULTS=1    fault injection: every call of ours that can fail becomes a named
@@ -29,12 +29,16 @@ def _flag(name):
 
 
 def _sources():
+    # csrc/linux/ needs Linux (OFD locks, /proc); csrc/other/ has the same
+    # functions for every other system, doing nothing or saying why not.
+    platform = "linux" if sys.platform.startswith("linux") else "other"
     sources = ["csrc/module.c", "csrc/connection.c", "csrc/checkpoint.c", "csrc/registry.c",
-               "csrc/opener.c", "csrc/sqlite_api.c", "csrc/guard.c", "csrc/shmlock.c"]
-    if sys.platform.startswith("linux") and not _flag("HKN_FDSCAN_STUB"):
-        sources.append("csrc/fdscan_linux.c")
+               "csrc/opener.c", "csrc/sqlite_api.c", f"csrc/{platform}/guard.c",
+               f"csrc/{platform}/shmlock.c"]
+    if platform == "linux" and not _flag("HKN_FDSCAN_STUB"):
+        sources.append("csrc/linux/fdscan.c")
     else:
-        sources.append("csrc/fdscan_other.c")
+        sources.append("csrc/other/fdscan.c")
     if _flag("HKN_FAULTS"):
         sources.append("csrc/faults.c")
     return sources
@@ -73,8 +77,8 @@ setup(
         Extension(
             "hermes_kanban_native._native",
             sources=_sources(),
-            depends=["csrc/hkn.h", "csrc/sqlite_api.h", "csrc/fdscan.h", "csrc/faults.h",
-                     "csrc/exports.map"],
+            depends=["csrc/hkn.h", "csrc/compat.h", "csrc/sqlite_api.h", "csrc/sqlite_private.h",
+                     "csrc/fdscan.h", "csrc/faults.h", "csrc/exports.map"],
             include_dirs=["csrc"],
             define_macros=_macros,
             extra_compile_args=_compile_args,

@@ -2,7 +2,7 @@
  *
  * The scanners return raw records (numbers and paths) and decide nothing:
  * hermes_kanban_native/fds.py gives them meaning.  One implementation per
- * platform: fdscan_linux.c reads /proc, fdscan_other.c raises
+ * platform: linux/fdscan.c reads /proc, other/fdscan.c raises
  * NotImplementedError so the package still imports elsewhere.
  */
 #ifndef HKN_FDSCAN_H

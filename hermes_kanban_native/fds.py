@@ -1,6 +1,6 @@
 """What the descriptors and mappings a process holds on a SQLite database mean.
 
-The native scanners (``_native._scan_*``, csrc/fdscan_linux.c) return raw
+The native scanners (``_native._scan_*``, csrc/linux/fdscan.c) return raw
 records from ``/proc``; this module decides what they are:
 
 * which descriptors belong to the database and which to its ``-wal``,

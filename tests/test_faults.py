@@ -11,7 +11,7 @@ Points are reached in one of three places, found by an unarmed run of each:
 the package's own module (native mode, the public API on top), a private
 instance of the module in SQL mode, or the module's initialisation, which
 runs in a subprocess that executes fresh instances of the module.  The
-points of csrc/shmlock.c act once per process (the system-call wrappers are
+points of csrc/linux/shmlock.c act once per process (the system-call wrappers are
 installed by the first guarded open) or inside those wrappers, without the
 GIL: each runs in a fresh process of its own (SHM_SCENARIO).
 """
@@ -380,10 +380,12 @@ def test_every_fault_point_is_reached(reach):
 # ----------------------------------------------------- against the sources
 
 _MACRO = re.compile(r'HKN_FAULT_(?:PY|ALLOC|SYS|SQLITE|RELEASE)\(\s*"([^"]+)"')
+# Each file's points start with its own prefix (paths relative to csrc/).
 _PREFIX = {"module.c": "module.", "connection.c": "connection.", "sqlite_api.c": "sqlite_api.",
-           "guard.c": "guard.", "fdscan_linux.c": "fdscan.", "fdscan_other.c": "fdscan_other.",
-           "shmlock.c": "shmlock.", "opener.c": "opener.", "checkpoint.c": "checkpoint.",
-           "registry.c": "registry."}
+           "opener.c": "opener.", "checkpoint.c": "checkpoint.", "registry.c": "registry.",
+           "linux/guard.c": "guard.", "linux/shmlock.c": "shmlock.", "linux/fdscan.c": "fdscan.",
+           "other/guard.c": "guard_other.", "other/shmlock.c": "shmlock_other.",
+           "other/fdscan.c": "fdscan_other.", "faults.c": "faults."}
 
 
 def _compat_macros():
@@ -433,13 +435,14 @@ def _compiled_text(path):
 @pytest.mark.skipif(not CSRC.is_dir(), reason="needs the source tree")
 def test_fault_points_match_the_sources():
     compiled = {"module.c", "connection.c", "checkpoint.c", "registry.c", "opener.c",
-                "sqlite_api.c", "guard.c", "fdscan_linux.c", "shmlock.c"}
+                "sqlite_api.c", "linux/guard.c", "linux/fdscan.c", "linux/shmlock.c"}
     everywhere, here = [], []
-    for path in sorted(CSRC.glob("*.c")):
+    for path in sorted(CSRC.rglob("*.c")):
+        name_of_file = path.relative_to(CSRC).as_posix()
         for name in _MACRO.findall(path.read_text()):
             everywhere.append(name)
-            assert name.startswith(_PREFIX[path.name]), f"{name} is in {path.name}"
-        if path.name in compiled:
+            assert name.startswith(_PREFIX[name_of_file]), f"{name} is in {name_of_file}"
+        if name_of_file in compiled:
             here.extend(_MACRO.findall(_compiled_text(path)))
     assert len(set(everywhere)) == len(everywhere), "fault point names must be unique"
     assert sorted(here) == sorted(POINTS)

@@ -256,7 +256,7 @@ def scenario_connect_overhead(tmp, plan, log):
 
 
 # The reference scan in plain Python (benchmark only; the package's scanner
-# is csrc/fdscan_linux.c).  Per fd: listdir, readlink, stat; classified by
+# is csrc/linux/fdscan.c).  Per fd: listdir, readlink, stat; classified by
 # inode against the database and its sidecars.
 def _python_fd_scan(target):
     found = {"db": 0, "wal": 0, "shm": 0, "journal": 0}

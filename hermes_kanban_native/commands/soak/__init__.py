@@ -76,7 +76,7 @@ table goes to stderr.
 POSIX locks (docs/sqlite-internals.md, "Lock cancellation").  walsafe's WAL-generation guard keeps
 them harmless: it holds the database's SHARED range as OFD locks (lost POSIX
 locks under a held guard are not violations), and SQLite's own ``-shm`` locks
-in a process with a guarded connection are OFD locks (csrc/shmlock.c), so a
+in a process with a guarded connection are OFD locks (csrc/linux/shmlock.c), so a
 stray close of the ``-shm`` while this process writes cannot hand the WAL
 write lock to another process.  With ``--no-guard``, or another factory, lost
 locks and stale sidecars are expected and reported as violations, a lost

@@ -37,8 +37,6 @@
  */
 #include "hkn.h"
 
-#ifdef __linux__
-
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -558,60 +556,3 @@ hkn_guard_unavailable(void)
     return "this Linux C library has no F_OFD_SETLK";
 #endif
 }
-
-#else   /* not Linux: no OFD locks */
-
-int
-hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
-{
-    (void)state;
-    (void)conn;
-    (void)db;
-    return 0;
-}
-
-void
-hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db)
-{
-    (void)state;
-    (void)conn;
-    (void)db;
-}
-
-void
-hkn_guard_release(hkn_state *state, hkn_conn *conn, int opt_out)
-{
-    (void)state;
-    (void)conn;
-    (void)opt_out;
-}
-
-int
-hkn_guard_opt_out(hkn_state *state, hkn_conn *conn, sqlite3 *db, int enable)
-{
-    (void)state;
-    (void)conn;
-    (void)db;
-    (void)enable;
-    return 0;
-}
-
-void
-hkn_guard_free_all(hkn_state *state)
-{
-    (void)state;
-}
-
-void
-hkn_guard_after_fork(hkn_state *state)
-{
-    (void)state;
-}
-
-const char *
-hkn_guard_unavailable(void)
-{
-    return "open-file-description locks exist on Linux only";
-}
-
-#endif

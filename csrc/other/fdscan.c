@@ -1,6 +1,6 @@
-/* fdscan_other.c - the scanner entry points where there is no Linux /proc.
+/* other/fdscan.c - the scanner entry points where there is no Linux /proc.
  *
- * The same names, flags and signatures as fdscan_linux.c, so the package
+ * The same names, flags and signatures as linux/fdscan.c, so the package
  * imports and inspect.signature() agrees everywhere (tests/test_fds.py
  * compares the two method tables; CI builds this file on Linux too, with
  * HKN_FDSCAN_STUB=1, and checks what users see); each call raises

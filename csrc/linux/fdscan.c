@@ -1,4 +1,4 @@
-/* fdscan_linux.c - raw records from /proc/<pid>/fd, /proc/<pid>/maps,
+/* linux/fdscan.c - raw records from /proc/<pid>/fd, /proc/<pid>/maps,
  * /proc/locks and /proc/<pid>/fdinfo/<fd>.
  *
  * No policy here: hermes_kanban_native/fds.py decides what a record means.
