@@ -64,6 +64,17 @@ hkn_stats_dict(PyObject *module, PyObject *Py_UNUSED(ignored))
         "shm_ofd_files", shm_opened, "shm_ofd_open", shm_open_now));
 }
 
+PyDoc_STRVAR(hkn_opened_doc,
+"_opened($module, /)\n--\n\n"
+"stats()[\"opened\"] alone: the pytest plugin reads it around every test.");
+
+static PyObject *
+hkn_opened(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    return HKN_FAULT_PY("module.opened.value", NULL,
+                        PyLong_FromUnsignedLongLong(hkn_module_state(module)->stats.opened));
+}
+
 PyDoc_STRVAR(hkn_reset_peak_doc,
 "_reset_peak_live($module, /)\n--\n\n"
 "Set peak_live to the current number of live connections and return the\n"
@@ -359,6 +370,76 @@ hkn_track(PyObject *module, PyObject *enable)
     return result;
 }
 
+/* The audit hook of hermes_kanban_native.stray.  A C hook, because a process
+ * raises dozens of audit events per test (attribute reads, id(), os calls)
+ * and a hook added with sys.addaudithook costs each of them a str and a
+ * call, where this one costs a length check.  Audit hooks belong to the
+ * runtime, not to an interpreter or a module, and cannot be removed, so this
+ * is the one piece of process-wide state here: the hook is added once, and
+ * passes events on only to the handler stray.py sets while someone listens,
+ * only in the main interpreter (the module supports no other). */
+static PyObject *hkn_audit_handler;     /* strong reference, or NULL */
+static int hkn_audit_installed;
+
+/* Names are compared by length first: most events differ there. */
+static int
+hkn_audit_wanted(const char *event)
+{
+    size_t len = strlen(event);
+    return (len == 4 && strcmp(event, "open") == 0)
+           || (len == 15 && strcmp(event, "sqlite3.connect") == 0)
+           || (len == 22 && strcmp(event, "sqlite3.connect/handle") == 0);
+}
+
+static int
+hkn_audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
+{
+    if (hkn_audit_handler == NULL || !hkn_audit_wanted(event)
+        || PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        return 0;
+    }
+    /* Held across the call: the handler may replace itself. */
+    PyObject *handler = Py_NewRef(hkn_audit_handler);
+    PyObject *result = HKN_FAULT_PY("module.audit.call", NULL,
+                                    PyObject_CallFunction(handler, "sO", event, args));
+    Py_DECREF(handler);
+    if (result == NULL) {
+        return -1;          /* the audited operation fails with this exception */
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+PyDoc_STRVAR(hkn_audit_doc,
+"_set_audit_handler($module, handler, /)\n--\n\n"
+"Add the audit hook (once per process) and make handler(event, args)\n"
+"receive the 'open', 'sqlite3.connect' and 'sqlite3.connect/handle' events\n"
+"of the main interpreter; None stops passing them on (the hook stays: audit\n"
+"hooks cannot be removed).");
+
+static PyObject *
+hkn_set_audit_handler(PyObject *module, PyObject *handler)
+{
+    (void)module;
+    if (handler != Py_None && !PyCallable_Check(handler)) {
+        PyErr_Format(PyExc_TypeError, "handler must be callable or None, not %R", handler);
+        return NULL;
+    }
+    if (handler != Py_None && !hkn_audit_installed) {
+        if (HKN_FAULT_PY("module.audit.add_hook", -1,
+                         PySys_AddAuditHook(hkn_audit_hook, NULL)) < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_RuntimeError,
+                                "another audit hook refused this one (sys.addaudithook)");
+            }
+            return NULL;
+        }
+        hkn_audit_installed = 1;
+    }
+    Py_XSETREF(hkn_audit_handler, handler == Py_None ? NULL : Py_NewRef(handler));
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(hkn_guard_doc,
 "_guard(connection, enabled, /)\n--\n\n"
 "Take (enabled true: after hkn.connect() switched the database to WAL) or\n"
@@ -434,8 +515,10 @@ static PyMethodDef hkn_module_methods[] = {
     {"_live_connections", (PyCFunction)(void (*)(void))hkn_live_connections, METH_FASTCALL,
      hkn_live_doc},
     {"_reset_peak_live", hkn_reset_peak_live, METH_NOARGS, hkn_reset_peak_doc},
+    {"_opened", hkn_opened, METH_NOARGS, hkn_opened_doc},
     {"_close_all_at_exit", hkn_close_all_at_exit, METH_NOARGS, hkn_close_all_doc},
     {"_track", hkn_track, METH_O, hkn_track_doc},
+    {"_set_audit_handler", hkn_set_audit_handler, METH_O, hkn_audit_doc},
     {"_opener_here", hkn_opener_here, METH_NOARGS,
      PyDoc_STR("_opener_here($module, /)\n--\n\n"
                "(opened_at, opened_via) for the calling code, as a WalSafeConnection\n"

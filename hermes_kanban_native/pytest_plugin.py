@@ -77,14 +77,16 @@ class SqliteFdTracker:
     """What one test did to its databases; see the module docstring."""
 
     def __init__(self, every_database=False):
+        # Imported here, not at the top: pytest loads this plugin in every
+        # session where the package is installed, used or not.
         import hermes_kanban_native as hkn
-        from hermes_kanban_native import _native, stray
+        _native, stray = hkn._native, hkn.stray
         self._hkn = hkn
         self._native = _native
         self._stray = stray
         self._every_database = every_database
         self._watched = {}
-        self._serial = _native.stats()["opened"]
+        self._serial = _native._opened()
         _native._reset_peak_live()
         self._outer = _native._track(True)
         self._paths = set(self._outer[0]) if self._outer else set()
@@ -197,7 +199,7 @@ class SqliteFdTracker:
         self._drain()
         return (not self._watched and not self._connected and not self._strays
                 and not self._log and not self._paths
-                and self._native.stats()["opened"] == self._serial)
+                and self._native._opened() == self._serial)
 
     def _drain(self):
         if self._listening:
@@ -229,13 +231,13 @@ class SqliteFdTracker:
         if self._native._live_connections(self._serial):
             return True
         if self._plain:
-            held = _held_paths() or []
-            return any(self._baseline.get(db) == (0, 0) and _holds(held, db)
-                       for db in self._plain)
+            held = _Held.scan()
+            return held is not None and any(
+                self._baseline.get(db) == (0, 0) and held.holds(db) for db in self._plain)
         return False
 
     def _settle(self):
-        if self._native.stats()["opened"] == self._serial and not self._plain:
+        if self._native._opened() == self._serial and not self._plain:
             return
         for generation in (0, 1, 2):
             if not self._unsettled():
@@ -267,7 +269,7 @@ class SqliteFdTracker:
         databases = self._databases()
         if not databases:
             return []
-        held = _held_paths()
+        held = _Held.scan()
         if held is None:
             return []
         peak = hkn.stats()["peak_live"]
@@ -277,8 +279,8 @@ class SqliteFdTracker:
                 mine[self._realpath(row[0])] = mine.get(self._realpath(row[0]), 0) + 1
         reports = []
         for path in databases:
-            if not _holds(held, path):
-                continue                    # no descriptor, no mapping: nothing to see
+            if not held.holds(path):
+                continue                    # no descriptor, so no mapping: nothing to see
             try:
                 info = hkn.sqlite_fds(path)
             except FileNotFoundError:
@@ -330,18 +332,52 @@ def _describe(where, via):
     return where
 
 
-def _held_paths():
-    """The paths this process holds descriptors on (deleted ones too); None
-    where descriptors cannot be listed (no /proc)."""
-    from hermes_kanban_native import _native
-    try:
-        return [row[1] for row in _native._scan_fds(os.getpid()) if row[1]]
-    except NotImplementedError:
-        return None
+class _Held:
+    """The files this process holds descriptors on, by identity, read once
+    without reading each link (that is most of a scan's cost); only the
+    few descriptors of unlinked files (pytest's capture files are some) are
+    looked up by name."""
 
+    def __init__(self, pid, identities, unlinked):
+        self._pid = pid
+        self.identities = identities
+        self._unlinked = unlinked       # descriptor numbers of files without a name
+        self._names = None
 
-def _holds(held, database):
-    return any(link.startswith(database) for link in held)
+    @classmethod
+    def scan(cls):
+        """None where descriptors cannot be listed (no /proc)."""
+        from hermes_kanban_native import _native
+        pid = os.getpid()
+        try:
+            rows = _native._scan_fds(pid, links=False)
+        except NotImplementedError:
+            return None
+        return cls(pid, {(row[2], row[3]) for row in rows if row[2] is not None},
+                   [row[0] for row in rows if row[4] == 0])
+
+    def _unlinked_names(self):
+        if self._names is None:
+            self._names = []
+            for fd in self._unlinked:
+                try:
+                    self._names.append(os.readlink(f"/proc/{self._pid}/fd/{fd}"))
+                except OSError:
+                    pass                    # closed since the scan
+        return self._names
+
+    def holds(self, database):
+        """Whether the database or a sidecar may be held: one of the files
+        at those paths is, or an unlinked file that had one of those names
+        is (a sidecar unlinked under a live connection)."""
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                st = os.stat(database + suffix)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in self.identities:
+                return True
+        return any(name.startswith(database) for name in self._unlinked_names())
 
 
 def _descriptors_on(database):

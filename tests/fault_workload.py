@@ -320,6 +320,7 @@ class Workload:
         mod.sqlite_api()
         mod._bound_functions()
         mod._reset_peak_live()
+        mod._opened()
         mod._track(True)
         try:
             conn = self.connect()
@@ -327,6 +328,12 @@ class Workload:
             mod._live_connections()
             mod._live_connections(0)
             mod._opener_here()
+            mod._set_audit_handler(lambda event, args: None)
+            try:
+                sys.audit("open", "/nonexistent", "r", 0)
+                sys.audit("os.listdir", ".")        # filtered out in C
+            finally:
+                mod._set_audit_handler(None)
             self.step_garbage()                     # logged while tracked
             mod._track(True)
         finally:

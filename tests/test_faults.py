@@ -13,7 +13,8 @@ instance of the module in SQL mode, or the module's initialisation, which
 runs in a subprocess that executes fresh instances of the module.  The
 points of csrc/linux/shmlock.c act once per process (the system-call wrappers are
 installed by the first guarded open) or inside those wrappers, without the
-GIL: each runs in a fresh process of its own (SHM_SCENARIO).
+GIL: each runs in a fresh process of its own (SHM_SCENARIO); so does adding
+the audit hook, once per process too (AUDIT_SCENARIO).
 """
 from __future__ import annotations
 
@@ -202,6 +203,45 @@ def _shm_scenario(name, times, scratch, countdown=1):
     return json.loads(proc.stdout)
 
 
+# The audit hook is added once per process (audit hooks cannot be removed):
+# its point runs in a fresh process of its own.  Run after a line that sets
+# name and times.
+AUDIT_SCENARIO = """
+import json
+from hermes_kanban_native import _native
+
+events = []
+before = _native._fault_hits()[name]
+_native._fault_arm(name, 1, times)
+try:
+    _native._set_audit_handler(lambda event, args: events.append(event))
+    refused = None
+except (MemoryError, RuntimeError) as exc:
+    refused = type(exc).__name__
+finally:
+    _native._fault_disarm()
+hits = _native._fault_hits()[name] - before
+# Refused once, the hook can still be added, and then works.
+_native._set_audit_handler(lambda event, args: events.append(event))
+open("/dev/null").close()
+_native._set_audit_handler(None)
+open("/dev/null").close()
+print(json.dumps({"hits": hits, "refused": refused, "events": events}))
+"""
+
+
+def _audit_scenario(name, times):
+    proc = run_python(f"name, times = {name!r}, {times}\n" + AUDIT_SCENARIO)
+    assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def audit_results():
+    return {(name, times): _audit_scenario(name, times)
+            for name in POINTS if name.startswith("module.audit.add") for times in (1, ALWAYS)}
+
+
 @pytest.fixture(scope="module")
 def shm_results(scratch):
     """Each shmlock point, first hit and every hit failing, in a process of
@@ -211,12 +251,15 @@ def shm_results(scratch):
 
 
 @pytest.fixture(scope="module")
-def reach(scratch, sql_module, init_results, shm_results):
+def reach(scratch, sql_module, init_results, shm_results, audit_results):
     reach = Reach()
     # First: the install points are also reached by whichever workload
-    # makes this process's first guarded open, but only once per process.
+    # makes this process's first guarded open (or adds the audit hook), but
+    # only once per process.
     for (name, _), result in shm_results.items():
         reach.record("shm", "process", [name] if result["hits"] else [])
+    for (name, _), result in audit_results.items():
+        reach.record("audit", "process", [name] if result["hits"] else [])
     db = make_wal_db(os.path.join(scratch, "reach.db"), rows=5)
     _run_steps_recording(reach, "native", Workload(_native, db, scratch, api=hkn))
     _run_steps_recording(reach, "sql", Workload(sql_module, db, scratch))
@@ -323,7 +366,7 @@ def _in_process(context, name, steps, scratch, sql_module, first=None):
 
 
 @pytest.mark.parametrize("name", POINTS)
-def test_fault_point(name, reach, scratch, sql_module, init_results):
+def test_fault_point(name, reach, scratch, sql_module, init_results, audit_results):
     if not LOADABLE and _needs_loadable(name):
         pytest.skip("reached only where sqlite3 can load extensions")
     context = reach.context.get(name)
@@ -334,6 +377,12 @@ def test_fault_point(name, reach, scratch, sql_module, init_results):
         return
     if context == "shm":
         _check_shm(name, scratch)
+        return
+    if context == "audit":
+        for times in (1, ALWAYS):
+            result = audit_results[name, times]
+            assert result["hits"] >= 1 and result["refused"] == "MemoryError", result
+            assert result["events"] == ["open"], result     # then added, and only while set
         return
     _in_process(context, name, reach.steps[name], scratch, sql_module)
 

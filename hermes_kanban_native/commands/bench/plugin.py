@@ -156,16 +156,16 @@ def scenario(tmp, plan, log):
              f"against the same runs without the plugin")
     if not pytest_available():
         return {"title": title, "unit": "s per run", "skipped": "pytest is not installed",
-                "suites": {}}
-    # The suite that never touches SQLite spends its time making tmp_path
-    # directories and files; on a shared disk their cost varies more from
-    # run to run than the plugin's whole cost, so it runs on tmpfs when there
-    # is one (shorter tests: a stricter ratio).  The kanban suite stays on
-    # the bench's filesystem: its fsyncs are what such a suite really costs.
+                "suites": {}, "on_tmpfs": False, "files": files}
+    # The tests' tmp_path directories go on tmpfs when there is one: on a
+    # shared disk the cost of their files and fsyncs varies more from run to
+    # run than the plugin's whole cost.  Shorter tests also make the ratio
+    # stricter than on a disk (the plugin's cost is per test, not per fsync).
     scratch = {}
     if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
-        scratch["no_sqlite"] = os.path.join(tempfile.mkdtemp(prefix="hkn-plugin-",
-                                                             dir="/dev/shm"), "tmp")
+        for kind in SUITES:
+            scratch[kind] = os.path.join(tempfile.mkdtemp(prefix=f"hkn-plugin-{kind}-",
+                                                          dir="/dev/shm"), "tmp")
     suites = {}
     for kind in SUITES:
         sizes = {}
@@ -209,4 +209,4 @@ def scenario(tmp, plan, log):
     for path in scratch.values():
         shutil.rmtree(os.path.dirname(path), ignore_errors=True)
     return {"title": title, "unit": "s per run (fastest of the interleaved runs)",
-            "suites": suites, "no_sqlite_on_tmpfs": "no_sqlite" in scratch}
+            "suites": suites, "on_tmpfs": bool(scratch), "files": files}

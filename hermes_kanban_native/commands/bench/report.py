@@ -231,6 +231,10 @@ def render(report: dict) -> str:
                     for kind, r in s["suites"].items()]
             if body:
                 out += _table(body, headers)
+                where = "tmpfs (/dev/shm)" if s.get("on_tmpfs") else "the bench's directory"
+                out.append(f"  tests' tmp_path on {where}; per test = the slope between "
+                           f"suites of 1 and {s['files']} files; once = what a run pays "
+                           f"once (importing the package)")
         else:
             out += _timing_lines(s["contenders"])
             if key == "fd_scan":
