@@ -121,20 +121,9 @@ def wait_for(predicate, timeout=10.0, interval=0.01):
 def reader_process(path):
     """Another process holding a read transaction open on `path` until the
     block ends (its snapshot keeps the WAL from being reset)."""
-    code = textwrap.dedent(
-        f"""
-        import sqlite3, sys
-        conn = sqlite3.connect({str(path)!r}, isolation_level=None)
-        conn.execute("BEGIN")
-        conn.execute("SELECT count(*) FROM t").fetchone()
-        print("ready", flush=True)
-        sys.stdin.readline()
-        conn.execute("COMMIT")
-        conn.close()
-        """
-    )
-    with subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen([sys.executable, isolated_script("hold_a_read_transaction"),
+                           str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as proc:
         try:
             assert proc.stdout.readline().strip() == "ready"
             yield proc
@@ -151,4 +140,31 @@ def run_python(code, env=None, timeout=120, cwd=None):
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, env=full_env, timeout=timeout,
+                          cwd=cwd or "/")
+
+
+# Whole programs the tests run in a fresh interpreter, one file each.
+ISOLATED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "isolated")
+
+
+def isolated_script(name):
+    """The path of tests/isolated/<name>.py, for a test that starts it itself."""
+    path = os.path.join(ISOLATED, name + ".py")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(path)       # here, not as a child's exit status 2
+    return path
+
+
+def run_isolated(name, *args, env=None, timeout=120, cwd=None):
+    """Runs tests/isolated/<name>.py with `args` (as strings) in a fresh
+    interpreter, as run_python runs code: its sys.path starts with
+    tests/isolated/, which holds no package, and the working directory is
+    not the checkout, so the installed package is the one imported.
+
+    _FRESH_INTERPRETER does not list it: a test whose source has no other
+    sign of a fresh interpreter marks itself @pytest.mark.isolated."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, isolated_script(name), *map(str, args)],
+                          capture_output=True, text=True, env=full_env, timeout=timeout,
                           cwd=cwd or "/")

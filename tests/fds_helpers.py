@@ -4,38 +4,24 @@ import fcntl
 import json
 import os
 import select
-import sqlite3
 import subprocess
 import sys
 import time
 
-DEADLINE = 30.0
+from conftest import isolated_script
 
-# The child executes one JSON-encoded snippet per line and answers one JSON
-# line: {"ok": true, "result": <the value of `result`>} or the error.
-_CHILD = r"""
-import json, os, sqlite3, sys, fcntl, struct
-ns = {"os": os, "sqlite3": sqlite3, "fcntl": fcntl, "struct": struct, "conns": []}
-print(json.dumps({"ok": True, "result": os.getpid()}), flush=True)
-for line in sys.stdin:
-    ns["result"] = None
-    try:
-        exec(json.loads(line), ns)
-        answer = {"ok": True, "result": ns["result"]}
-    except Exception as exc:
-        answer = {"ok": False, "error": repr(exc)}
-    print(json.dumps(answer), flush=True)
-for conn in ns["conns"]:
-    conn.close()
-"""
+DEADLINE = 30.0
 
 
 class Holder:
     """A Python child process that keeps SQLite connections in ``conns``."""
 
     def __init__(self, cwd=None):
-        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, cwd=cwd)
+        # The child executes one JSON-encoded snippet per line and answers one
+        # JSON line: {"ok": true, "result": <the value of `result`>} or the error.
+        self.proc = subprocess.Popen(
+            [sys.executable, isolated_script("hold_connections_and_run_snippets")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=cwd)
         self.pid = self._answer()
         assert self.pid == self.proc.pid
 
@@ -75,19 +61,6 @@ class Holder:
 
     def __exit__(self, *exc_info):
         self.close()
-
-
-def make_wal_database(path):
-    """A WAL database with one row; no connection left open."""
-    conn = sqlite3.connect(path)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE t(x)")
-        conn.execute("INSERT INTO t VALUES (1)")
-        conn.commit()
-    finally:
-        conn.close()
-    return path
 
 
 def read_in_another_process(database):
@@ -131,5 +104,5 @@ def wait_until(predicate, what, deadline=DEADLINE):
         time.sleep(0.01)
 
 
-__all__ = ["Holder", "make_wal_database", "read_in_another_process", "stray_open_close_code",
+__all__ = ["Holder", "read_in_another_process", "stray_open_close_code",
            "ofd_guard_code", "wait_until"]

@@ -20,13 +20,14 @@ import hermes_kanban_native
 from hermes_kanban_native import (FdInfo, Holders, MapInfo, SqliteFds, holders, mapped_files,
                                   open_fds, sqlite_fds)
 from hermes_kanban_native import _native
-from fds_helpers import (Holder, make_wal_database, ofd_guard_code, read_in_another_process,
+from conftest import make_wal_db
+from fds_helpers import (Holder, ofd_guard_code, read_in_another_process,
                          stray_open_close_code)
 
 
 @pytest.fixture
 def db(tmp_path):
-    return make_wal_database(str(tmp_path / "kanban.db"))
+    return make_wal_db(str(tmp_path / "kanban.db"), rows=1)
 
 
 @contextlib.contextmanager
@@ -223,7 +224,7 @@ def test_unlinked_mapping_is_deleted(tmp_path):
 
 
 def test_database_replaced_by_rename_is_stale(db, tmp_path):
-    replacement = make_wal_database(str(tmp_path / "new.db"))
+    replacement = make_wal_db(str(tmp_path / "new.db"), rows=1)
     conn = sqlite3.connect(db)
     try:
         conn.execute("SELECT * FROM t").fetchall()
@@ -364,8 +365,10 @@ def test_pid_we_may_not_inspect_raises_permission_error(db):
             f"    h.sqlite_fds({db!r}, pid={os.getpid()})\n"
             "except PermissionError as exc:\n"
             "    print('PermissionError', exc.pid, exc.errno)\n")
+    # cwd "/": "-c" puts the working directory first on sys.path, and the
+    # checkout's unbuilt package must not shadow the installed one.
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           timeout=30, cwd=os.path.dirname(os.path.dirname(__file__)))
+                           timeout=30, cwd="/")
     assert child.stdout.split() == ["PermissionError", str(os.getpid()), "13"], child.stderr
 
 
@@ -419,9 +422,9 @@ def _method_table(name):
 
 @pytest.mark.skipif(not CSRC.is_dir(), reason="needs the source tree")
 def test_the_stub_scanners_take_the_same_arguments_as_the_linux_ones():
-    linux = _method_table("fdscan_linux.c")
+    linux = _method_table("linux/fdscan.c")
     assert set(linux) == {"_scan_fds", "_scan_maps", "_scan_locks", "_scan_fd_locks"}
-    assert _method_table("fdscan_other.c") == linux
+    assert _method_table("other/fdscan.c") == linux
 
 
 def _stub_build():
@@ -432,7 +435,7 @@ def _stub_build():
     return False
 
 
-@pytest.mark.skipif(not _stub_build(), reason="needs a build of csrc/fdscan_other.c "
+@pytest.mark.skipif(not _stub_build(), reason="needs a build of csrc/other/fdscan.c "
                     "(HKN_FDSCAN_STUB=1 on Linux; CI has one)")
 @pytest.mark.parametrize("call", [
     lambda db: hermes_kanban_native.sqlite_fds(db), lambda db: hermes_kanban_native.holders(db),

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from fds_helpers import (DEADLINE, Holder, make_wal_database, ofd_guard_code,
+from conftest import make_wal_db
+from fds_helpers import (DEADLINE, Holder, ofd_guard_code,
                          read_in_another_process, stray_open_close_code)
 
 
@@ -20,7 +21,7 @@ def fds(*args):
 
 @pytest.fixture
 def db(tmp_path):
-    return make_wal_database(str(tmp_path / "kanban.db"))
+    return make_wal_db(str(tmp_path / "kanban.db"), rows=1)
 
 
 def row_of(output, pid):

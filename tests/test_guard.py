@@ -9,12 +9,11 @@ import random
 import sqlite3
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 import hermes_kanban_native as hkn
-from conftest import SQLITE_SYMBOLS_VISIBLE, make_wal_db, run_python
+from conftest import SQLITE_SYMBOLS_VISIBLE, isolated_script, make_wal_db, run_isolated
 
 pytestmark = [
     pytest.mark.native,
@@ -44,23 +43,14 @@ def ofd_locks(path):
 
 def child_reads(path):
     """Another process opens the database normally, reads, and closes."""
-    subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        import sqlite3
-        conn = sqlite3.connect({path!r})
-        conn.execute("SELECT count(*) FROM t").fetchone()
-        conn.close()
-    """)], check=True, cwd="/")
+    subprocess.run([sys.executable, isolated_script("open_read_and_close"), path], check=True,
+                   cwd="/")
 
 
 def child_rows(path):
     """Another process reads every row of t, sorted, and the integrity check."""
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        import json, sqlite3
-        conn = sqlite3.connect({path!r})
-        print(json.dumps(sorted(x for (x,) in conn.execute("SELECT x FROM t"))))
-        print(conn.execute("PRAGMA integrity_check").fetchone()[0])
-        conn.close()
-    """)], check=True, capture_output=True, text=True, cwd="/").stdout.splitlines()
+    out = subprocess.run([sys.executable, isolated_script("print_rows_and_integrity"), path],
+                         check=True, capture_output=True, text=True, cwd="/").stdout.splitlines()
     return json.loads(out[0]), out[1]
 
 
@@ -93,37 +83,13 @@ def test_stray_close_of_the_database(tmp_path, mode):
     assert child_count(path) == (16, "ok")
 
 
-HOLDER = textwrap.dedent("""
-    import os, sqlite3, sys, time
-    import hermes_kanban_native as hkn
-
-    class Factory(hkn.WalSafeConnection):
-        guard_wal = sys.argv[2] == "guard"
-
-    path = sys.argv[1]
-    conn = hkn.connect(path, factory=Factory, isolation_level=None)
-    conn.execute("SELECT count(*) FROM t").fetchone()
-    os.close(os.open(path + "-shm", os.O_RDONLY))   # drops the dead-man-switch lock
-    print("ready", flush=True)
-    written = 0
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not os.path.exists(path + ".stop"):
-        conn.execute("INSERT INTO t VALUES (?)", (written,))
-        conn.execute("SELECT count(*) FROM t").fetchone()
-        written += 1
-    print(written, conn.execute("PRAGMA integrity_check").fetchone()[0], flush=True)
-    conn.close()
-""")
-
-
 @pytest.mark.parametrize("mode", FACTORIES)
 def test_stray_close_of_the_shm_then_a_new_process(tmp_path, mode):
     path = make_wal_db(tmp_path / "board.db")
-    script = tmp_path / "holder.py"
-    script.write_text(HOLDER)
+    script = isolated_script("write_after_a_stray_shm_close")
     keeper = sqlite3.connect(path)                  # keeps -shm from being unlinked
     keeper.execute("SELECT count(*) FROM t").fetchone()
-    with subprocess.Popen([sys.executable, str(script), path, mode], stdout=subprocess.PIPE,
+    with subprocess.Popen([sys.executable, script, path, mode], stdout=subprocess.PIPE,
                           text=True, cwd="/") as holder:
         assert holder.stdout.readline().strip() == "ready"
         keeper.close()
@@ -146,59 +112,18 @@ def test_stray_close_of_the_shm_then_a_new_process(tmp_path, mode):
     assert child_count(path) == (written, "ok")     # every commit kept
 
 
-STRAY_CLOSE_MID_WRITE = textwrap.dedent("""
-    import os, sqlite3, subprocess, sys
-    import hermes_kanban_native as hkn
-
-    class Factory(hkn.WalSafeConnection):
-        guard_wal = sys.argv[2] == "guard"
-
-    path, other_writer = sys.argv[1], sys.argv[3]
-    conn = sqlite3.connect(path, factory=Factory, isolation_level=None)
-    conn.execute("INSERT INTO t VALUES (0)")        # opens the -shm; a frame in the WAL
-    sqlite3.connect(path, factory=Factory).close()  # the guard, if any, now holds the DMS too
-    conn.execute("BEGIN IMMEDIATE")                 # holds the WAL write lock
-    conn.execute("INSERT INTO t VALUES (1)")
-    os.close(os.open(path + "-shm", os.O_RDONLY))   # a stray close mid-transaction
-    other = subprocess.run([sys.executable, other_writer, path], capture_output=True,
-                           text=True, check=True).stdout.strip()
-    try:
-        conn.execute("COMMIT")
-        committed = "committed"
-    except sqlite3.OperationalError as exc:
-        committed = str(exc)
-    conn.close()
-    print(hkn.sqlite_api()["shm_locks"].split(":")[0])
-    print(other)
-    print(committed)
-""")
-
-OTHER_WRITER = textwrap.dedent("""
-    import sqlite3, sys
-    conn = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO t VALUES (2)")
-        conn.execute("COMMIT")
-        print("committed")
-    except sqlite3.OperationalError as exc:
-        print(exc)
-""")
-
-
 @pytest.mark.parametrize("mode", ["guard", "no guard", "posix shm locks"])
 def test_stray_close_of_the_shm_during_a_write_transaction(tmp_path, mode):
     # The WAL write lock is a transient lock on the -shm, taken by SQLite
     # itself: only its own locks being OFD locks (shmlock.c) keep it.
     path = make_wal_db(tmp_path / "board.db")
-    script, other = tmp_path / "holder.py", tmp_path / "other.py"
-    script.write_text(STRAY_CLOSE_MID_WRITE)
-    other.write_text(OTHER_WRITER)
+    script = isolated_script("stray_shm_close_mid_transaction")
+    other = isolated_script("write_without_waiting")
     env = dict(os.environ)
     if mode == "posix shm locks":
         env["HERMES_KANBAN_NATIVE_SHM_LOCKS"] = "posix"
-    result = subprocess.run([sys.executable, str(script), path,
-                             "no guard" if mode == "no guard" else "guard", str(other)],
+    result = subprocess.run([sys.executable, script, path,
+                             "no guard" if mode == "no guard" else "guard", other],
                             capture_output=True, text=True, cwd="/", env=env)
     assert result.returncode == 0, result.stderr
     shm_locks, other_said, holder_said = result.stdout.strip().split("\n")
@@ -244,6 +169,7 @@ def test_shm_locks_are_ofd_locks_of_sqlites_own_descriptor(tmp_path):
     conn.close()
 
 
+@pytest.mark.isolated
 def test_guard_release_leaves_sqlites_own_dead_man_switch_alone(tmp_path):
     # The guard locked the dead-man switch of a -shm opened before the
     # wrappers were in place; SQLite closes it and opens it again (same
@@ -252,40 +178,13 @@ def test_guard_release_leaves_sqlites_own_dead_man_switch_alone(tmp_path):
     path = make_wal_db(tmp_path / "reopen.db")
     keeper = sqlite3.connect(path)                  # the -shm is never unlinked
     keeper.execute("SELECT count(*) FROM t").fetchone()
-    result = run_python(f"""
-        import os, sqlite3
-        import hermes_kanban_native as hkn
-        from hermes_kanban_native import _native
-
-        path = {path!r}
-        def dms_locks():
-            fd = hkn.sqlite_fds(path).shm[0].fd
-            st = os.stat(path + "-shm")
-            return [row for row in _native._scan_fd_locks(os.getpid(), fd)
-                    if row[0] == "OFDLCK" and row[6] == 128 and row[5] == st.st_ino]
-
-        plain = sqlite3.connect(path)
-        plain.execute("SELECT count(*) FROM t").fetchone()   # -shm opened, POSIX locks
-        first = hkn.connect(path)
-        first.execute("SELECT count(*) FROM t").fetchone()
-        first.checkpoint()                                   # the guard locks the DMS
-        second = sqlite3.connect(path, factory=hkn.WalSafeConnection)  # a claim, no read
-        fd, ino = hkn.sqlite_fds(path).shm[0].fd, os.stat(path + "-shm").st_ino
-        plain.close()
-        first.close()                                        # SQLite closes the -shm
-        again = sqlite3.connect(path)
-        again.execute("SELECT count(*) FROM t").fetchone()   # and opens it again
-        assert (hkn.sqlite_fds(path).shm[0].fd, os.stat(path + "-shm").st_ino) == (fd, ino)
-        print(hkn.stats()["shm_ofd_open"], len(dms_locks()))
-        second.close()                                       # the guard's last release
-        print(len(dms_locks()))
-        again.close()
-    """)
+    result = run_isolated("guard_release_beside_a_reopened_shm", path)
     keeper.close()
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1", "1", "1"]
 
 
+@pytest.mark.isolated
 def test_a_claim_never_waits_for_a_connection_busy_in_another_thread(tmp_path):
     # A guarded open looks for the -shm through the other guarded
     # connections of the process.  One of them is inside SQLite (holding its
@@ -293,64 +192,18 @@ def test_a_claim_never_waits_for_a_connection_busy_in_another_thread(tmp_path):
     # open must not wait for that mutex while it holds the GIL (found by the
     # fault tests as a hang on 3.10).
     path = make_wal_db(tmp_path / "busy.db", rows=3)
-    result = run_python(f"""
-        import sqlite3, threading
-        import hermes_kanban_native as hkn
-
-        path = {path!r}
-        inside, opened = threading.Event(), threading.Event()
-
-        def block(x):
-            inside.set()
-            assert opened.wait(20), "the other thread's open never returned"
-            return x
-
-        busy = sqlite3.connect(path, factory=hkn.WalSafeConnection)
-        busy.create_function("block", 1, block)
-
-        def open_another():
-            inside.wait(20)
-            other = sqlite3.connect(path, factory=hkn.WalSafeConnection)
-            opened.set()
-            other.execute("SELECT count(*) FROM t").fetchone()
-            other.close()
-
-        thread = threading.Thread(target=open_another)
-        thread.start()
-        print(busy.execute("SELECT sum(block(x)) FROM t").fetchone()[0])
-        thread.join()
-        busy.close()
-    """, timeout=60)
+    result = run_isolated("claim_beside_a_busy_connection", path, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["3"]
 
 
+@pytest.mark.isolated
 def test_forked_child_does_not_keep_the_parents_shm_locks(tmp_path):
     # A fork child inherits SQLite's -shm descriptor; with a shared open
     # file description it would keep the parent's OFD locks alive after the
     # parent closed (or died).  The child gets a description of its own.
     path = make_wal_db(tmp_path / "fork.db")
-    result = run_python(f"""
-        import os
-        import hermes_kanban_native as hkn
-        conn = hkn.connect({path!r}, isolation_level=None)
-        conn.execute("INSERT INTO t VALUES (1)")
-        ino = os.stat({path!r} + "-shm").st_ino
-        held = [line for line in open("/proc/locks") if f":{{ino}} " in line]
-        r, w = os.pipe()
-        ready_r, ready_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.write(ready_w, b"x")     # the fork handlers have run
-            os.read(r, 1)
-            os._exit(0)
-        os.read(ready_r, 1)
-        conn.close()                # the last close: -shm unlinked and closed
-        left = [line for line in open("/proc/locks") if f":{{ino}} " in line]
-        os.write(w, b"x")
-        os.waitpid(pid, 0)
-        print(len(held), len(left))
-    """)
+    result = run_isolated("forked_child_and_the_shm_locks", path)
     assert result.returncode == 0, result.stderr
     held, left = map(int, result.stdout.split())
     assert held >= 1 and left == 0
@@ -445,23 +298,10 @@ def test_guard_can_be_turned_off_on_the_instance_before_it_opens(tmp_path):
     conn.close()
 
 
+@pytest.mark.isolated
 def test_forked_child_leaves_the_parents_guard_alone(tmp_path):
     path = make_wal_db(tmp_path / "fork.db")
-    result = run_python(f"""
-        import os, sqlite3
-        import hermes_kanban_native as hkn
-        conn = hkn.connect({path!r}, isolation_level=None)
-        conn.execute("INSERT INTO t VALUES (1)")
-        assert hkn.sqlite_fds({path!r}).guarded
-        pid = os.fork()
-        if pid == 0:
-            conn.close()                 # the child's copy: no native work
-            os._exit(0)
-        os.waitpid(pid, 0)
-        print(hkn.sqlite_fds({path!r}).guarded)
-        conn.close()
-        print(hkn.sqlite_fds({path!r}).guarded)
-    """)
+    result = run_isolated("forked_child_and_the_guard", path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "False"]
 
@@ -517,53 +357,13 @@ def test_guard_statistics():
 
 # ------------------------------------------------- a guard that cannot be taken
 
-# A seccomp filter that refuses process_vm_readv (as some sandboxes do) with
-# EPERM and allows everything else: the guard cannot read SQLite's file
-# objects there.
-SECCOMP_NO_PROCESS_VM_READV = """
-import ctypes, errno
-class Filter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
-                ("k", ctypes.c_uint)]
-class Program(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
-LOAD, JUMP_IF_EQUAL, RETURN = 0x20, 0x15, 0x06
-rules = (Filter * 6)(
-    Filter(LOAD, 0, 0, 4),                      # seccomp_data.arch
-    Filter(JUMP_IF_EQUAL, 0, 3, 0xC000003E),    # not x86_64: allow
-    Filter(LOAD, 0, 0, 0),                      # seccomp_data.nr
-    Filter(JUMP_IF_EQUAL, 0, 1, 310),           # process_vm_readv
-    Filter(RETURN, 0, 0, 0x00050000 | errno.EPERM),
-    Filter(RETURN, 0, 0, 0x7FFF0000),
-)
-libc = ctypes.CDLL(None, use_errno=True)
-assert libc.prctl(38, 1, 0, 0, 0) == 0                          # PR_SET_NO_NEW_PRIVS
-program = Program(len(rules), rules)
-assert libc.prctl(22, 2, ctypes.byref(program), 0, 0) == 0      # SECCOMP_MODE_FILTER
-"""
-
-
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the filter is written for x86_64")
+@pytest.mark.isolated
 def test_a_refused_process_vm_readv_is_warned_about_once_and_named(tmp_path):
+    # A seccomp filter refuses process_vm_readv with EPERM, as some sandboxes
+    # do: the guard cannot read SQLite's file objects there.
     db = make_wal_db(tmp_path / "kanban.db")
-    result = run_python(SECCOMP_NO_PROCESS_VM_READV + f"""
-import json, sqlite3, warnings
-import hermes_kanban_native as hkn
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    conns = [sqlite3.connect({db!r}, factory=hkn.WalSafeConnection, isolation_level=None)
-             for _ in range(2)]
-conns[0].execute("INSERT INTO t VALUES (1)")
-report = {{
-    "warnings": [f"{{w.category.__name__}}: {{w.message}}" for w in caught],
-    "api": hkn.sqlite_api(), "guarded": hkn.sqlite_fds({db!r}).guarded,
-    "failures": hkn.stats()["guard_failures"], "guard_wal": conns[0].guard_wal,
-    "rows": conns[1].execute("SELECT count(*) FROM t").fetchone()[0],
-}}
-for conn in conns:
-    conn.close()
-print(json.dumps(report))
-""")
+    result = run_isolated("guard_without_process_vm_readv", db)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert len(report["warnings"]) == 1, report["warnings"]
@@ -577,43 +377,14 @@ print(json.dumps(report))
     assert report["guard_wal"] is True and report["rows"] == 1
 
 
-# Restores SQLite's default system calls, as SQLite's own test harness does
-# with xSetSystemCall(vfs, NULL, NULL): our -shm wrappers are gone after it.
-RESTORE_DEFAULT_SYSTEM_CALLS = """
-import ctypes, hermes_kanban_native as hkn
-library = ctypes.CDLL(hkn.sqlite_api()["library"])
-SYSCALL = ctypes.CFUNCTYPE(None)
-class Vfs(ctypes.Structure):
-    _fields_ = [("iVersion", ctypes.c_int), ("szOsFile", ctypes.c_int),
-                ("mxPathname", ctypes.c_int), ("pNext", ctypes.c_void_p),
-                ("zName", ctypes.c_char_p), ("pAppData", ctypes.c_void_p)]
-    _fields_ += [(name, ctypes.c_void_p) for name in (
-        "xOpen", "xDelete", "xAccess", "xFullPathname", "xDlOpen", "xDlError", "xDlSym",
-        "xDlClose", "xRandomness", "xSleep", "xCurrentTime", "xGetLastError",
-        "xCurrentTimeInt64")]
-    _fields_ += [("xSetSystemCall", ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p,
-                                                      ctypes.c_char_p, ctypes.c_void_p))]
-library.sqlite3_vfs_find.restype = ctypes.POINTER(Vfs)
-vfs = library.sqlite3_vfs_find(b"unix")
-assert vfs.contents.iVersion >= 3
-assert vfs.contents.xSetSystemCall(vfs, None, None) == 0
-"""
-
-
 @pytest.mark.skipif(not SQLITE_SYMBOLS_VISIBLE, reason="needs SQLite's symbols to call xSetSystemCall")
+@pytest.mark.isolated
 def test_wrappers_removed_by_someone_else_are_reported(tmp_path):
+    # The process restores SQLite's default system calls, as SQLite's own test
+    # harness does with xSetSystemCall(vfs, NULL, NULL): our -shm wrappers are
+    # gone after it.
     db = make_wal_db(tmp_path / "kanban.db")
-    result = run_python(f"""
-import json, sqlite3
-import hermes_kanban_native as hkn
-conn = sqlite3.connect({db!r}, factory=hkn.WalSafeConnection, isolation_level=None)
-conn.execute("SELECT count(*) FROM t").fetchone()
-before = hkn.sqlite_api()["shm_locks"]
-""" + RESTORE_DEFAULT_SYSTEM_CALLS + """
-after = hkn.sqlite_api()["shm_locks"]
-conn.close()
-print(json.dumps([before, after]))
-""")
+    result = run_isolated("shm_wrappers_removed", db)
     assert result.returncode == 0, result.stderr
     before, after = json.loads(result.stdout)
     assert before == "ofd"
@@ -625,28 +396,12 @@ print(json.dumps([before, after]))
 # A parent opens the database, forks a child that never uses SQLite, and dies
 # without closing; while the child lives, another process changes the journal
 # mode (which needs EXCLUSIVE).  Plain sqlite3 leaves the child no lock.
-FORKING_PARENT = """
-import os, sqlite3, sys, time
-import hermes_kanban_native as hkn
-factory = {"plain": sqlite3.Connection, "walsafe": hkn.WalSafeConnection}[sys.argv[2]]
-conn = sqlite3.connect(sys.argv[1], factory=factory, isolation_level=None)
-conn.execute("INSERT INTO t VALUES (1)")
-child = os.fork()
-if child == 0:
-    quiet = os.open(os.devnull, os.O_RDWR)
-    os.dup2(quiet, 1)               # the test's pipes close with the parent
-    os.dup2(quiet, 2)
-    time.sleep(60)                  # never touches SQLite; killed by the test
-    os._exit(0)
-print(child, flush=True)
-os._exit(0)                         # dies without closing
-"""
 
 
 def _journal_mode_change_beside_a_forked_child(tmp_path, factory):
     db = make_wal_db(tmp_path / f"{factory}.db")
-    parent = subprocess.run([sys.executable, "-c", FORKING_PARENT, db, factory],
-                            capture_output=True, text=True, timeout=60, cwd="/")
+    parent = subprocess.run([sys.executable, isolated_script("fork_a_child_and_die"), db,
+                             factory], capture_output=True, text=True, timeout=60, cwd="/")
     assert parent.returncode == 0, parent.stderr
     child = int(parent.stdout.split()[0])
     try:
@@ -670,73 +425,17 @@ def test_a_forked_child_does_not_keep_the_parents_guard(tmp_path):
 
 # ---------------------------------- this process's own write locks (D1, D2)
 
-# Each scenario runs in a fresh process with the factory named on the
-# command line and prints what a user sees; the guarded connection must see
-# exactly what plain sqlite3 sees.  timeout=1: a refused lock shows as
-# "database is locked" within a second instead of hermes' 120.
-OWN_LOCK_SCENARIOS = {
-    "locking_mode_exclusive": """
-conn = sqlite3.connect(db, factory=factory, isolation_level=None, timeout=1)
-seen.append(conn.execute("PRAGMA locking_mode = EXCLUSIVE").fetchone()[0])
-conn.execute("INSERT INTO t VALUES (1)")
-seen.append(conn.execute("SELECT count(*) FROM t").fetchone()[0])
-conn.close()
-""",
-    # After a first read the wal-index is shared memory, so NORMAL mode can
-    # come back: the next transaction drops to SHARED, and the guard holds again.
-    "locking_mode_exclusive_then_normal": """
-conn = sqlite3.connect(db, factory=factory, isolation_level=None, timeout=1)
-seen.append(conn.execute("SELECT count(*) FROM t").fetchone()[0])
-seen.append(conn.execute("PRAGMA locking_mode = EXCLUSIVE").fetchone()[0])
-conn.execute("INSERT INTO t VALUES (1)")
-seen.append(conn.execute("PRAGMA locking_mode = NORMAL").fetchone()[0])
-conn.execute("INSERT INTO t VALUES (2)")
-seen.append(conn.execute("SELECT count(*) FROM t").fetchone()[0])
-guarded_after = hkn.sqlite_fds(db).guarded
-conn.close()
-""",
-    "unix_excl_vfs": """
-conn = sqlite3.connect(f"file:{db}?vfs=unix-excl", factory=factory, uri=True,
-                       isolation_level=None, timeout=1)
-conn.execute("INSERT INTO t VALUES (1)")
-seen.append(conn.execute("SELECT count(*) FROM t").fetchone()[0])
-conn.close()
-""",
-    "journal_mode_change": """
-conn = sqlite3.connect(db, factory=factory, isolation_level=None, timeout=1)
-conn.execute("INSERT INTO t VALUES (1)")
-seen.append(conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0])
-conn.execute("INSERT INTO t VALUES (2)")
-seen.append(conn.execute("SELECT count(*) FROM t").fetchone()[0])
-seen.append(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
-conn.close()
-seen.append(os.path.exists(db + "-wal"))
-""",
-}
-
-OWN_LOCK_RUNNER = """
-import json, os, sqlite3, sys
-import hermes_kanban_native as hkn
-db, kind, name = sys.argv[1], sys.argv[2], sys.argv[3]
-factory = {"plain": sqlite3.Connection, "walsafe": hkn.WalSafeConnection}[kind]
-seen, guarded_after = [], None
-try:
-    exec(SCENARIO)
-except sqlite3.Error as exc:
-    seen.append(f"{type(exc).__name__}: {exc}")
-check = sqlite3.connect(db)
-seen.append(check.execute("PRAGMA integrity_check").fetchone()[0])
-check.close()
-print(json.dumps({"seen": seen, "guarded_after": guarded_after,
-                  "stepped": hkn.stats()["guard_stepped_aside"]}))
-"""
+# Each scenario (a function in tests/isolated/own_write_locks.py) runs in a
+# fresh process with the factory named on the command line and prints what a
+# user sees; the guarded connection must see exactly what plain sqlite3 sees.
+OWN_LOCK_SCENARIOS = ("locking_mode_exclusive", "locking_mode_exclusive_then_normal",
+                      "unix_excl_vfs", "journal_mode_change")
 
 
 def _own_lock_scenario(tmp_path, name, kind):
     db = make_wal_db(tmp_path / f"{name}-{kind}.db")
-    code = f"SCENARIO = {OWN_LOCK_SCENARIOS[name]!r}\n" + OWN_LOCK_RUNNER
-    proc = subprocess.run([sys.executable, "-c", code, db, kind, name], capture_output=True,
-                          text=True, timeout=60, cwd="/")
+    proc = subprocess.run([sys.executable, isolated_script("own_write_locks"), db, kind, name],
+                          capture_output=True, text=True, timeout=60, cwd="/")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -755,32 +454,11 @@ def test_own_write_locks_work_as_with_plain_sqlite3(tmp_path, name):
 
 # ------------------------------------------------- attached databases (D3)
 
-ATTACHING_HOLDER = """
-import json, os, sqlite3, sys
-import hermes_kanban_native as hkn
-main, aux, kind = sys.argv[1], sys.argv[2], sys.argv[3]
-factory = {"plain": sqlite3.Connection, "walsafe": hkn.WalSafeConnection}[kind]
-conn = sqlite3.connect(main, factory=factory, isolation_level=None)
-conn.execute("ATTACH DATABASE ? AS aux", (aux,))
-conn.execute("INSERT INTO aux.t VALUES (1)")
-guarded = hkn.sqlite_fds(aux).guarded
-os.close(os.open(aux, os.O_RDONLY))             # the stray close
-print(json.dumps({"guarded": guarded}), flush=True)
-sys.stdin.readline()                            # others write and read meanwhile
-conn.execute("INSERT INTO aux.t VALUES (3)")
-print("{}", flush=True)
-sys.stdin.readline()                            # another commits meanwhile
-conn.execute("DETACH DATABASE aux")
-after_detach = hkn.sqlite_fds(aux).guarded
-conn.close()
-print(json.dumps({"after_detach": after_detach}), flush=True)
-"""
-
-
 def _attached_scenario(tmp_path, kind):
     main = make_wal_db(tmp_path / f"main-{kind}.db")
     aux = make_wal_db(tmp_path / f"aux-{kind}.db")
-    with subprocess.Popen([sys.executable, "-c", ATTACHING_HOLDER, main, aux, kind],
+    script = isolated_script("stray_close_of_an_attached_database")
+    with subprocess.Popen([sys.executable, script, main, aux, kind],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                           cwd="/") as holder:
         first = json.loads(holder.stdout.readline())

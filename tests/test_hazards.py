@@ -9,37 +9,24 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
 
 import pytest
 
 import hermes_kanban_native as hkn
-from conftest import make_wal_db, reader_process, run_python, wait_for
+from conftest import make_wal_db, reader_process, run_isolated, wait_for
 from fds_helpers import Holder, stray_open_close_code
 
 DEADLINE = 60.0
 
-# hermes' kanban connect(), as code for the child processes.
-HERMES_CONNECT = textwrap.dedent("""
-    import os, sqlite3, warnings
-    import hermes_kanban_native as hkn
-
-    def kanban(path, **kwargs):
-        conn = hkn.connect(path, isolation_level=None, timeout=120, **kwargs)
-        conn.execute("PRAGMA busy_timeout = 120000")
-        for pragma in ("synchronous = FULL", "wal_autocheckpoint = 100",
-                       "journal_size_limit = 8388608", "foreign_keys = ON",
-                       "secure_delete = ON", "cell_size_check = ON"):
-            conn.execute("PRAGMA " + pragma)
-        return conn
-""")
+# The other processes play hermes: they connect as hermes configures its
+# connections, with kanban() from tests/isolated/hermes_connect.py.
 
 
-def other_process(code, database, **kwargs):
-    """Run *code* (with ``kanban()`` and ``DB`` defined) in a fresh
-    interpreter; returns the value it printed as JSON on its last line."""
-    result = run_python(HERMES_CONNECT + f"DB = {os.fspath(database)!r}\n"
-                        + textwrap.dedent(code), timeout=DEADLINE, **kwargs)
+def other_process(name, database, *args, **kwargs):
+    """Run tests/isolated/<name>.py (with the database as its first argument)
+    in a fresh interpreter; returns the value it printed as JSON on its last
+    line."""
+    result = run_isolated(name, os.fspath(database), *args, timeout=DEADLINE, **kwargs)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -47,23 +34,16 @@ def other_process(code, database, **kwargs):
 def read_and_close(database, persist_wal=False):
     """Another process opens, reads, checks and closes; returns what it saw
     (or the error it got, as text)."""
-    return other_process(f"""
-        import json
-        try:
-            conn = kanban(DB, persist_wal={persist_wal!r})
-            rows = sorted(x for (x,) in conn.execute("SELECT x FROM t"))
-            check = conn.execute("PRAGMA integrity_check").fetchone()[0]
-            conn.close()
-            print(json.dumps({{"rows": rows, "integrity": check}}))
-        except sqlite3.DatabaseError as exc:
-            print(json.dumps({{"error": str(exc)}}))
-    """, database)
+    return other_process("hermes_read_and_close", database, json.dumps(persist_wal))
 
 
 def hermes_holder(database, persist_wal=False, guard_wal=True):
     """A Holder child with a hermes-configured WalSafeConnection in conns[0]."""
     holder = Holder(cwd="/")
-    holder.run(HERMES_CONNECT + f"DB = {os.fspath(database)!r}\n"
+    # The child runs from tests/isolated/, where hermes_connect is.
+    holder.run("import hermes_kanban_native as hkn\n"
+               "from hermes_connect import kanban\n"
+               f"DB = {os.fspath(database)!r}\n"
                f"conns.append(kanban(DB, persist_wal={persist_wal!r}, "
                f"guard_wal={guard_wal!r}))\n"
                "conns[0].execute('SELECT count(*) FROM t').fetchone()\n")
@@ -141,36 +121,8 @@ def test_unclosed_with_block_connections_are_finalized_by_the_gc(tmp_path):
     # collection is off, as in a large process where it runs rarely.
     db = make_wal_db(tmp_path / "kanban.db")
     ticks, every = 60, 20
-    seen = other_process(f"""
-        import gc, json, sys
-        gc.disable()
-        long_lived = kanban(DB)
-        stats0 = hkn.stats()
-        fds_high = piled_high = warned = 0
-
-        def count(message, category, *args, **kwargs):
-            global warned
-            if issubclass(category, ResourceWarning) and DB in str(message):
-                warned += 1
-
-        warnings.simplefilter("always", ResourceWarning)
-        warnings.showwarning = count
-        for tick in range(1, {ticks} + 1):
-            with kanban(DB) as conn:
-                conn.execute("INSERT INTO t VALUES (?)", (tick,))
-            del conn
-            piled_high = max(piled_high, len(hkn.live_connections(DB)) - 1)
-            fds_high = max(fds_high, len(hkn.sqlite_fds(DB).db))
-            if tick % {every} == 0:
-                gc.collect()
-                assert len(hkn.live_connections(DB)) == 1, hkn.live_connections(DB)
-        stats1 = hkn.stats()
-        long_lived.close()
-        print(json.dumps({{"warned": warned, "piled_high": piled_high, "fds_high": fds_high,
-                          "finalized": stats1["finalized"] - stats0["finalized"],
-                          "checkpoints": stats1["checkpoints"] - stats0["checkpoints"],
-                          "left": len(hkn.sqlite_fds(DB).db)}}))
-    """, db, env={"PYTHONWARNINGS": ""})
+    seen = other_process("unclosed_with_block_connections", db, ticks, every,
+                         env={"PYTHONWARNINGS": ""})
     print(f"\nunclosed with-block connections: {seen}")
     assert seen["warned"] == ticks                   # one ResourceWarning each
     assert seen["finalized"] == ticks
@@ -258,46 +210,7 @@ def test_close_with_a_reader_in_another_process_does_not_wait(tmp_path):
 @pytest.mark.native
 def test_fork_with_open_connections_leaves_the_parent_unharmed(tmp_path):
     db = make_wal_db(tmp_path / "kanban.db")
-    seen = other_process("""
-        import gc, json
-        warnings.simplefilter("ignore", ResourceWarning)
-        conns = [kanban(DB) for _ in range(3)]
-        conns[0].execute("INSERT INTO t VALUES (1)")
-        cursor = conns[1].execute("SELECT x FROM t")         # stepped, unfinished
-        cursor.fetchone()
-        conns[2].execute("BEGIN IMMEDIATE")                   # a write transaction open
-        conns[2].execute("INSERT INTO t VALUES (2)")
-        before = hkn.stats()
-        children = []
-        for how in ("gc-then-exit", "interpreter-exit", "os-exit"):
-            pid = os.fork()
-            if pid == 0:
-                code = 0
-                if how == "gc-then-exit":
-                    child_conns = conns[:]
-                    conns.clear()
-                    del child_conns, cursor
-                    gc.collect()
-                if hkn.stats()["checkpoints"] != before["checkpoints"]:
-                    code = 3                                 # native work in the child
-                if how == "os-exit":
-                    os._exit(code)
-                sys_exit = __import__("sys").exit
-                sys_exit(code)                                # atexit runs here
-            children.append(pid)
-        statuses = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
-        conns[2].execute("COMMIT")
-        conns[0].execute("INSERT INTO t VALUES (3)")
-        health = hkn.sqlite_fds(DB)
-        check = conns[0].execute("PRAGMA integrity_check").fetchone()[0]
-        del cursor
-        for conn in conns:
-            conn.close()
-        print(json.dumps({"statuses": statuses, "stale": len(health.stale),
-                          "locks_lost": health.locks_lost, "integrity": check,
-                          "busy": [c.last_checkpoint.busy for c in conns
-                                   if c.last_checkpoint is not None]}))
-    """, db)
+    seen = other_process("fork_with_open_connections", db)
     assert seen["statuses"] == [0, 0, 0]
     assert seen["stale"] == 0 and seen["locks_lost"] is False
     assert seen["integrity"] == "ok"
@@ -307,48 +220,15 @@ def test_fork_with_open_connections_leaves_the_parent_unharmed(tmp_path):
 # --------------------------------------------------------- interpreter exit
 
 
+@pytest.mark.isolated
 def test_interpreter_exit_with_open_connections_in_busy_daemon_threads(tmp_path):
     # Connections left open by the main module, by an idle daemon thread and
     # by daemon threads still committing when the interpreter exits.  Every
     # id whose commit returned is logged (after the commit) and must survive.
     db = make_wal_db(tmp_path / "kanban.db")
     log = str(tmp_path / "committed.log")
-    result = run_python(HERMES_CONNECT + textwrap.dedent(f"""
-        import threading, time
-        DB, LOG = {db!r}, {log!r}
-        out = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        lock = threading.Lock()
-        held = kanban(DB)
-        held.execute("INSERT INTO t VALUES (-1)")
-        os.write(out, b"-1\\n")
-        started = threading.Barrier(4)
-
-        def idle():
-            conn = kanban(DB)
-            conn.execute("INSERT INTO t VALUES (-2)")
-            os.write(out, b"-2\\n")
-            started.wait()
-            while True:
-                time.sleep(1)
-
-        def busy(base):
-            conn = kanban(DB)
-            started.wait()
-            n = 0
-            while True:
-                n += 1
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute("INSERT INTO t VALUES (?)", (base + n,))
-                conn.commit()
-                os.write(out, f"{{base + n}}\\n".encode())
-
-        threading.Thread(target=idle, daemon=True).start()
-        threading.Thread(target=busy, args=(1_000_000,), daemon=True).start()
-        threading.Thread(target=busy, args=(2_000_000,), daemon=True).start()
-        started.wait()
-        time.sleep(0.05)                 # let the busy threads commit for a while
-        print("exiting", flush=True)
-    """), env={"PYTHONWARNINGS": "ignore"}, timeout=DEADLINE)
+    result = run_isolated("exit_with_busy_daemon_threads", db, log,
+                          env={"PYTHONWARNINGS": "ignore"}, timeout=DEADLINE)
     print(f"\nexit: status {result.returncode}, stderr {result.stderr[-500:]!r}")
     assert result.returncode == 0, result.stderr
     assert "Fatal" not in result.stderr and "Segmentation" not in result.stderr
@@ -372,24 +252,7 @@ def test_interpreter_exit_with_open_connections_in_busy_daemon_threads(tmp_path)
 
 def test_connection_collected_in_another_thread_closes_its_files(tmp_path):
     db = make_wal_db(tmp_path / "kanban.db")
-    seen = other_process("""
-        import gc, json, threading
-        gc.disable()
-        warnings.simplefilter("ignore", ResourceWarning)
-
-        def dispatcher():
-            for i in range(10):
-                with kanban(DB) as conn:          # never closed, left to the GC
-                    conn.execute("INSERT INTO t VALUES (?)", (i,))
-
-        thread = threading.Thread(target=dispatcher)
-        thread.start()
-        thread.join()
-        gc.collect()                              # here, in the main thread
-        f = hkn.sqlite_fds(DB)
-        print(json.dumps({"live": len(hkn.live_connections(DB)), "db": len(f.db),
-                          "wal": len(f.wal), "shm": len(f.shm)}))
-    """, db)
+    seen = other_process("collect_in_another_thread", db)
     print(f"\nafter collecting 10 connections opened in another thread: {seen}")
     assert seen == {"live": 0, "db": 0, "wal": 0, "shm": 0}
     assert read_and_close(db) == {"rows": list(range(10)), "integrity": "ok"}

@@ -20,12 +20,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 
 import hermes_kanban_native as hkn
+from conftest import isolated_script
 
 pytestmark = pytest.mark.slow
 
@@ -34,42 +34,6 @@ DEADLINE = 30.0
 
 PHASES = {0: "starting", 1: "opening", 2: "in transaction", 3: "committing",
           4: "between commit and report", 5: "closing (checkpoint)", 6: "closed"}
-
-_CHILD = textwrap.dedent(r"""
-    import mmap, os, sqlite3, sys
-    import hermes_kanban_native as hkn
-
-    path, policy, prefix, per_txn, phase_path = sys.argv[1:6]
-    per_txn = int(per_txn)
-    fd = os.open(phase_path, os.O_RDWR)
-    phase = mmap.mmap(fd, 1)
-    out = sys.stdout.fileno()
-    n = 0
-    first = True
-    while True:
-        phase[0] = 1
-        conn = sqlite3.connect(path, factory=hkn.WalSafeConnection, isolation_level=None,
-                               timeout=120)
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.checkpoint_on_close = policy
-        if first:
-            os.write(out, b"go\n")
-            first = False
-        phase[0] = 2
-        conn.execute("BEGIN IMMEDIATE")
-        ids = []
-        for _ in range(per_txn):
-            n += 1
-            ids.append(f"{prefix}-{n}")
-            conn.execute("INSERT INTO k (id, pad) VALUES (?, randomblob(1500))", (ids[-1],))
-        phase[0] = 3
-        conn.commit()
-        phase[0] = 4
-        os.write(out, ("\n".join(ids) + "\n").encode())
-        phase[0] = 5
-        conn.close()
-        phase[0] = 6
-""")
 
 
 def make_database(path):
@@ -86,7 +50,8 @@ class Child:
             f.write(b"\0")
         self.phase_path = phase_path
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, database, policy, prefix, str(per_txn), phase_path],
+            [sys.executable, isolated_script("commit_until_killed"), database, policy, prefix,
+             str(per_txn), phase_path],
             stdout=subprocess.PIPE, cwd="/", bufsize=0)
         self.buffer = b""
 

@@ -24,7 +24,7 @@ import pytest
 import hermes_kanban_native as hkn
 from hermes_kanban_native import _native
 
-from conftest import SQLITE_SYMBOLS_VISIBLE, run_python
+from conftest import SQLITE_SYMBOLS_VISIBLE, run_isolated, run_python
 
 LOADABLE = hasattr(sqlite3.Connection, "enable_load_extension")
 needs_loadable = pytest.mark.skipif(
@@ -108,19 +108,11 @@ def test_the_extension_route_is_fully_native():
 
 @needs_loadable
 @pytest.mark.skipif(not SYMBOLS, reason="SQLite's symbols are hidden: nothing to compare with")
+@pytest.mark.isolated
 def test_both_routes_bind_the_same_functions():
     """The slot numbers of sqlite3_api_routines are right on this SQLite:
     every function bound through the table is the one dlsym finds."""
-    proc = run_python("""
-        import json, os, sys
-        sys.path.insert(0, %r)
-        from fault_workload import exec_instance
-        import hermes_kanban_native._native as native
-        symbols = exec_instance(native.__file__)
-        extension = exec_instance(native.__file__, "extension-api")
-        print(json.dumps([symbols.sqlite_api()["route"], extension.sqlite_api()["route"],
-                          symbols._bound_functions(), extension._bound_functions()]))
-    """ % os.path.dirname(__file__))
+    proc = run_isolated("bound_functions_of_both_routes", os.path.dirname(__file__))
     assert proc.returncode == 0, proc.stderr
     routes = json.loads(proc.stdout)
     assert routes[:2] == ["symbols", "extension-api"]
@@ -131,36 +123,11 @@ def test_both_routes_bind_the_same_functions():
     assert all(by_symbols[name] for name in required)
 
 
-# An audit hook that records the extension-loading events, keeping the
-# connection objects so the test can see they ended closed.
-RECORDER = """
-import sys
-events = []
-def hook(event, args):
-    if event in ("sqlite3.enable_load_extension", "sqlite3.load_extension"):
-        events.append((event, args))
-        if event == REFUSE:
-            raise RuntimeError("extensions are not allowed here")
-sys.addaudithook(hook)
-"""
-
-
 def _load_events(refuse=""):
-    proc = run_python(f"REFUSE = {refuse!r}\n" + RECORDER + """
-import json, sqlite3
-import hermes_kanban_native as hkn
-from hermes_kanban_native import _native
-report = []
-for event, args in events:
-    conn = args[0]
-    try:
-        conn.execute("SELECT 1")
-        state = "open"
-    except sqlite3.ProgrammingError:
-        state = "closed"
-    report.append([event, str(args[1]), state])
-print(json.dumps({"events": report, "api": hkn.sqlite_api(), "file": _native.__file__}))
-""", env={"HERMES_KANBAN_NATIVE_MODE": "extension-api"})
+    # An audit hook records the extension-loading events, keeping the
+    # connection objects so the test can see they ended closed.
+    proc = run_isolated("record_extension_loading", refuse,
+                        env={"HERMES_KANBAN_NATIVE_MODE": "extension-api"})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.splitlines()[-1])
 
@@ -193,19 +160,11 @@ def test_an_audit_hook_that_refuses_leads_to_sql_mode_with_the_reason(refused):
 
 
 @needs_loadable
+@pytest.mark.isolated
 def test_no_second_copy_of_the_extension_is_mapped():
     """Loading the already imported shared object again maps nothing new."""
-    proc = run_python("""
-        import hermes_kanban_native._native as native, json, os
-        real = os.path.realpath(native.__file__)
-        starts = set()
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                fields = line.split()
-                if len(fields) >= 6 and fields[5] == real and int(fields[2], 16) == 0:
-                    starts.add(fields[0])
-        print(json.dumps([native.sqlite_api()["route"], len(starts)]))
-    """, env={"HERMES_KANBAN_NATIVE_MODE": "extension-api"})
+    proc = run_isolated("mapped_copies_of_the_extension",
+                        env={"HERMES_KANBAN_NATIVE_MODE": "extension-api"})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == ["extension-api", 1]
 

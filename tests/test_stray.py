@@ -11,7 +11,7 @@ import warnings
 import pytest
 
 import hermes_kanban_native as hkn
-from conftest import make_wal_db, run_python
+from conftest import isolated_script, make_wal_db, run_isolated
 
 StrayOpenWarning = hkn.StrayOpenWarning
 
@@ -31,8 +31,8 @@ def _strays(caught):
     return [w for w in caught if issubclass(w.category, StrayOpenWarning)]
 
 
-def _line_of(fragment):
-    lines = pathlib.Path(__file__).read_text().splitlines()
+def _line_of(fragment, path=__file__):
+    lines = pathlib.Path(path).read_text().splitlines()
     return next(n for n, line in enumerate(lines, 1) if fragment in line)
 
 
@@ -133,28 +133,21 @@ def test_switching_it_off_and_bad_arguments(tmp_path):
     conn.close()
 
 
+@pytest.mark.isolated
 def test_environment_switch_warns_in_a_service(tmp_path):
     db = make_wal_db(tmp_path / "board.db")
-    code = f"""
-        import sqlite3, hermes_kanban_native as hkn
-        conn = sqlite3.connect({db!r})
-        conn.execute("SELECT * FROM t").fetchall()
-        def header():
-            with open({db!r}, "rb") as f:
-                return f.read(16)
-        header()
-        header()
-        conn.close()
-    """
-    done = run_python(code, env={"HERMES_KANBAN_NATIVE_WARN_STRAY_OPEN": "1"})
+    service = "stray_open_in_a_service"
+    done = run_isolated(service, db, env={"HERMES_KANBAN_NATIVE_WARN_STRAY_OPEN": "1"})
     assert done.returncode == 0, done.stderr
     # Once per location, at the line of the open (the default filter).
     assert done.stderr.count("StrayOpenWarning") == 1
-    assert "<string>:6: StrayOpenWarning" in done.stderr
+    script = isolated_script(service)
+    line = _line_of('with open(db, "rb") as f:', script)
+    assert f"{script}:{line}: StrayOpenWarning" in done.stderr
 
-    quiet = run_python(code, env={"HERMES_KANBAN_NATIVE_WARN_STRAY_OPEN": "0"})
+    quiet = run_isolated(service, db, env={"HERMES_KANBAN_NATIVE_WARN_STRAY_OPEN": "0"})
     assert quiet.returncode == 0 and "StrayOpenWarning" not in quiet.stderr
-    bad = run_python(code, env={"HERMES_KANBAN_NATIVE_WARN_STRAY_OPEN": "maybe"})
+    bad = run_isolated(service, db, env={"HERMES_KANBAN_NATIVE_WARN_STRAY_OPEN": "maybe"})
     assert bad.returncode == 0
     assert "HERMES_KANBAN_NATIVE_WARN_STRAY_OPEN='maybe'" in bad.stderr
     assert "StrayOpenWarning" not in bad.stderr
