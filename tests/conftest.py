@@ -120,17 +120,14 @@ def wait_for(predicate, timeout=10.0, interval=0.01):
 @contextlib.contextmanager
 def reader_process(path):
     """Another process holding a read transaction open on `path` until the
-    block ends (its snapshot keeps the WAL from being reset)."""
-    with subprocess.Popen([sys.executable, isolated_script("hold_a_read_transaction"),
-                           str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          text=True) as proc:
-        try:
-            assert proc.stdout.readline().strip() == "ready"
-            yield proc
-        finally:
-            proc.stdin.write("quit\n")
-            proc.stdin.flush()
-            proc.wait(timeout=30)
+    block ends (its snapshot keeps the WAL from being reset): the same
+    reader the demo and the benchmark play against.  Yields its Popen."""
+    from hermes_kanban_native.commands.reference import ReaderProcess
+    reader = ReaderProcess(path)
+    try:
+        yield reader.proc
+    finally:
+        reader.stop()
 
 
 def run_python(code, env=None, timeout=120, cwd=None):
