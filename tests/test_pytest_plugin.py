@@ -80,10 +80,15 @@ def _line_of(path, fragment, occurrence=1):
 
 
 def _section(out, test):
-    """The teardown report of one test in pytest's output."""
+    """The teardown report of one test in pytest's output.
+
+    It ends at the next report or at the short summary, which under CI
+    (the CI variable set) repeats every message in full.
+    """
     start = out.index(f"ERROR at teardown of {test} ")
-    end = out.find("ERROR at teardown of", start + 1)
-    return out[start:end if end > 0 else len(out)]
+    ends = [out.find(mark, start + 1) for mark in ("ERROR at teardown of",
+                                                   "short test summary info")]
+    return out[start:min((e for e in ends if e > 0), default=len(out))]
 
 
 def test_fixture_fails_leaky_tests_and_passes_clean_ones(pytester):
