@@ -16,6 +16,7 @@
 #include "hkn.h"
 
 #include <string.h>
+#include "fault_calls.h"     /* last: see faults.h */
 
 /* ------------------------------------------------------------------ modes */
 
@@ -49,8 +50,7 @@ hkn_parse_mode(hkn_state *state, PyObject *value, int allow_off)
         return mode;
     }
     /* Only the rare mixed-case spelling pays for lower(). */
-    PyObject *lower = HKN_FAULT_PY("checkpoint.parse_mode.lower", NULL,
-                                   PyObject_CallMethod(value, "lower", NULL));
+    PyObject *lower = PyObject_CallMethod(value, "lower", NULL);
     if (lower == NULL) {
         return HKN_POLICY_ERROR;
     }
@@ -74,11 +74,10 @@ hkn_mode_error(PyObject *value, int allow_off)
 static PyObject *
 hkn_make_result(hkn_state *state, int mode, int busy, int log_frames, int checkpointed)
 {
-    return HKN_FAULT_PY("checkpoint.make_result.call", NULL,
-                        PyObject_CallFunction(state->checkpoint_result, "OOii",
-                                              state->mode_names[mode],
-                                              busy ? Py_True : Py_False,
-                                              log_frames, checkpointed));
+    return PyObject_CallFunction(state->checkpoint_result, "OOii",
+                                 state->mode_names[mode],
+                                 busy ? Py_True : Py_False,
+                                 log_frames, checkpointed);
 }
 
 /* Records a checkpoint that ran: last_checkpoint and the counters. */
@@ -108,10 +107,10 @@ hkn_record_checkpoint(hkn_state *state, hkn_conn *conn, int mode, const hkn_outc
 static void
 hkn_describe_error(const hkn_sqlite_api *api, sqlite3 *db, hkn_outcome *out)
 {
-    int extended = api->extended_errcode(db);
-    const char *msg = (extended & 0xff) == (out->rc & 0xff) ? api->errmsg(db) : NULL;
+    int extended = sqlite3_extended_errcode(db);
+    const char *msg = (extended & 0xff) == (out->rc & 0xff) ? sqlite3_errmsg(db) : NULL;
     out->extended = msg != NULL ? extended : out->rc;
-    snprintf(out->message, sizeof(out->message), "%s", msg ? msg : api->errstr(out->rc));
+    snprintf(out->message, sizeof(out->message), "%s", msg ? msg : sqlite3_errstr(out->rc));
 }
 
 /* Runs under the connection lock, without the GIL, holding SQLite's own
@@ -120,36 +119,31 @@ hkn_describe_error(const hkn_sqlite_api *api, sqlite3 *db, hkn_outcome *out)
 static void
 hkn_native_close_checkpoint(const hkn_sqlite_api *api, sqlite3 *db, int mode, hkn_outcome *out)
 {
-    sqlite3_mutex *mutex = api->db_mutex(db);
-    api->mutex_enter(mutex);
+    sqlite3_mutex *mutex = sqlite3_db_mutex(db);
+    sqlite3_mutex_enter(mutex);
 
-    for (sqlite3_stmt *stmt = api->next_stmt(db, NULL); stmt != NULL;
-         stmt = api->next_stmt(db, stmt)) {
-        if (api->stmt_busy(stmt)) {
+    for (sqlite3_stmt *stmt = sqlite3_next_stmt(db, NULL); stmt != NULL;
+         stmt = sqlite3_next_stmt(db, stmt)) {
+        if (sqlite3_stmt_busy(stmt)) {
             out->busy_statements++;
         }
     }
 
-    const char *file = HKN_FAULT_SQLITE("checkpoint.close_checkpoint.db_filename", NULL,
-                                        api->db_filename(db, "main"));
+    const char *file = sqlite3_db_filename(db, "main");
     int txn = api->txn_state == NULL ? -1
-              : HKN_FAULT_SQLITE("checkpoint.close_checkpoint.txn_state", -1,
-                                 api->txn_state(db, "main"));
+              : sqlite3_txn_state(db, "main");
     /* Without txn_state (before 3.34, or if it fails) get_autocommit tells
      * that some transaction is open, which may only be a read. */
-    int write_txn = txn >= 0 ? txn == SQLITE_TXN_WRITE : !api->get_autocommit(db);
+    int write_txn = txn >= 0 ? txn == SQLITE_TXN_WRITE : !sqlite3_get_autocommit(db);
     int wrote = 0, high = 0;
-    if (HKN_FAULT_SQLITE("checkpoint.close_checkpoint.db_status", SQLITE_MISUSE,
-                         api->db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0))
-        != SQLITE_OK) {
+    if (sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0) != SQLITE_OK) {
         wrote = 1;              /* unknown: checkpoint rather than skip */
     }
 
     if (file == NULL || file[0] == '\0') {
         out->skipped = HKN_SKIP_NOT_FILE;
     }
-    else if (HKN_FAULT_SQLITE("checkpoint.close_checkpoint.db_readonly", -1,
-                              api->db_readonly(db, "main")) == 1) {
+    else if (sqlite3_db_readonly(db, "main") == 1) {
         out->skipped = HKN_SKIP_READONLY;
     }
     else if (write_txn) {
@@ -165,22 +159,20 @@ hkn_native_close_checkpoint(const hkn_sqlite_api *api, sqlite3 *db, int mode, hk
          * checkpoint fail with SQLITE_LOCKED; the base close is about to
          * abandon them anyway. */
         if (out->busy_statements > 0) {
-            for (sqlite3_stmt *stmt = api->next_stmt(db, NULL); stmt != NULL;
-                 stmt = api->next_stmt(db, stmt)) {
-                if (api->stmt_busy(stmt)) {
+            for (sqlite3_stmt *stmt = sqlite3_next_stmt(db, NULL); stmt != NULL;
+                 stmt = sqlite3_next_stmt(db, stmt)) {
+                if (sqlite3_stmt_busy(stmt)) {
                     /* reset() returns the statement's last error; it resets
                      * regardless. */
-                    (void)HKN_FAULT_RELEASE("checkpoint.close_checkpoint.reset", SQLITE_IOERR,
-                                            api->reset(stmt));
+                    (void)sqlite3_reset(stmt);
                 }
             }
         }
         /* The connection is closing: nothing is left to restore the
          * handler for, so close() can never wait on another process. */
-        api->busy_handler(db, NULL, NULL);
-        out->rc = HKN_FAULT_SQLITE("checkpoint.close_checkpoint.wal_checkpoint", SQLITE_IOERR,
-                                   api->wal_checkpoint_v2(db, NULL, mode, &out->log_frames,
-                                                          &out->checkpointed_frames));
+        sqlite3_busy_handler(db, NULL, NULL);
+        out->rc = sqlite3_wal_checkpoint_v2(db, NULL, mode, &out->log_frames,
+                                            &out->checkpointed_frames);
         if (out->rc == SQLITE_OK && out->log_frames < 0) {
             out->skipped = HKN_SKIP_NOT_WAL;
         }
@@ -194,7 +186,7 @@ hkn_native_close_checkpoint(const hkn_sqlite_api *api, sqlite3 *db, int mode, hk
             hkn_describe_error(api, db, out);
         }
     }
-    api->mutex_leave(mutex);
+    sqlite3_mutex_leave(mutex);
 }
 
 /* ---------------------------------------------------------- SQL fallback */
@@ -206,32 +198,26 @@ PyObject *
 hkn_sql_first_row(hkn_state *state, PyObject *self, const char *sql)
 {
     PyObject *row = NULL;
-    PyObject *make_cursor = HKN_FAULT_PY("checkpoint.sql_first_row.cursor_method", NULL,
-                                         PyObject_GetAttrString((PyObject *)state->base_type,
-                                                                "cursor"));
+    PyObject *make_cursor = PyObject_GetAttrString((PyObject *)state->base_type,
+                                                   "cursor");
     if (make_cursor == NULL) {
         return NULL;
     }
-    PyObject *cursor = HKN_FAULT_PY("checkpoint.sql_first_row.cursor", NULL,
-                                    PyObject_CallOneArg(make_cursor, self));
+    PyObject *cursor = PyObject_CallOneArg(make_cursor, self);
     Py_DECREF(make_cursor);
     if (cursor == NULL) {
         return NULL;
     }
-    if (HKN_FAULT_PY("checkpoint.sql_first_row.row_factory", -1,
-                     PyObject_SetAttrString(cursor, "row_factory", Py_None)) == 0) {
-        PyObject *executed = HKN_FAULT_PY("checkpoint.sql_first_row.execute", NULL,
-                                          PyObject_CallMethod(cursor, "execute", "s", sql));
+    if (PyObject_SetAttrString(cursor, "row_factory", Py_None) == 0) {
+        PyObject *executed = PyObject_CallMethod(cursor, "execute", "s", sql);
         if (executed != NULL) {
             Py_DECREF(executed);
-            row = HKN_FAULT_PY("checkpoint.sql_first_row.fetchone", NULL,
-                               PyObject_CallMethod(cursor, "fetchone", NULL));
+            row = PyObject_CallMethod(cursor, "fetchone", NULL);
         }
     }
     hkn_saved_error saved;
     hkn_error_save(&saved);
-    PyObject *closed = HKN_FAULT_PY("checkpoint.sql_first_row.close_cursor", NULL,
-                                    PyObject_CallMethod(cursor, "close", NULL));
+    PyObject *closed = PyObject_CallMethod(cursor, "close", NULL);
     Py_DECREF(cursor);
     Py_XDECREF(closed);
     PyErr_Clear();
@@ -244,10 +230,9 @@ hkn_sql_first_row(hkn_state *state, PyObject *self, const char *sql)
 static void
 hkn_exception_text(PyObject *exc, char *buf, size_t size)
 {
-    PyObject *text = HKN_FAULT_PY("checkpoint.exception_text.str", NULL, PyObject_Str(exc));
+    PyObject *text = PyObject_Str(exc);
     const char *s = text == NULL ? NULL
-                    : HKN_FAULT_PY("checkpoint.exception_text.utf8", NULL,
-                                   PyUnicode_AsUTF8(text));
+                    : PyUnicode_AsUTF8(text);
     snprintf(buf, size, "%s", s ? s : "unknown error");
     Py_XDECREF(text);
     PyErr_Clear();
@@ -260,10 +245,9 @@ static int
 hkn_sql_error_code(PyObject *exc, const char *message)
 {
 #if HKN_PY_HAS_SQLITE_ERROR_CODES
-    PyObject *code = HKN_FAULT_PY("checkpoint.sql_error_code.attribute", NULL,
-                                  PyObject_GetAttrString(exc, "sqlite_errorcode"));
+    PyObject *code = PyObject_GetAttrString(exc, "sqlite_errorcode");
     if (code != NULL) {
-        long value = HKN_FAULT_PY("checkpoint.sql_error_code.value", -1, PyLong_AsLong(code));
+        long value = PyLong_AsLong(code);
         Py_DECREF(code);
         if (!(value == -1 && PyErr_Occurred())) {
             return (int)value;
@@ -300,13 +284,11 @@ hkn_sql_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
             return 0;
         }
         if (mode == SQLITE_CHECKPOINT_PASSIVE) {
-            PyObject *changes = HKN_FAULT_PY("checkpoint.sql_checkpoint.total_changes", NULL,
-                                             PyObject_GetAttrString(self, "total_changes"));
+            PyObject *changes = PyObject_GetAttrString(self, "total_changes");
             if (changes == NULL) {
                 return -1;
             }
-            long long now = HKN_FAULT_PY("checkpoint.sql_checkpoint.total_changes_value", -1,
-                                         PyLong_AsLongLong(changes));
+            long long now = PyLong_AsLongLong(changes);
             Py_DECREF(changes);
             if (now == -1 && PyErr_Occurred()) {
                 return -1;
@@ -324,11 +306,9 @@ hkn_sql_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
             if (row == NULL) {
                 goto sqlite_error;
             }
-            PyObject *value = HKN_FAULT_PY("checkpoint.sql_checkpoint.timeout_item", NULL,
-                                           PyTuple_GetItem(row, 0));
+            PyObject *value = PyTuple_GetItem(row, 0);
             saved_timeout = value == NULL ? -1
-                            : HKN_FAULT_PY("checkpoint.sql_checkpoint.timeout_value", -1,
-                                           PyLong_AsLong(value));
+                            : PyLong_AsLong(value);
             Py_CLEAR(row);
             if (saved_timeout == -1 && PyErr_Occurred()) {
                 return -1;
@@ -363,9 +343,7 @@ hkn_sql_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
         goto sqlite_error;
     }
     int busy = 0;
-    if (!HKN_FAULT_PY("checkpoint.sql_checkpoint.parse_row", 0,
-                      PyArg_ParseTuple(row, "iii", &busy, &out->log_frames,
-                                       &out->checkpointed_frames))) {
+    if (!PyArg_ParseTuple(row, "iii", &busy, &out->log_frames, &out->checkpointed_frames)) {
         Py_DECREF(row);
         return -1;
     }
@@ -430,13 +408,12 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
     }
     else {
         state->stats.checkpoint_errors++;
-        if (HKN_FAULT_PY("checkpoint.close_checkpoint.warn_failed", -1,
-                         PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
-                                          "%s checkpoint on close of %R failed (%s): %s",
-                                          PyUnicode_AsUTF8(state->mode_names[mode]),
-                                          conn->path ? conn->path : Py_None,
-                                          out.rc == SQLITE_ERROR ? "error" : "sqlite",
-                                          out.message)) < 0) {
+        if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                             "%s checkpoint on close of %R failed (%s): %s",
+                             (PyUnicode_AsUTF8)(state->mode_names[mode]),
+                             conn->path ? conn->path : Py_None,
+                             out.rc == SQLITE_ERROR ? "error" : "sqlite",
+                             out.message) < 0) {
             status = -1;
         }
     }
@@ -446,12 +423,11 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
      * files) alive until that cursor is collected. */
     if (out.busy_statements > 0 && status == 0 && conn->path != NULL
         && PyUnicode_GetLength(conn->path) > 0) {
-        if (HKN_FAULT_PY("checkpoint.close_checkpoint.warn_stepping", -1,
-                         PyErr_WarnFormat(PyExc_ResourceWarning, 1,
-                                          "close() of %R with %d statement(s) still stepping: "
-                                          "SQLite keeps the database open until the cursor(s) "
-                                          "using them are released",
-                                          conn->path, out.busy_statements)) < 0) {
+        if (PyErr_WarnFormat(PyExc_ResourceWarning, 1,
+                             "close() of %R with %d statement(s) still stepping: "
+                             "SQLite keeps the database open until the cursor(s) "
+                             "using them are released",
+                             conn->path, out.busy_statements) < 0) {
             status = -1;
         }
     }
@@ -466,8 +442,7 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
 int
 hkn_policy(hkn_state *state, PyObject *self, PyObject **value)
 {
-    *value = HKN_FAULT_PY("checkpoint.policy.getattr", NULL,
-                          PyObject_GetAttr(self, state->str_checkpoint_on_close));
+    *value = PyObject_GetAttr(self, state->str_checkpoint_on_close);
     if (*value == NULL) {
         return HKN_POLICY_INVALID;
     }
@@ -487,13 +462,11 @@ static int
 hkn_read_busy_timeout(const hkn_sqlite_api *api, sqlite3 *db, int *timeout)
 {
     sqlite3_stmt *stmt = NULL;
-    int rc = HKN_FAULT_SQLITE("checkpoint.read_busy_timeout.prepare", SQLITE_NOMEM,
-                              api->prepare_v2(db, "PRAGMA busy_timeout", -1, &stmt, NULL));
+    int rc = sqlite3_prepare_v2(db, "PRAGMA busy_timeout", -1, &stmt, NULL);
     if (rc == SQLITE_OK) {
-        rc = HKN_FAULT_SQLITE("checkpoint.read_busy_timeout.step", SQLITE_IOERR,
-                              api->step(stmt));
+        rc = sqlite3_step(stmt);
         if (rc == SQLITE_ROW) {
-            *timeout = api->column_int(stmt, 0);
+            *timeout = sqlite3_column_int(stmt, 0);
             rc = SQLITE_OK;
         }
         else if (rc == SQLITE_DONE) {
@@ -502,8 +475,7 @@ hkn_read_busy_timeout(const hkn_sqlite_api *api, sqlite3 *db, int *timeout)
     }
     if (stmt != NULL) {
         /* finalize() repeats the step's error, which rc already holds. */
-        (void)HKN_FAULT_RELEASE("checkpoint.read_busy_timeout.finalize", SQLITE_IOERR,
-                                api->finalize(stmt));
+        (void)sqlite3_finalize(stmt);
     }
     return rc;
 }
@@ -523,7 +495,7 @@ hkn_native_explicit_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self,
          * without it. */
         out->rc = hkn_read_busy_timeout(api, db, &restore);
         if (out->rc == SQLITE_OK) {
-            api->busy_handler(db, NULL, NULL);
+            sqlite3_busy_handler(db, NULL, NULL);
         }
         else {
             hkn_describe_error(api, db, out);
@@ -531,18 +503,17 @@ hkn_native_explicit_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self,
     }
     if (out->rc == SQLITE_OK) {
         Py_BEGIN_ALLOW_THREADS
-        sqlite3_mutex *mutex = api->db_mutex(db);
-        api->mutex_enter(mutex);
-        out->rc = HKN_FAULT_SQLITE("checkpoint.checkpoint.wal_checkpoint", SQLITE_IOERR,
-                                  api->wal_checkpoint_v2(db, NULL, mode, &out->log_frames,
-                                                         &out->checkpointed_frames));
+        sqlite3_mutex *mutex = sqlite3_db_mutex(db);
+        sqlite3_mutex_enter(mutex);
+        out->rc = sqlite3_wal_checkpoint_v2(db, NULL, mode, &out->log_frames,
+                                            &out->checkpointed_frames);
         if (out->rc != SQLITE_OK && out->rc != SQLITE_BUSY) {
             hkn_describe_error(api, db, out);
         }
-        api->mutex_leave(mutex);
+        sqlite3_mutex_leave(mutex);
         Py_END_ALLOW_THREADS
         if (restore >= 0) {
-            api->busy_timeout(db, restore);
+            sqlite3_busy_timeout(db, restore);
         }
     }
     hkn_guard_refresh(state, conn, db);

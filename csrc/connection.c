@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "fault_calls.h"     /* last: see faults.h */
 
 /* Default of WalSafeConnection.max_live_per_database: far above what a
  * well-behaved process keeps open on one database, far below the 256-1024
@@ -117,7 +118,7 @@ hkn_lock(hkn_conn *conn)
         Py_BEGIN_ALLOW_THREADS
         struct timespec pause = {0, 50000};
         /* An interrupted sleep only shortens one turn of the loop. */
-        (void)HKN_FAULT_SYS("connection.lock.nanosleep", EINTR, -1, nanosleep(&pause, NULL));
+        (void)nanosleep(&pause, NULL);
         Py_END_ALLOW_THREADS
     }
     conn->busy_owner = me;
@@ -165,7 +166,7 @@ hkn_unregister(hkn_state *state, hkn_conn *conn)
         hkn_saved_error saved;
         hkn_error_save(&saved);
         if (hkn_count_live(state, conn->owner, conn->path) == 0) {
-            (void)PySet_Discard(state->bound_exceeded, conn->path);
+            (void)(PySet_Discard)(state->bound_exceeded, conn->path);
         }
         PyErr_Clear();
         hkn_error_restore(&saved);
@@ -175,8 +176,7 @@ hkn_unregister(hkn_state *state, hkn_conn *conn)
 static PyObject *
 hkn_base_close(hkn_state *state, PyObject *self)
 {
-    return HKN_FAULT_PY("connection.base_close.call", NULL,
-                        PyObject_CallOneArg(state->base_close, self));
+    return PyObject_CallOneArg(state->base_close, self);
 }
 
 
@@ -285,9 +285,7 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"mode", "wait", NULL};
     PyObject *mode_obj = NULL;
     int wait = 1;
-    if (!HKN_FAULT_PY("connection.checkpoint.parse_args", 0,
-                      PyArg_ParseTupleAndKeywords(args, kwds, "|O$p:checkpoint", kwlist,
-                                                  &mode_obj, &wait))) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$p:checkpoint", kwlist, &mode_obj, &wait)) {
         return NULL;
     }
     hkn_state *state = hkn_state_get(self);
@@ -371,7 +369,7 @@ hkn_close_handle(hkn_state *state, PyObject *self)
         hkn_connection_forget_handle(self);
         const hkn_sqlite_api *api = &state->api;
         Py_BEGIN_ALLOW_THREADS
-        (void)api->close_v2(db);
+        (void)sqlite3_close_v2(db);
         Py_END_ALLOW_THREADS
     }
     else if (hkn_base_type(self)->tp_finalize != NULL) {
@@ -414,7 +412,7 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
      * called with sqlite3.connect's own arguments, and each Python version
      * validates its own set (docs/sqlite-internals.md, CPython's
      * sqlite3.Connection from C). */
-    if (HKN_FAULT_PY("connection.init.base_init", -1, base->tp_init(self, args, kwds)) < 0) {
+    if (HKN_FAULT_POINT("tp_init", HKN_FAULT_RAISE, -1, base->tp_init(self, args, kwds)) < 0) {
         if (hkn_connection_handle(self) == NULL) {
             hkn_unregister(state, conn);
         }
@@ -426,39 +424,33 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
         flag = PyTuple_GET_ITEM(args, 4);
     }
     else if (kwds != NULL) {
-        flag = HKN_FAULT_PY("connection.init.check_same_thread_arg", NULL,
-                            PyDict_GetItemWithError(kwds, state->str_check_same_thread));
+        flag = PyDict_GetItemWithError(kwds, state->str_check_same_thread);
         if (flag == NULL && PyErr_Occurred()) {
             goto fail;
         }
     }
     int check_same_thread = 1;
     if (flag != NULL
-        && (check_same_thread = HKN_FAULT_PY("connection.init.check_same_thread", -1,
-                                             PyObject_IsTrue(flag))) < 0) {
+        && (check_same_thread = PyObject_IsTrue(flag)) < 0) {
         goto fail;
     }
 
     PyObject *path = NULL;
     if (state->api.native) {
-        const char *file = HKN_FAULT_SQLITE("connection.init.db_filename", NULL,
-                                            state->api.db_filename(hkn_connection_handle(self),
-                                                                   "main"));
-        path = HKN_FAULT_PY("connection.init.path", NULL,
-                            PyUnicode_DecodeFSDefault(file ? file : ""));
+        const hkn_sqlite_api *api = &state->api;
+        const char *file = sqlite3_db_filename(hkn_connection_handle(self), "main");
+        path = PyUnicode_DecodeFSDefault(file ? file : "");
     }
     else {
         PyObject *row = hkn_sql_first_row(state, self, "PRAGMA database_list");
         if (row != NULL) {
-            path = HKN_FAULT_PY("connection.init.sql_path", NULL, PySequence_GetItem(row, 2));
+            path = PySequence_GetItem(row, 2);
             Py_DECREF(row);
         }
         PyObject *changes = path == NULL ? NULL
-                            : HKN_FAULT_PY("connection.init.sql_total_changes", NULL,
-                                           PyObject_GetAttrString(self, "total_changes"));
+                            : PyObject_GetAttrString(self, "total_changes");
         if (changes != NULL) {
-            conn->changes_base = HKN_FAULT_PY("connection.init.sql_total_changes_value", -1,
-                                              PyLong_AsLongLong(changes));
+            conn->changes_base = PyLong_AsLongLong(changes);
             Py_DECREF(changes);
         }
         if (changes == NULL || (conn->changes_base == -1 && PyErr_Occurred())) {
@@ -474,8 +466,7 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
     conn->check_same_thread = check_same_thread;
     conn->thread_ident = PyThread_get_thread_ident();
     struct timespec now;
-    if (HKN_FAULT_SYS("connection.init.clock", EINVAL, -1,
-                      clock_gettime(CLOCK_REALTIME, &now)) != 0) {
+    if (clock_gettime(CLOCK_REALTIME, &now) != 0) {
         /* Never seen on Linux; `now` would be garbage, the second is not. */
         now.tv_sec = time(NULL);
         now.tv_nsec = 0;
@@ -483,8 +474,7 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
     conn->opened_time = (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
     hkn_opener_capture(state, &conn->opener);
     if (state->opened_paths != NULL
-        && HKN_FAULT_PY("connection.init.track_path", -1,
-                        PySet_Add(state->opened_paths, path)) < 0) {
+        && PySet_Add(state->opened_paths, path) < 0) {
         goto fail;
     }
     conn->pid = getpid();
@@ -493,11 +483,9 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
         goto fail;
     }
     if (state->api.native && conn->guard == NULL && PyUnicode_GetLength(path) > 0) {
-        PyObject *wanted = HKN_FAULT_PY("connection.init.guard_wal", NULL,
-                                        PyObject_GetAttr(self, state->str_guard_wal));
+        PyObject *wanted = PyObject_GetAttr(self, state->str_guard_wal);
         int guard = wanted == NULL ? -1
-                    : HKN_FAULT_PY("connection.init.guard_wal_value", -1,
-                                   PyObject_IsTrue(wanted));
+                    : PyObject_IsTrue(wanted);
         Py_XDECREF(wanted);
         if (guard < 0
             || (guard ? hkn_guard_claim(state, conn, hkn_connection_handle(self))
@@ -538,14 +526,13 @@ hkn_log_finalized(hkn_state *state, hkn_conn *conn)
     PyObject *where = hkn_opener_where(state, &conn->opener);
     PyObject *frames = where == NULL ? NULL : hkn_opener_frames(&conn->opener);
     PyObject *row = frames == NULL ? NULL
-                    : HKN_FAULT_PY("connection.finalize.log_row", NULL,
-                                   Py_BuildValue("(OOOkK)", conn->path ? conn->path : Py_None,
-                                                 where, frames, conn->thread_ident,
-                                                 conn->serial));
+                    : Py_BuildValue("(OOOkK)", conn->path ? conn->path : Py_None,
+                                    where, frames, conn->thread_ident,
+                                    conn->serial);
     Py_XDECREF(where);
     Py_XDECREF(frames);
     int rc = row == NULL ? -1
-             : HKN_FAULT_PY("connection.finalize.log_append", -1, PyList_Append(log, row));
+             : PyList_Append(log, row);
     Py_XDECREF(row);
     Py_DECREF(log);
     return rc;
@@ -609,11 +596,10 @@ hkn_connection_finalize(PyObject *self)
     if (!hkn_is_finalizing()) {
         PyObject *opener = hkn_opener_describe(state, &conn->opener);
         if (opener == NULL
-            || HKN_FAULT_PY("connection.finalize.warn", -1,
-                            PyErr_WarnFormat(PyExc_ResourceWarning, 1,
-                                             "unclosed database %R opened at %U: "
-                                             "WalSafeConnection %s on garbage collection",
-                                             conn->path, opener, what)) < 0) {
+            || PyErr_WarnFormat(PyExc_ResourceWarning, 1,
+                                "unclosed database %R opened at %U: "
+                                "WalSafeConnection %s on garbage collection",
+                                conn->path, opener, what) < 0) {
             PyErr_WriteUnraisable(self);
         }
         Py_XDECREF(opener);
@@ -797,38 +783,31 @@ hkn_connection_exec(PyObject *module, hkn_state *state)
         .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
         .slots = slots,
     };
-    PyObject *bases = HKN_FAULT_PY("connection.exec.bases", NULL,
-                                   PyTuple_Pack(1, (PyObject *)state->base_type));
+    PyObject *bases = PyTuple_Pack(1, (PyObject *)state->base_type);
     if (bases == NULL) {
         return -1;
     }
-    PyObject *type = HKN_FAULT_PY("connection.exec.type", NULL,
-                                  PyType_FromModuleAndSpec(module, &spec, bases));
+    PyObject *type = PyType_FromModuleAndSpec(module, &spec, bases);
     Py_DECREF(bases);
     if (type == NULL) {
         return -1;
     }
     state->walsafe_type = (PyTypeObject *)type;
-    if (HKN_FAULT_PY("connection.exec.set_policy", -1,
-                     PyObject_SetAttrString(type, "checkpoint_on_close",
-                                            state->mode_names[SQLITE_CHECKPOINT_PASSIVE])) < 0) {
+    if (PyObject_SetAttrString(type, "checkpoint_on_close",
+                               state->mode_names[SQLITE_CHECKPOINT_PASSIVE]) < 0) {
         return -1;
     }
-    PyObject *bound = HKN_FAULT_PY("connection.exec.bound", NULL,
-                                   PyLong_FromLong(HKN_DEFAULT_MAX_LIVE));
+    PyObject *bound = PyLong_FromLong(HKN_DEFAULT_MAX_LIVE);
     if (bound == NULL
-        || HKN_FAULT_PY("connection.exec.set_bound", -1,
-                        PyObject_SetAttr(type, state->str_max_live, bound)) < 0) {
+        || PyObject_SetAttr(type, state->str_max_live, bound) < 0) {
         Py_XDECREF(bound);
         return -1;
     }
     Py_DECREF(bound);
-    if (HKN_FAULT_PY("connection.exec.set_guard", -1,
-                     PyObject_SetAttr(type, state->str_guard_wal,
-                                      hkn_guard_unavailable() == NULL ? Py_True
-                                                                      : Py_False)) < 0) {
+    if (PyObject_SetAttr(type, state->str_guard_wal,
+                         hkn_guard_unavailable() == NULL ? Py_True
+                                                         : Py_False) < 0) {
         return -1;
     }
-    return HKN_FAULT_PY("connection.exec.add_type", -1,
-                        PyModule_AddObjectRef(module, "WalSafeConnection", type));
+    return PyModule_AddObjectRef(module, "WalSafeConnection", type);
 }

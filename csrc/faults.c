@@ -58,6 +58,88 @@ hkn_compare_names(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+/* ---------------------------------------------------------------- names */
+
+/* "csrc/linux/guard.c" -> "guard", "csrc/other/guard.c" -> "guard_other". */
+static void
+hkn_file_part(const char *file, char *out, size_t size)
+{
+    const char *base = strrchr(file, '/');
+    base = base != NULL ? base + 1 : file;
+    size_t length = strcspn(base, ".");
+    int other = base - file >= 6 && strncmp(base - 6, "other/", 6) == 0;
+    snprintf(out, size, "%.*s%s", (int)length, base, other ? "_other" : "");
+}
+
+/* Points of one call in one function sort by line: the first keeps the
+ * plain name, the others get ".2", ".3". */
+static int
+hkn_compare_sites(const void *a, const void *b)
+{
+    const hkn_fault_point *x = *(hkn_fault_point *const *)a, *y = *(hkn_fault_point *const *)b;
+    int order = strcmp(x->name, y->name);
+    if (order == 0) {
+        order = (x->line > y->line) - (x->line < y->line);
+    }
+    if (order == 0) {           /* two calls on one line: source order */
+        order = (x > y) - (x < y);
+    }
+    return order;
+}
+
+/* Fills every point's name, once; called with the GIL held, by each module
+ * instance's exec (the first does the work). */
+static int
+hkn_name_points(void)
+{
+    static int named = 0;
+    size_t count = (size_t)(__stop_hkn_fault_points - __start_hkn_fault_points);
+    if (named || count == 0) {
+        return 0;
+    }
+    hkn_fault_point **sites = PyMem_Malloc(count * sizeof(*sites));
+    if (sites == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < count; i++) {
+        hkn_fault_point *point = __start_hkn_fault_points[i];
+        char file[32];
+        hkn_file_part(point->file, file, sizeof(file));
+        const char *function = point->function;
+        if (strncmp(function, "hkn_", 4) == 0) {
+            function += 4;
+        }
+        size_t stem = strlen(file);
+        if (stem > 6 && strcmp(file + stem - 6, "_other") == 0) {
+            stem -= 6;                          /* "guard" of "guard_other" */
+        }
+        if (strncmp(function, file, stem) == 0 && function[stem] == '_') {
+            function += stem + 1;               /* hkn_guard_refresh: "refresh" */
+        }
+        snprintf(point->name, sizeof(point->name), "%s.%s.%s", file, function, point->call);
+        sites[i] = point;
+    }
+    qsort(sites, count, sizeof(*sites), hkn_compare_sites);
+    int repeat = 1;
+    for (size_t i = 1; i < count; i++) {
+        /* sites[i - 1] may already carry its suffix: compare the stems */
+        size_t stem = strlen(sites[i]->name);
+        if (strncmp(sites[i - 1]->name, sites[i]->name, stem) == 0
+            && (sites[i - 1]->name[stem] == '\0' || sites[i - 1]->name[stem] == '.')) {
+            repeat++;
+            size_t used = strlen(sites[i]->name);
+            snprintf(sites[i]->name + used, sizeof(sites[i]->name) - used, ".%d", repeat);
+        }
+        else {
+            repeat = 1;
+        }
+    }
+    PyMem_Free(sites);
+    named = 1;
+    return 0;
+}
+
 PyDoc_STRVAR(hkn_fault_points_doc,
 "_fault_points($module, /)\n--\n\n"
 "Names of every fault point compiled into this build, sorted.");
@@ -177,5 +259,8 @@ static PyMethodDef hkn_fault_methods[] = {
 int
 hkn_faults_exec(PyObject *module)
 {
+    if (hkn_name_points() < 0) {
+        return -1;
+    }
     return PyModule_AddFunctions(module, hkn_fault_methods);
 }

@@ -1,44 +1,53 @@
-/* faults.h - named fault points around every call of ours that can fail.
+/* faults.h - the machinery of the fault points (HKN_FAULTS builds only).
  *
- * Each SQLite call, allocation, system call and Python C-API call in csrc/
- * that can fail is written as one of the macros below, with a name unique in
- * the extension ("file.function.call").  In a normal build every macro is
- * the bare call: the name vanishes and the code is the same as without it.
+ * A fault point is one call site, in csrc/, of a function that can fail: a
+ * Python C-API call, an allocation, a system call or a SQLite call.  The
+ * call sites are written as plain C.  In a build with HKN_FAULTS defined
+ * (setup.py: HKN_FAULTS=1; GCC or Clang on ELF, i.e. Linux), setup.py writes
+ * hkn_fault_calls.h from the table csrc/fault_calls.tsv: for each function
+ * listed there, a macro of the same name that wraps its call in one of the
+ * HKN_FAULT_* macros below.  fault_calls.h, the last include of each C file
+ * with points, includes it.  In a normal build nothing is defined and the
+ * code is the same as if this file did not exist.
  *
- * Built with HKN_FAULTS defined (setup.py: HKN_FAULTS=1; GCC or Clang on
- * ELF, i.e. Linux), each site is a static record that counts its hits and,
- * when armed through _native._fault_arm(), makes the call fail the way it
- * really fails, without making it:
- *   HKN_FAULT_PY      a Python C-API call: MemoryError set, result `failed`
- *                     (NULL, -1 or 0, whatever that call returns on error);
- *   HKN_FAULT_ALLOC   malloc/calloc/realloc/PyMem_Malloc: NULL, errno ENOMEM;
- *   HKN_FAULT_SYS     a system call: errno `err`, result `failed`;
- *   HKN_FAULT_SQLITE  a SQLite call: result `rc` (an error code, or what that
- *                     function returns on error);
- *   HKN_FAULT_RELEASE a release whose result we ignore (close, reset,
- *                     finalize): the call is made, then reports `failed`,
- *                     because such calls free their resource even when they
- *                     report an error.
- * The records sit in the ELF section "hkn_fault_points", so the list of
- * points is exactly what the compiler saw, per Python version and platform.
+ * Each expansion of a wrapped call is a static record that counts its hits
+ * and, when armed through _native._fault_arm(), makes the call fail the way
+ * it really fails, without making it (the kinds of the table):
+ *   py       a Python C-API call: MemoryError set, result `failed` (NULL,
+ *            -1 or 0, whatever that call returns on error);
+ *   alloc    malloc/calloc/realloc/strdup/PyMem_Malloc: NULL, errno ENOMEM;
+ *   sys      a system call: errno `err`, result `failed`;
+ *   sqlite   a SQLite call: result `failed` (an error code, or what that
+ *            function returns on error);
+ *   release  a release whose result we ignore (close, reset, finalize): the
+ *            call is made, then reports `failed`, because such calls free
+ *            their resource even when they report an error.
+ * A point is named file.function.call, e.g.
+ * "checkpoint.native_close_checkpoint.sqlite3_wal_checkpoint_v2": the C file
+ * without ".c" (files under csrc/other/ end in "_other"), the enclosing
+ * function without its "hkn_" prefix or the file's name after it
+ * (hkn_guard_refresh in guard.c: "refresh"), the called function; the second and
+ * later calls of the same function in one function add ".2", ".3" in source
+ * order.  The records sit in the ELF section "hkn_fault_points", so the list
+ * of points is exactly what the compiler saw, per Python version and platform.
  *
- * Calls that cannot fail are not points: PyModule_GetState and
- * PyType_GetModuleState on our own module and type; frame and code
- * accessors; PyUnicode_Compare/Tailmatch/GetLength on str objects;
- * PySet_Discard of a str from our own set; PyUnicode_AsUTF8 of our ASCII
- * mode names; PyBool_FromLong; the PyErr_*
- * state functions; the base type's traverse/clear/dealloc/finalize slots;
- * sqlite3_libversion, errmsg, errstr, extended_errcode, get_autocommit,
- * next_stmt, stmt_busy, column_int, limit, db_mutex, mutex_enter/leave,
- * busy_handler and busy_timeout (both fail only on misuse of a bad handle);
- * sqlite3_close_v2 (on a valid handle it defers instead of failing);
- * getpid, dirfd of an open DIR, dlclose of our own handle, free, getenv;
- * pthread_mutex_lock/unlock of a default mutex.  In shmlock.c: the system
- * calls its wrappers pass on (they are SQLite's own, and their failures
- * reach SQLite unchanged), and the calls of its at-fork child handler
- * (only async-signal-safe code may run there, not a point's mutex; a
- * failure keeps the inherited description, as without the handler); the
- * same for guard.c's after-fork reopening of database descriptors.
+ * A call through a pointer has no name to override: the three such points
+ * (the base type's tp_init, the VFS's xGetSystemCall and xSetSystemCall) are
+ * written as HKN_FAULT_POINT at their call site.
+ *
+ * Calls of a listed function that must not be points are written with the
+ * function name in parentheses, `(close)(fd)`, which no function-like macro
+ * expands; each such site says why.  Calls that cannot fail are not in the
+ * table: PyModule_GetState and PyType_GetModuleState on our own module and
+ * type; frame and code accessors; PyUnicode_Compare/Tailmatch/GetLength on
+ * str objects; PyBool_FromLong; the PyErr_* state functions; the base
+ * type's traverse/clear/dealloc/finalize slots; sqlite3_libversion, errmsg,
+ * errstr, extended_errcode, get_autocommit, next_stmt, stmt_busy,
+ * column_int, limit, db_mutex, mutex_enter/leave, busy_handler and
+ * busy_timeout (both fail only on misuse of a bad handle); sqlite3_close_v2
+ * (on a valid handle it defers instead of failing); getpid, dirfd of an open
+ * DIR, dlclose of our own handle, free, getenv; pthread_mutex_lock/unlock of
+ * a default mutex.  faults.c, the machinery itself, has no points.
  */
 #ifndef HKN_FAULTS_H
 #define HKN_FAULTS_H
@@ -54,7 +63,11 @@
 #define HKN_FAULT_QUIET  0          /* nothing: the result says it all */
 
 typedef struct hkn_fault_point {
-    const char *name;
+    const char *file;               /* __FILE__, __func__ and the called */
+    const char *function;           /* function: the name is made of these */
+    const char *call;
+    int line;
+    char name[96];                  /* filled in once, by faults.c */
     atomic_ulong hits;
     long countdown;                 /* these two are guarded by faults.c's mutex */
     long remaining;
@@ -73,33 +86,36 @@ int hkn_faults_exec(PyObject *module);
  * (pointers, not the records, so that the section is a plain array whatever
  * the records' alignment).  A statement expression is the only way to give
  * an expression its own static: a GNU extension, only in this build. */
-#define HKN_FAULT_(point_name, how)                                             \
+#define HKN_FAULT_(call_name, how)                                              \
     __extension__({                                                             \
-        static hkn_fault_point hkn_fault_site_ = {.name = point_name};          \
+        static hkn_fault_point hkn_fault_site_ = {                              \
+            .file = __FILE__, .function = __func__, .call = call_name,          \
+            .line = __LINE__};                                                  \
         static hkn_fault_point *hkn_fault_ref_                                  \
             __attribute__((used, section("hkn_fault_points"))) = &hkn_fault_site_; \
         (void)hkn_fault_ref_;                                                   \
         hkn_fault_fire(&hkn_fault_site_, (how));                                \
     })
 
+/* The wrappers hkn_fault_calls.h puts around each kind of call. */
 #define HKN_FAULT_PY(name, failed, call) \
     (HKN_FAULT_(name, HKN_FAULT_RAISE) ? (failed) : (call))
 #define HKN_FAULT_ALLOC(name, call) \
     (HKN_FAULT_(name, ENOMEM) ? NULL : (call))
 #define HKN_FAULT_SYS(name, err, failed, call) \
     (HKN_FAULT_(name, err) ? (failed) : (call))
-#define HKN_FAULT_SQLITE(name, rc, call) \
-    (HKN_FAULT_(name, HKN_FAULT_QUIET) ? (rc) : (call))
+#define HKN_FAULT_SQLITE(name, failed, call) \
+    (HKN_FAULT_(name, HKN_FAULT_QUIET) ? (failed) : (call))
 #define HKN_FAULT_RELEASE(name, failed, call) \
     (HKN_FAULT_(name, HKN_FAULT_QUIET) ? ((void)(call), (failed)) : (call))
 
-#else   /* the normal build: each macro is its call */
+/* A call through a pointer, named at the site by what it calls. */
+#define HKN_FAULT_POINT(call_name, how, failed, call) \
+    (HKN_FAULT_(call_name, how) ? (failed) : (call))
 
-#define HKN_FAULT_PY(name, failed, call) (call)
-#define HKN_FAULT_ALLOC(name, call) (call)
-#define HKN_FAULT_SYS(name, err, failed, call) (call)
-#define HKN_FAULT_SQLITE(name, rc, call) (call)
-#define HKN_FAULT_RELEASE(name, failed, call) (call)
+#else   /* the normal build: a call through a pointer is just the call */
+
+#define HKN_FAULT_POINT(call_name, how, failed, call) (call)
 
 #endif
 

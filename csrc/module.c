@@ -9,6 +9,7 @@
 
 #include <string.h>
 #include <unistd.h>
+#include "fault_calls.h"     /* last: see faults.h */
 
 static inline hkn_state *
 hkn_module_state(PyObject *module)
@@ -48,20 +49,20 @@ hkn_stats_dict(PyObject *module, PyObject *Py_UNUSED(ignored))
     (void)hkn_shmlock_status(&shm_opened, &shm_open_now);
     unsigned long long stepped, shadowed;
     hkn_shmlock_db_stats(&stepped, &shadowed);
-    return HKN_FAULT_PY("module.stats.build", NULL, Py_BuildValue(
-        "{sKsKsKsnsnsKsKsKsKsKsKsKsKsKsKsKsKsOsKsi}",
-        "opened", s->opened, "closed", s->closed, "finalized", s->finalized,
-        "live", s->live, "peak_live", s->peak_live,
-        "checkpoints", s->checkpoints, "checkpoints_busy", s->checkpoints_busy,
-        "checkpoints_skipped", s->checkpoints_skipped,
-        "checkpoint_errors", s->checkpoint_errors,
-        "frames_checkpointed", s->frames_checkpointed,
-        "bound_collections", s->bound_collections,
-        "guards_taken", s->guards_taken, "guards_released", s->guards_released,
-        "relocks", s->relocks, "guard_failures", s->guard_failures,
-        "guard_stepped_aside", stepped, "guard_shadowed", shadowed,
-        "guard_available", hkn_guard_unavailable() == NULL ? Py_True : Py_False,
-        "shm_ofd_files", shm_opened, "shm_ofd_open", shm_open_now));
+    return Py_BuildValue(
+"{sKsKsKsnsnsKsKsKsKsKsKsKsKsKsKsKsKsOsKsi}",
+"opened", s->opened, "closed", s->closed, "finalized", s->finalized,
+"live", s->live, "peak_live", s->peak_live,
+"checkpoints", s->checkpoints, "checkpoints_busy", s->checkpoints_busy,
+"checkpoints_skipped", s->checkpoints_skipped,
+"checkpoint_errors", s->checkpoint_errors,
+"frames_checkpointed", s->frames_checkpointed,
+"bound_collections", s->bound_collections,
+"guards_taken", s->guards_taken, "guards_released", s->guards_released,
+"relocks", s->relocks, "guard_failures", s->guard_failures,
+"guard_stepped_aside", stepped, "guard_shadowed", shadowed,
+"guard_available", hkn_guard_unavailable() == NULL ? Py_True : Py_False,
+"shm_ofd_files", shm_opened, "shm_ofd_open", shm_open_now);
 }
 
 PyDoc_STRVAR(hkn_opened_doc,
@@ -71,8 +72,7 @@ PyDoc_STRVAR(hkn_opened_doc,
 static PyObject *
 hkn_opened(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
-    return HKN_FAULT_PY("module.opened.value", NULL,
-                        PyLong_FromUnsignedLongLong(hkn_module_state(module)->stats.opened));
+    return PyLong_FromUnsignedLongLong(hkn_module_state(module)->stats.opened);
 }
 
 PyDoc_STRVAR(hkn_reset_peak_doc,
@@ -86,7 +86,7 @@ hkn_reset_peak_live(PyObject *module, PyObject *Py_UNUSED(ignored))
     hkn_counters *s = &hkn_module_state(module)->stats;
     Py_ssize_t previous = s->peak_live;
     s->peak_live = s->live;
-    return HKN_FAULT_PY("module.reset_peak_live.result", NULL, PyLong_FromSsize_t(previous));
+    return PyLong_FromSsize_t(previous);
 }
 
 PyDoc_STRVAR(hkn_sqlite_api_doc,
@@ -110,9 +110,8 @@ static PyObject *
 hkn_sqlite_api_info(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     hkn_state *state = hkn_module_state(module);
-    PyObject *version = HKN_FAULT_PY("module.sqlite_api.version", NULL,
-                                     PyObject_GetAttrString(state->sqlite3_module,
-                                                            "sqlite_version"));
+    PyObject *version = PyObject_GetAttrString(state->sqlite3_module,
+                                               "sqlite_version");
     if (version == NULL) {
         return NULL;
     }
@@ -130,39 +129,36 @@ hkn_sqlite_api_info(PyObject *module, PyObject *Py_UNUSED(ignored))
     }
     PyObject *info = NULL, *guard = NULL, *shm_locks = NULL, *routes = NULL;
     /* A guard that failed for a structural reason and was never taken is
-     * unavailable in practice, whatever the platform offers. */
-    guard = HKN_FAULT_PY("module.sqlite_api.guard", NULL,
-                         no_guard != NULL ? PyUnicode_FromString(no_guard)
-                         : state->guard_failure != NULL && state->stats.guards_taken == 0
-                         ? PyUnicode_FromFormat("unavailable: %U", state->guard_failure)
-                         : PyUnicode_FromString("available"));
+     * unavailable in practice, whatever the platform offers.  (%V: the
+     * object, or the text when the object is NULL.) */
+    PyObject *failure = no_guard == NULL && state->stats.guards_taken == 0
+                        ? state->guard_failure : NULL;
+    guard = PyUnicode_FromFormat("%s%V", failure != NULL ? "unavailable: " : "", failure,
+                                 no_guard != NULL ? no_guard : "available");
     if (guard == NULL) {
         goto done;
     }
-    shm_locks = HKN_FAULT_PY("module.sqlite_api.shm_locks", NULL,
-                             PyUnicode_FromFormat("%s%s", no_ofd ? "posix: " : "ofd",
-                                                  no_ofd ? no_ofd : ""));
+    shm_locks = PyUnicode_FromFormat("%s%s", no_ofd ? "posix: " : "ofd",
+                                     no_ofd ? no_ofd : "");
     if (shm_locks == NULL) {
         goto done;
     }
-    routes = HKN_FAULT_PY("module.sqlite_api.routes", NULL,
-                          PyDict_Copy(state->api_routes_not_taken));
+    routes = PyDict_Copy(state->api_routes_not_taken);
     if (routes == NULL) {
         goto done;
     }
-    info = HKN_FAULT_PY("module.sqlite_api.build", NULL,
-                        Py_BuildValue("{sssssOsOsOsOsssOsOsO}",
-                                      "mode", state->api.native ? "native" : "sql",
-                                      "route", state->api_route,
-                                      "routes_not_taken", routes,
-                                      "library", state->api_library,
-                                      "sqlite_version", version,
-                                      "reason", state->api_reason,
-                                      "self_check", check,
-                                      "guard", guard,
-                                      "guard_failure", state->guard_failure != NULL
-                                                       ? state->guard_failure : Py_None,
-                                      "shm_locks", shm_locks));
+    info = Py_BuildValue("{sssssOsOsOsOsssOsOsO}",
+                         "mode", state->api.native ? "native" : "sql",
+                         "route", state->api_route,
+                         "routes_not_taken", routes,
+                         "library", state->api_library,
+                         "sqlite_version", version,
+                         "reason", state->api_reason,
+                         "self_check", check,
+                         "guard", guard,
+                         "guard_failure", state->guard_failure != NULL
+                                          ? state->guard_failure : Py_None,
+                         "shm_locks", shm_locks);
 done:
     Py_XDECREF(routes);
     Py_XDECREF(shm_locks);
@@ -202,8 +198,7 @@ hkn_live_connections(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (nargs == 1) {
-        since = HKN_FAULT_PY("module.live_connections.since", (unsigned long long)-1,
-                             PyLong_AsUnsignedLongLong(args[0]));
+        since = PyLong_AsUnsignedLongLong(args[0]);
         if (since == (unsigned long long)-1 && PyErr_Occurred()) {
             return NULL;
         }
@@ -213,7 +208,7 @@ hkn_live_connections(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (items == NULL) {
         return NULL;
     }
-    PyObject *result = HKN_FAULT_PY("module.live_connections.list", NULL, PyList_New(0));
+    PyObject *result = PyList_New(0);
     if (result == NULL) {
         goto done;
     }
@@ -233,15 +228,13 @@ hkn_live_connections(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_CLEAR(result);
             goto done;
         }
-        PyObject *row = HKN_FAULT_PY("module.live_connections.row", NULL,
-                                     Py_BuildValue("(OkOdOK)", conn->path ? conn->path : Py_None,
-                                                   conn->thread_ident, opener,
-                                                   conn->opened_time, frames, conn->serial));
+        PyObject *row = Py_BuildValue("(OkOdOK)", conn->path ? conn->path : Py_None,
+                                      conn->thread_ident, opener,
+                                      conn->opened_time, frames, conn->serial);
         Py_DECREF(opener);
         Py_DECREF(frames);
         if (row == NULL
-            || HKN_FAULT_PY("module.live_connections.append", -1,
-                            PyList_Append(result, row)) < 0) {
+            || PyList_Append(result, row) < 0) {
             Py_XDECREF(row);
             Py_CLEAR(result);
             goto done;
@@ -289,7 +282,7 @@ hkn_connection_and_flag(PyObject *const *args, Py_ssize_t nargs, const char *fun
                      function, type->tp_name, Py_TYPE(args[0])->tp_name);
         return -1;
     }
-    *enabled = HKN_FAULT_PY("module.connection_and_flag.is_true", -1, PyObject_IsTrue(args[1]));
+    *enabled = PyObject_IsTrue(args[1]);
     return *enabled < 0 ? -1 : 0;
 }
 
@@ -303,6 +296,7 @@ static PyObject *
 hkn_set_persist_wal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     hkn_state *state = hkn_module_state(module);
+    const hkn_sqlite_api *api = &state->api;
     int enabled;
     if (hkn_connection_and_flag(args, nargs, "set_persist_wal", state->base_type, &enabled) < 0) {
         return NULL;
@@ -321,12 +315,10 @@ hkn_set_persist_wal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int rc;
     Py_BEGIN_ALLOW_THREADS
     /* SQLITE_NOTFOUND is what a VFS without persistent WAL answers. */
-    rc = HKN_FAULT_SQLITE("module.set_persist_wal.file_control", SQLITE_NOTFOUND,
-                          state->api.file_control(db, "main", SQLITE_FCNTL_PERSIST_WAL,
-                                                  &enabled));
+    rc = sqlite3_file_control(db, "main", SQLITE_FCNTL_PERSIST_WAL, &enabled);
     Py_END_ALLOW_THREADS
     if (rc != SQLITE_OK) {
-        hkn_set_sqlite_error(state, rc, rc, state->api.errstr(rc));
+        hkn_set_sqlite_error(state, rc, rc, sqlite3_errstr(rc));
         return NULL;
     }
     Py_RETURN_NONE;
@@ -344,13 +336,13 @@ static PyObject *
 hkn_track(PyObject *module, PyObject *enable)
 {
     hkn_state *state = hkn_module_state(module);
-    int on = HKN_FAULT_PY("module.track.is_true", -1, PyObject_IsTrue(enable));
+    int on = PyObject_IsTrue(enable);
     if (on < 0) {
         return NULL;
     }
     PyObject *paths = NULL, *log = NULL;
-    if (on && ((paths = HKN_FAULT_PY("module.track.new_set", NULL, PySet_New(NULL))) == NULL
-               || (log = HKN_FAULT_PY("module.track.new_list", NULL, PyList_New(0))) == NULL)) {
+    if (on && ((paths = PySet_New(NULL)) == NULL
+               || (log = PyList_New(0)) == NULL)) {
         Py_XDECREF(paths);
         return NULL;
     }
@@ -363,8 +355,7 @@ hkn_track(PyObject *module, PyObject *enable)
         Py_XDECREF(old_log);
         Py_RETURN_NONE;
     }
-    PyObject *result = HKN_FAULT_PY("module.track.result", NULL,
-                                    PyTuple_Pack(2, old_paths, old_log));
+    PyObject *result = PyTuple_Pack(2, old_paths, old_log);
     Py_DECREF(old_paths);
     Py_XDECREF(old_log);
     return result;
@@ -400,8 +391,7 @@ hkn_audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
     }
     /* Held across the call: the handler may replace itself. */
     PyObject *handler = Py_NewRef(hkn_audit_handler);
-    PyObject *result = HKN_FAULT_PY("module.audit.call", NULL,
-                                    PyObject_CallFunction(handler, "sO", event, args));
+    PyObject *result = PyObject_CallFunction(handler, "sO", event, args);
     Py_DECREF(handler);
     if (result == NULL) {
         return -1;          /* the audited operation fails with this exception */
@@ -426,8 +416,7 @@ hkn_set_audit_handler(PyObject *module, PyObject *handler)
         return NULL;
     }
     if (handler != Py_None && !hkn_audit_installed) {
-        if (HKN_FAULT_PY("module.audit.add_hook", -1,
-                         PySys_AddAuditHook(hkn_audit_hook, NULL)) < 0) {
+        if (PySys_AddAuditHook(hkn_audit_hook, NULL) < 0) {
             if (!PyErr_Occurred()) {
                 PyErr_SetString(PyExc_RuntimeError,
                                 "another audit hook refused this one (sys.addaudithook)");
@@ -541,21 +530,21 @@ static PyMethodDef hkn_module_methods[] = {
 static int
 hkn_take(PyObject *from, const char *name, PyObject **slot)
 {
-    *slot = HKN_FAULT_PY("module.exec.getattr", NULL, PyObject_GetAttrString(from, name));
+    *slot = PyObject_GetAttrString(from, name);
     return *slot == NULL ? -1 : 0;
 }
 
 static int
 hkn_intern(const char *text, PyObject **slot)
 {
-    *slot = HKN_FAULT_PY("module.exec.intern", NULL, PyUnicode_InternFromString(text));
+    *slot = PyUnicode_InternFromString(text);
     return *slot == NULL ? -1 : 0;
 }
 
 static PyObject *
 hkn_import(const char *name)
 {
-    return HKN_FAULT_PY("module.exec.import", NULL, PyImport_ImportModule(name));
+    return PyImport_ImportModule(name);
 }
 
 static int
@@ -565,40 +554,35 @@ hkn_make_checkpoint_result(PyObject *module, hkn_state *state)
     if (collections == NULL) {
         return -1;
     }
-    PyObject *cls = HKN_FAULT_PY("module.checkpoint_result.namedtuple", NULL,
-                                 PyObject_CallMethod(collections, "namedtuple", "ss",
-                                                     "CheckpointResult",
-                                                     "mode busy log_frames checkpointed_frames"));
+    PyObject *cls = PyObject_CallMethod(collections, "namedtuple", "ss",
+                                        "CheckpointResult",
+                                        "mode busy log_frames checkpointed_frames");
     Py_DECREF(collections);
     if (cls == NULL) {
         return -1;
     }
     state->checkpoint_result = cls;
-    PyObject *owner = HKN_FAULT_PY("module.checkpoint_result.module_name", NULL,
-                                   PyUnicode_FromString("hermes_kanban_native"));
+    PyObject *owner = PyUnicode_FromString("hermes_kanban_native");
     if (owner == NULL
-        || HKN_FAULT_PY("module.checkpoint_result.set_module", -1,
-                        PyObject_SetAttrString(cls, "__module__", owner)) < 0) {
+        || PyObject_SetAttrString(cls, "__module__", owner) < 0) {
         Py_XDECREF(owner);
         return -1;
     }
     Py_DECREF(owner);
-    PyObject *doc = HKN_FAULT_PY("module.checkpoint_result.doc", NULL, PyUnicode_FromString(
-        "CheckpointResult(mode, busy, log_frames, checkpointed_frames)\n\n"
-        "What one WAL checkpoint did.  mode: 'passive', 'full', 'restart' or\n"
-        "'truncate'.  busy: True when SQLite returned SQLITE_BUSY (another\n"
-        "connection kept it from finishing; close() never waits for it).\n"
-        "log_frames: frames in the WAL, checkpointed_frames: frames copied back\n"
-        "into the database; both -1 when the database is not in WAL mode."));
+    PyObject *doc = PyUnicode_FromString(
+"CheckpointResult(mode, busy, log_frames, checkpointed_frames)\n\n"
+"What one WAL checkpoint did.  mode: 'passive', 'full', 'restart' or\n"
+"'truncate'.  busy: True when SQLite returned SQLITE_BUSY (another\n"
+"connection kept it from finishing; close() never waits for it).\n"
+"log_frames: frames in the WAL, checkpointed_frames: frames copied back\n"
+"into the database; both -1 when the database is not in WAL mode.");
     if (doc == NULL
-        || HKN_FAULT_PY("module.checkpoint_result.set_doc", -1,
-                        PyObject_SetAttrString(cls, "__doc__", doc)) < 0) {
+        || PyObject_SetAttrString(cls, "__doc__", doc) < 0) {
         Py_XDECREF(doc);
         return -1;
     }
     Py_DECREF(doc);
-    return HKN_FAULT_PY("module.checkpoint_result.add", -1,
-                        PyModule_AddObjectRef(module, "CheckpointResult", cls));
+    return PyModule_AddObjectRef(module, "CheckpointResult", cls);
 }
 
 /* Appends `dir` as a prefix ending in `sep` to `list`; anything but a
@@ -611,9 +595,9 @@ hkn_add_prefix(PyObject *list, PyObject *dir, PyObject *sep)
     }
     PyObject *prefix = PyUnicode_Tailmatch(dir, sep, 0, PY_SSIZE_T_MAX, 1) == 1
                        ? Py_NewRef(dir)
-                       : HKN_FAULT_PY("module.exec.prefix", NULL, PyUnicode_Concat(dir, sep));
+                       : PyUnicode_Concat(dir, sep);
     int rc = prefix == NULL ? -1
-             : HKN_FAULT_PY("module.exec.prefix_add", -1, PyList_Append(list, prefix));
+             : PyList_Append(list, prefix);
     Py_XDECREF(prefix);
     return rc;
 }
@@ -621,7 +605,7 @@ hkn_add_prefix(PyObject *list, PyObject *dir, PyObject *sep)
 static int
 hkn_prefix_tuple(PyObject *list, PyObject **slot)
 {
-    *slot = HKN_FAULT_PY("module.exec.prefix_tuple", NULL, PyList_AsTuple(list));
+    *slot = PyList_AsTuple(list);
     return *slot == NULL ? -1 : 0;
 }
 
@@ -632,8 +616,7 @@ hkn_prefix_tuple(PyObject *list, PyObject **slot)
 static int
 hkn_find_dirs(PyObject *module, hkn_state *state)
 {
-    PyObject *file = HKN_FAULT_PY("module.exec.filename", NULL,
-                                  PyModule_GetFilenameObject(module));
+    PyObject *file = PyModule_GetFilenameObject(module);
     if (file == NULL) {
         return -1;
     }
@@ -644,10 +627,8 @@ hkn_find_dirs(PyObject *module, hkn_state *state)
     if (os == NULL
         || hkn_take(os, "path", &os_path) < 0
         || hkn_take(os_path, "sep", &sep) < 0
-        || (dir = HKN_FAULT_PY("module.exec.dirname", NULL,
-                               PyObject_CallMethod(os_path, "dirname", "O", file))) == NULL
-        || (state->package_dir = HKN_FAULT_PY("module.exec.package_dir", NULL,
-                                              PyUnicode_Concat(dir, sep))) == NULL) {
+        || (dir = PyObject_CallMethod(os_path, "dirname", "O", file)) == NULL
+        || (state->package_dir = PyUnicode_Concat(dir, sep)) == NULL) {
         goto done;
     }
     Py_CLEAR(dir);
@@ -656,14 +637,13 @@ hkn_find_dirs(PyObject *module, hkn_state *state)
     os_file = PyObject_GetAttrString(os, "__file__");
     PyErr_Clear();
     if (os_file != NULL
-        && (dir = HKN_FAULT_PY("module.exec.stdlib_dir", NULL,
-                               PyObject_CallMethod(os_path, "dirname", "O", os_file))) == NULL) {
+        && (dir = PyObject_CallMethod(os_path, "dirname", "O", os_file)) == NULL) {
         goto done;
     }
-    if ((stdlib = HKN_FAULT_PY("module.exec.stdlib_prefixes", NULL, PyList_New(0))) == NULL
-        || (installed = HKN_FAULT_PY("module.exec.install_prefixes", NULL, PyList_New(0))) == NULL
+    if ((stdlib = PyList_New(0)) == NULL
+        || (installed = PyList_New(0)) == NULL
         || hkn_intern("<frozen ", &frozen) < 0
-        || HKN_FAULT_PY("module.exec.frozen_prefix", -1, PyList_Append(stdlib, frozen)) < 0
+        || PyList_Append(stdlib, frozen) < 0
         || hkn_add_prefix(stdlib, dir, sep) < 0) {
         goto done;
     }
@@ -709,8 +689,7 @@ hkn_register_hooks(PyObject *module)
         Py_DECREF(atexit);
         return -1;
     }
-    PyObject *res = HKN_FAULT_PY("module.exec.atexit_register", NULL,
-                                 PyObject_CallMethod(atexit, "register", "O", closer));
+    PyObject *res = PyObject_CallMethod(atexit, "register", "O", closer);
     if (res == NULL) {
         Py_DECREF(closer);
         Py_DECREF(atexit);
@@ -724,10 +703,8 @@ hkn_register_hooks(PyObject *module)
     if (os != NULL
         && hkn_take(module, "_after_fork_in_child", &after_fork) == 0
         && hkn_take(os, "register_at_fork", &register_at_fork) == 0
-        && (kwargs = HKN_FAULT_PY("module.exec.fork_kwargs", NULL,
-                                  Py_BuildValue("{sO}", "after_in_child", after_fork))) != NULL) {
-        res = HKN_FAULT_PY("module.exec.register_at_fork", NULL,
-                           PyObject_VectorcallDict(register_at_fork, NULL, 0, kwargs));
+        && (kwargs = Py_BuildValue("{sO}", "after_in_child", after_fork)) != NULL) {
+        res = PyObject_VectorcallDict(register_at_fork, NULL, 0, kwargs);
         if (res != NULL) {
             Py_DECREF(res);
             status = 0;
@@ -740,8 +717,7 @@ hkn_register_hooks(PyObject *module)
     if (status < 0) {
         hkn_saved_error saved;
         hkn_error_save(&saved);
-        PyObject *undone = HKN_FAULT_PY("module.exec.atexit_unregister", NULL,
-                                        PyObject_CallMethod(atexit, "unregister", "O", closer));
+        PyObject *undone = PyObject_CallMethod(atexit, "unregister", "O", closer);
         Py_XDECREF(undone);
         PyErr_Clear();          /* best effort: the module then lives on in atexit */
         hkn_error_restore(&saved);
@@ -801,7 +777,7 @@ hkn_module_exec(PyObject *module)
         || hkn_take((PyObject *)state->base_type, "close", &state->base_close) < 0) {
         return -1;
     }
-    state->bound_exceeded = HKN_FAULT_PY("module.exec.bound_set", NULL, PySet_New(NULL));
+    state->bound_exceeded = PySet_New(NULL);
     if (state->bound_exceeded == NULL) {
         return -1;
     }
@@ -818,8 +794,7 @@ hkn_module_exec(PyObject *module)
     if (hkn_connection_exec(module, state) < 0) {
         return -1;
     }
-    if (HKN_FAULT_PY("module.exec.add_functions", -1,
-                     PyModule_AddFunctions(module, hkn_module_methods)) < 0) {
+    if (PyModule_AddFunctions(module, hkn_module_methods) < 0) {
         return -1;
     }
     if (hkn_fdscan_exec(module) < 0) {

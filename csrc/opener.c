@@ -24,6 +24,7 @@
 #include "hkn.h"
 
 #include "frameobject.h"        /* PyFrame_GetBack on 3.10 */
+#include "fault_calls.h"     /* last: see faults.h */
 
 void
 hkn_opener_clear(hkn_opener *op)
@@ -131,12 +132,9 @@ hkn_frame_where(const hkn_opener *op, int i, int with_name)
     PyCodeObject *code = (PyCodeObject *)op->code[i];
     int line = PyCode_Addr2Line(code, op->lasti[i]);
     if (with_name) {
-        return HKN_FAULT_PY("opener.frame_named", NULL,
-                            PyUnicode_FromFormat("%U:%d in %U", code->co_filename, line,
-                                                 code->co_name));
+        return PyUnicode_FromFormat("%U:%d in %U", code->co_filename, line, code->co_name);
     }
-    return HKN_FAULT_PY("opener.frame", NULL,
-                        PyUnicode_FromFormat("%U:%d", code->co_filename, line));
+    return PyUnicode_FromFormat("%U:%d", code->co_filename, line);
 }
 
 PyObject *
@@ -144,7 +142,7 @@ hkn_opener_where(hkn_state *state, const hkn_opener *op)
 {
     int primary = hkn_opener_primary(state, op);
     if (primary < 0) {
-        return HKN_FAULT_PY("opener.unknown", NULL, PyUnicode_FromString("<unknown>"));
+        return PyUnicode_FromString("<unknown>");
     }
     return hkn_frame_where(op, primary, 0);
 }
@@ -152,7 +150,7 @@ hkn_opener_where(hkn_state *state, const hkn_opener *op)
 PyObject *
 hkn_opener_frames(const hkn_opener *op)
 {
-    PyObject *frames = HKN_FAULT_PY("opener.frames", NULL, PyTuple_New(op->depth));
+    PyObject *frames = PyTuple_New(op->depth);
     for (int i = 0; frames != NULL && i < op->depth; i++) {
         PyObject *where = hkn_frame_where(op, i, 1);
         if (where == NULL) {
@@ -177,15 +175,13 @@ hkn_opener_describe(hkn_state *state, const hkn_opener *op)
     for (int i = 0; result != NULL && i < primary; i++) {
         PyObject *frame = hkn_frame_where(op, i, 1);
         PyObject *next = frame == NULL ? NULL
-                         : HKN_FAULT_PY("opener.describe", NULL,
-                                        PyUnicode_FromFormat("%U%s%U", result,
-                                                             i == 0 ? " (via " : ", ", frame));
+                         : PyUnicode_FromFormat("%U%s%U", result,
+                                                i == 0 ? " (via " : ", ", frame);
         Py_XDECREF(frame);
         Py_SETREF(result, next);
     }
     if (result != NULL) {
-        Py_SETREF(result, HKN_FAULT_PY("opener.describe_end", NULL,
-                                       PyUnicode_FromFormat("%U)", result)));
+        Py_SETREF(result, PyUnicode_FromFormat("%U)", result));
     }
     return result;
 }
@@ -199,7 +195,7 @@ hkn_opener_here(PyObject *module, PyObject *Py_UNUSED(ignored))
     PyObject *where = hkn_opener_where(state, &op);
     PyObject *frames = where == NULL ? NULL : hkn_opener_frames(&op);
     PyObject *result = frames == NULL ? NULL
-                       : HKN_FAULT_PY("opener.here", NULL, PyTuple_Pack(2, where, frames));
+                       : PyTuple_Pack(2, where, frames);
     Py_XDECREF(where);
     Py_XDECREF(frames);
     hkn_opener_clear(&op);

@@ -9,6 +9,7 @@
  * connections are finalized, warning with the openers of those that stay.
  */
 #include "hkn.h"
+#include "fault_calls.h"     /* last: see faults.h */
 
 /* -------------------------------------------------------------- registry */
 
@@ -48,8 +49,7 @@ hkn_registry_snapshot(hkn_state *state, Py_ssize_t *count)
     for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
         n++;
     }
-    PyObject **items = HKN_FAULT_ALLOC(
-        "registry.snapshot.alloc", PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(PyObject *)));
+    PyObject **items = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(PyObject *));
     if (items == NULL) {
         PyErr_NoMemory();
         return NULL;
@@ -98,7 +98,7 @@ hkn_count_live(hkn_state *state, PyObject *self, PyObject *path)
 static PyObject *
 hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
 {
-    PyObject *counter = HKN_FAULT_PY("registry.openers.dict", NULL, PyDict_New());
+    PyObject *counter = PyDict_New();
     if (counter == NULL) {
         return NULL;
     }
@@ -126,17 +126,15 @@ hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
             failed = 1;
             break;
         }
-        PyObject *seen = HKN_FAULT_PY("registry.openers.get", NULL,
-                                      PyDict_GetItemWithError(counter, where));
+        PyObject *seen = PyDict_GetItemWithError(counter, where);
         long total = seen == NULL ? 0
-                     : HKN_FAULT_PY("registry.openers.count_value", -1, PyLong_AsLong(seen));
+                     : PyLong_AsLong(seen);
         PyObject *value = NULL;
         if (!PyErr_Occurred()) {
-            value = HKN_FAULT_PY("registry.openers.count", NULL, PyLong_FromLong(total + 1));
+            value = PyLong_FromLong(total + 1);
         }
         if (value == NULL
-            || HKN_FAULT_PY("registry.openers.set", -1,
-                            PyDict_SetItem(counter, where, value)) < 0) {
+            || PyDict_SetItem(counter, where, value) < 0) {
             failed = 1;
         }
         Py_XDECREF(value);
@@ -147,14 +145,13 @@ hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
         Py_DECREF(counter);
         return NULL;
     }
-    PyObject *parts = HKN_FAULT_PY("registry.openers.list", NULL, PyList_New(0));
+    PyObject *parts = PyList_New(0);
     PyObject *key, *value;
     Py_ssize_t pos = 0;
     while (parts != NULL && PyDict_Next(counter, &pos, &key, &value)) {
-        PyObject *part = HKN_FAULT_PY("registry.openers.part", NULL,
-                                      PyUnicode_FromFormat("%U (x%S)", key, value));
+        PyObject *part = PyUnicode_FromFormat("%U (x%S)", key, value);
         if (part == NULL
-            || HKN_FAULT_PY("registry.openers.append", -1, PyList_Append(parts, part)) < 0) {
+            || PyList_Append(parts, part) < 0) {
             Py_CLEAR(parts);
         }
         Py_XDECREF(part);
@@ -163,9 +160,9 @@ hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
     if (parts == NULL) {
         return NULL;
     }
-    PyObject *sep = HKN_FAULT_PY("registry.openers.separator", NULL, PyUnicode_FromString(", "));
+    PyObject *sep = PyUnicode_FromString(", ");
     PyObject *joined = sep == NULL ? NULL
-                       : HKN_FAULT_PY("registry.openers.join", NULL, PyUnicode_Join(sep, parts));
+                       : PyUnicode_Join(sep, parts);
     Py_XDECREF(sep);
     Py_DECREF(parts);
     return joined;
@@ -185,8 +182,7 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
     if (live == 0) {
         return 0;
     }
-    PyObject *limit_obj = HKN_FAULT_PY("registry.bound.getattr", NULL,
-                                       PyObject_GetAttr(self, state->str_max_live));
+    PyObject *limit_obj = PyObject_GetAttr(self, state->str_max_live);
     if (limit_obj == NULL) {
         return -1;
     }
@@ -196,7 +192,7 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
     }
     Py_ssize_t limit = -1;
     if (PyLong_Check(limit_obj) && !PyBool_Check(limit_obj)) {
-        limit = HKN_FAULT_PY("registry.bound.limit_value", -1, PyLong_AsSsize_t(limit_obj));
+        limit = PyLong_AsSsize_t(limit_obj);
         /* Too large is a bad value; anything else (memory) is not the
          * value's fault and propagates. */
         if (limit == -1 && PyErr_Occurred()) {
@@ -217,16 +213,14 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
     if (limit == 0) {
         return 0;
     }
-    int contains = HKN_FAULT_PY("registry.bound.contains", -1,
-                                PySet_Contains(state->bound_exceeded, path));
+    int contains = PySet_Contains(state->bound_exceeded, path);
     if (contains < 0) {
         return -1;
     }
     if (live < limit) {
         /* Under the bound again: the next excess collects and warns anew. */
         if (contains
-            && HKN_FAULT_PY("registry.bound.discard", -1,
-                            PySet_Discard(state->bound_exceeded, path)) < 0) {
+            && PySet_Discard(state->bound_exceeded, path) < 0) {
             return -1;
         }
         return 0;
@@ -236,10 +230,9 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
     }
     /* gc.collect() rather than PyGC_Collect(): the latter does nothing while
      * automatic collection is disabled, which is exactly when this matters. */
-    PyObject *gc = HKN_FAULT_PY("registry.bound.import_gc", NULL, PyImport_ImportModule("gc"));
+    PyObject *gc = PyImport_ImportModule("gc");
     PyObject *collected = gc == NULL ? NULL
-                          : HKN_FAULT_PY("registry.bound.collect", NULL,
-                                         PyObject_CallMethod(gc, "collect", NULL));
+                          : PyObject_CallMethod(gc, "collect", NULL);
     Py_XDECREF(gc);
     if (collected == NULL) {
         return -1;
@@ -250,19 +243,18 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
     if (live < limit) {
         return 0;
     }
-    if (HKN_FAULT_PY("registry.bound.add", -1, PySet_Add(state->bound_exceeded, path)) < 0) {
+    if (PySet_Add(state->bound_exceeded, path) < 0) {
         return -1;
     }
     PyObject *openers = hkn_openers_of(state, self, path);
     if (openers == NULL) {
         return -1;
     }
-    int rc = HKN_FAULT_PY("registry.bound.warn", -1,
-                          PyErr_WarnFormat(PyExc_ResourceWarning, 1,
-                                           "%zd WalSafeConnections to %R are open "
-                                           "(max_live_per_database=%zd) even after a garbage "
-                                           "collection; opening one more. Opened at: %U",
-                                           live, path, limit, openers));
+    int rc = PyErr_WarnFormat(PyExc_ResourceWarning, 1,
+                              "%zd WalSafeConnections to %R are open "
+                              "(max_live_per_database=%zd) even after a garbage "
+                              "collection; opening one more. Opened at: %U",
+                              live, path, limit, openers);
     Py_DECREF(openers);
     return rc;
 }

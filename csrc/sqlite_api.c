@@ -40,6 +40,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "fault_calls.h"     /* last: see faults.h */
 
 /* Every function this package calls, by both routes.  `slot` is the
  * function's index in SQLite's struct sqlite3_api_routines, whose members
@@ -113,7 +114,7 @@ hkn_why(PyObject **why, const char *format, ...)
 {
     va_list args;
     va_start(args, format);
-    Py_XSETREF(*why, HKN_FAULT_PY("sqlite_api.why", NULL, PyUnicode_FromFormatV(format, args)));
+    Py_XSETREF(*why, PyUnicode_FromFormatV(format, args));
     va_end(args);
     return *why != NULL ? 0 : -1;
 }
@@ -125,9 +126,9 @@ hkn_lookup(void *handle, const char *name)
 {
     /* Same order as the dynamic linker uses for _sqlite3 (loaded RTLD_LOCAL,
      * never RTLD_DEEPBIND): a definition in the global scope wins. */
-    void *sym = HKN_FAULT_SYS("sqlite_api.lookup.dlsym_global", 0, NULL, dlsym(RTLD_DEFAULT, name));
+    void *sym = dlsym(RTLD_DEFAULT, name);
     if (sym == NULL) {
-        sym = HKN_FAULT_SYS("sqlite_api.lookup.dlsym_library", 0, NULL, dlsym(handle, name));
+        sym = dlsym(handle, name);
     }
     return sym;
 }
@@ -153,13 +154,11 @@ hkn_bind_symbols(hkn_sqlite_api *api, void *handle)
 static int
 hkn_route_symbols(hkn_state *state, PyObject **why)
 {
-    PyObject *sqlite3_ext = HKN_FAULT_PY("sqlite_api.init.import", NULL,
-                                         PyImport_ImportModule("_sqlite3"));
+    PyObject *sqlite3_ext = PyImport_ImportModule("_sqlite3");
     if (sqlite3_ext == NULL) {
         return -1;
     }
-    PyObject *file = HKN_FAULT_PY("sqlite_api.init.file", NULL,
-                                  PyObject_GetAttrString(sqlite3_ext, "__file__"));
+    PyObject *file = PyObject_GetAttrString(sqlite3_ext, "__file__");
     Py_DECREF(sqlite3_ext);
     PyObject *encoded = NULL;
     if (file == NULL) {
@@ -171,17 +170,15 @@ hkn_route_symbols(hkn_state *state, PyObject **why)
         PyErr_Clear();
     }
     else {
-        int converted = HKN_FAULT_PY("sqlite_api.init.encode_file", 0,
-                                     PyUnicode_FSConverter(file, &encoded));
+        int converted = PyUnicode_FSConverter(file, &encoded);
         Py_DECREF(file);
         if (!converted) {
             return -1;
         }
     }
-    void *handle = HKN_FAULT_SYS("sqlite_api.init.dlopen", 0, NULL,
-                                 encoded != NULL
-                                 ? dlopen(PyBytes_AS_STRING(encoded), RTLD_NOW | RTLD_NOLOAD)
-                                 : dlopen(NULL, RTLD_NOW));
+    /* NULL stands for the interpreter itself, which is loaded by definition. */
+    const char *path = encoded != NULL ? PyBytes_AS_STRING(encoded) : NULL;
+    void *handle = dlopen(path, path != NULL ? RTLD_NOW | RTLD_NOLOAD : RTLD_NOW);
     Py_XDECREF(encoded);
     if (handle == NULL) {
         return hkn_why(why, "_sqlite3's shared object could not be reopened with dlopen");
@@ -255,19 +252,17 @@ hkn_call_refusable(PyObject *conn, const char *name, PyObject *arg, int with_ent
                    const char *what, PyObject **why)
 {
     PyObject *method = NULL, *args = NULL, *kwargs = NULL, *result = NULL;
-    method = HKN_FAULT_PY("sqlite_api.extension.method", NULL,
-                          PyObject_GetAttrString(conn, name));
+    method = PyObject_GetAttrString(conn, name);
     if (method == NULL) {
         goto done;
     }
-    args = HKN_FAULT_PY("sqlite_api.extension.args", NULL, PyTuple_Pack(1, arg));
+    args = PyTuple_Pack(1, arg);
     if (args == NULL) {
         goto done;
     }
 #if HKN_PY_HAS_LOAD_ENTRYPOINT
     if (with_entrypoint) {
-        kwargs = HKN_FAULT_PY("sqlite_api.extension.kwargs", NULL,
-                              Py_BuildValue("{ss}", "entrypoint", HKN_ENTRY_POINT));
+        kwargs = Py_BuildValue("{ss}", "entrypoint", HKN_ENTRY_POINT);
         if (kwargs == NULL) {
             goto done;
         }
@@ -275,7 +270,7 @@ hkn_call_refusable(PyObject *conn, const char *name, PyObject *arg, int with_ent
 #else
     (void)with_entrypoint;      /* load_extension() takes no entry point */
 #endif
-    result = HKN_FAULT_PY("sqlite_api.extension.call", NULL, PyObject_Call(method, args, kwargs));
+    result = PyObject_Call(method, args, kwargs);
 done:
     Py_XDECREF(method);
     Py_XDECREF(args);
@@ -300,9 +295,8 @@ done:
 static int
 hkn_route_extension(hkn_state *state, PyObject **why)
 {
-    PyObject *enable = HKN_FAULT_PY("sqlite_api.extension.enable_method", NULL,
-                                    PyObject_GetAttrString((PyObject *)state->base_type,
-                                                           "enable_load_extension"));
+    PyObject *enable = PyObject_GetAttrString((PyObject *)state->base_type,
+                                              "enable_load_extension");
     if (enable == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
             return -1;
@@ -313,19 +307,16 @@ hkn_route_extension(hkn_state *state, PyObject **why)
     }
     Py_DECREF(enable);
     Dl_info self;
-    if (HKN_FAULT_SYS("sqlite_api.extension.dladdr", 0, 0,
-                      dladdr((void *)&hkn_route_extension, &self)) == 0
+    if (dladdr((void *)&hkn_route_extension, &self) == 0
         || self.dli_fname == NULL) {
         return hkn_why(why, "the path of this shared object is unknown (dladdr failed)");
     }
-    PyObject *path = HKN_FAULT_PY("sqlite_api.extension.path", NULL,
-                                  PyUnicode_DecodeFSDefault(self.dli_fname));
+    PyObject *path = PyUnicode_DecodeFSDefault(self.dli_fname);
     if (path == NULL) {
         return -1;
     }
-    PyObject *conn = HKN_FAULT_PY("sqlite_api.extension.open", NULL,
-                                  PyObject_CallFunction((PyObject *)state->base_type, "s",
-                                                        ":memory:"));
+    PyObject *conn = PyObject_CallFunction((PyObject *)state->base_type, "s",
+                                           ":memory:");
     if (conn == NULL) {
         Py_DECREF(path);
         return -1;
@@ -361,8 +352,7 @@ hkn_route_extension(hkn_state *state, PyObject **why)
     {
         hkn_saved_error saved;
         hkn_error_save(&saved);
-        PyObject *closed = HKN_FAULT_PY("sqlite_api.extension.close", NULL,
-                                        PyObject_CallMethod(conn, "close", NULL));
+        PyObject *closed = PyObject_CallMethod(conn, "close", NULL);
         if (closed == NULL && !hkn_error_saved(&saved)) {
             rc = -1;
         }
@@ -411,9 +401,8 @@ hkn_self_check(hkn_state *state, const char **why)
         *why = "sqlite3.Connection is smaller than the handle layout assumes";
         return 0;
     }
-    PyObject *conn = HKN_FAULT_PY("sqlite_api.self_check.open", NULL,
-                                  PyObject_CallFunction((PyObject *)state->base_type, "s",
-                                                        ":memory:"));
+    PyObject *conn = PyObject_CallFunction((PyObject *)state->base_type, "s",
+                                           ":memory:");
     if (conn == NULL) {
         return -1;
     }
@@ -423,39 +412,34 @@ hkn_self_check(hkn_state *state, const char **why)
         goto done;
     }
 #if HKN_PY_HAS_SETLIMIT
-    int before = api->limit(db, SQLITE_LIMIT_VARIABLE_NUMBER, -1);
+    int before = sqlite3_limit(db, SQLITE_LIMIT_VARIABLE_NUMBER, -1);
     int probe = before > 1 ? before - 1 : 1;
-    res = HKN_FAULT_PY("sqlite_api.self_check.setlimit", NULL,
-                       PyObject_CallMethod(conn, "setlimit", "ii", SQLITE_LIMIT_VARIABLE_NUMBER,
-                                           probe));
+    res = PyObject_CallMethod(conn, "setlimit", "ii", SQLITE_LIMIT_VARIABLE_NUMBER, probe);
     if (res == NULL) {
         goto done;
     }
-    if (api->limit(db, SQLITE_LIMIT_VARIABLE_NUMBER, -1) != probe) {
+    if (sqlite3_limit(db, SQLITE_LIMIT_VARIABLE_NUMBER, -1) != probe) {
         *why = "a limit set through sqlite3.Connection.setlimit() did not read back "
                "through the bound library";
         goto done;
     }
 #else
     /* 3.10 has no setlimit(): count row changes made through the Python API. */
-    res = HKN_FAULT_PY("sqlite_api.self_check.executescript", NULL,
-                       PyObject_CallMethod(conn, "executescript", "s",
-                                           "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);"));
+    res = PyObject_CallMethod(conn, "executescript", "s",
+                              "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);");
     if (res == NULL) {
         goto done;
     }
     Py_CLEAR(res);
-    res = HKN_FAULT_PY("sqlite_api.self_check.total_changes", NULL,
-                       PyObject_GetAttrString(conn, "total_changes"));
+    res = PyObject_GetAttrString(conn, "total_changes");
     if (res == NULL) {
         goto done;
     }
-    long changes = HKN_FAULT_PY("sqlite_api.self_check.total_changes_value", -1,
-                                PyLong_AsLong(res));
+    long changes = PyLong_AsLong(res);
     if (changes == -1 && PyErr_Occurred()) {
         goto done;
     }
-    if (changes != 3 || api->total_changes(db) != 3) {
+    if (changes != 3 || sqlite3_total_changes(db) != 3) {
         *why = "row changes made through sqlite3.Connection did not read back "
                "through the bound library";
         goto done;
@@ -469,8 +453,7 @@ done:
     {
         hkn_saved_error saved;
         hkn_error_save(&saved);
-        PyObject *closed = HKN_FAULT_PY("sqlite_api.self_check.close", NULL,
-                                        PyObject_CallMethod(conn, "close", NULL));
+        PyObject *closed = PyObject_CallMethod(conn, "close", NULL);
         int close_failed = closed == NULL;
         Py_XDECREF(closed);
         if (hkn_error_saved(&saved)) {
@@ -495,19 +478,17 @@ static int
 hkn_prove(hkn_state *state, PyObject **why)
 {
     hkn_sqlite_api *api = &state->api;
-    PyObject *expected = HKN_FAULT_PY("sqlite_api.init.version", NULL,
-                                      PyObject_GetAttrString(state->sqlite3_module,
-                                                             "sqlite_version"));
+    PyObject *expected = PyObject_GetAttrString(state->sqlite3_module,
+                                                "sqlite_version");
     if (expected == NULL) {
         return -1;
     }
-    const char *expected_text = HKN_FAULT_PY("sqlite_api.init.version_text", NULL,
-                                             PyUnicode_AsUTF8(expected));
+    const char *expected_text = PyUnicode_AsUTF8(expected);
     if (expected_text == NULL) {
         Py_DECREF(expected);
         return -1;
     }
-    int same_version = strcmp(expected_text, api->libversion()) == 0;
+    int same_version = strcmp(expected_text, sqlite3_libversion()) == 0;
     Py_DECREF(expected);
     if (!same_version) {
         return hkn_why(why, "the bound SQLite library reports another version than "
@@ -516,11 +497,9 @@ hkn_prove(hkn_state *state, PyObject **why)
 
     /* Only informative (sqlite_api()["library"]): without it, None. */
     Dl_info info;
-    if (HKN_FAULT_SYS("sqlite_api.init.dladdr", 0, 0,
-                      dladdr(*(void **)(&api->wal_checkpoint_v2), &info)) != 0
+    if (dladdr(*(void **)(&api->wal_checkpoint_v2), &info) != 0
         && info.dli_fname != NULL) {
-        PyObject *library = HKN_FAULT_PY("sqlite_api.init.library", NULL,
-                                         PyUnicode_DecodeFSDefault(info.dli_fname));
+        PyObject *library = PyUnicode_DecodeFSDefault(info.dli_fname);
         if (library == NULL) {
             return -1;
         }
@@ -553,13 +532,11 @@ typedef int (*hkn_route_fn)(hkn_state *, PyObject **);
 static int
 hkn_record_route(hkn_state *state, const char *name, const char *why)
 {
-    PyObject *text = HKN_FAULT_PY("sqlite_api.record_route.text", NULL,
-                                  PyUnicode_FromString(why));
+    PyObject *text = PyUnicode_FromString(why);
     if (text == NULL) {
         return -1;
     }
-    int rc = HKN_FAULT_PY("sqlite_api.record_route.set", -1,
-                          PyDict_SetItemString(state->api_routes_not_taken, name, text));
+    int rc = PyDict_SetItemString(state->api_routes_not_taken, name, text);
     Py_DECREF(text);
     return rc;
 }
@@ -580,8 +557,7 @@ hkn_try_route(hkn_state *state, const char *name, hkn_route_fn route)
     }
     hkn_unbind(state);
     if (rc == 0) {
-        rc = HKN_FAULT_PY("sqlite_api.try_route.record", -1,
-                          PyDict_SetItemString(state->api_routes_not_taken, name, why));
+        rc = PyDict_SetItemString(state->api_routes_not_taken, name, why);
     }
     Py_XDECREF(why);
     return rc < 0 ? -1 : 0;
@@ -596,7 +572,7 @@ hkn_sqlite_api_init(hkn_state *state)
     Py_XSETREF(state->api_library, Py_NewRef(Py_None));
     Py_XSETREF(state->api_reason, Py_NewRef(Py_None));
     Py_XSETREF(state->api_routes_not_taken,
-               HKN_FAULT_PY("sqlite_api.init.routes", NULL, PyDict_New()));
+               PyDict_New());
     if (state->api_routes_not_taken == NULL) {
         return -1;
     }
@@ -627,18 +603,16 @@ hkn_sqlite_api_init(hkn_state *state)
     /* SQL mode: the reason names every route's. */
     PyObject *reason = NULL;
     if (force_sql) {
-        reason = HKN_FAULT_PY("sqlite_api.sql_mode.reason", NULL,
-                              PyUnicode_FromString("forced by HERMES_KANBAN_NATIVE_MODE=sql"));
+        reason = PyUnicode_FromString("forced by HERMES_KANBAN_NATIVE_MODE=sql");
     }
     else {
         PyObject *symbols = PyDict_GetItemString(state->api_routes_not_taken, "symbols");
         PyObject *extension = PyDict_GetItemString(state->api_routes_not_taken,
                                                    "extension-api");
-        reason = HKN_FAULT_PY("sqlite_api.sql_mode.reasons", NULL,
-                              PyUnicode_FromFormat("no native route to SQLite: symbols: %S; "
-                                                   "extension-api: %S",
-                                                   symbols ? symbols : Py_None,
-                                                   extension ? extension : Py_None));
+        reason = PyUnicode_FromFormat("no native route to SQLite: symbols: %S; "
+                                      "extension-api: %S",
+                                      symbols ? symbols : Py_None,
+                                      extension ? extension : Py_None);
     }
     if (reason == NULL) {
         return -1;
@@ -650,15 +624,13 @@ hkn_sqlite_api_init(hkn_state *state)
 PyObject *
 hkn_sqlite_api_bound(hkn_state *state)
 {
-    PyObject *bound = HKN_FAULT_PY("sqlite_api.bound.dict", NULL, PyDict_New());
+    PyObject *bound = PyDict_New();
     for (int i = 0; bound != NULL && i < HKN_NBINDINGS; i++) {
         void *function = *hkn_member(&state->api, &hkn_bindings[i]);
         PyObject *address = function == NULL ? Py_NewRef(Py_None)
-                            : HKN_FAULT_PY("sqlite_api.bound.address", NULL,
-                                           PyLong_FromVoidPtr(function));
+                            : PyLong_FromVoidPtr(function);
         if (address == NULL
-            || HKN_FAULT_PY("sqlite_api.bound.set", -1,
-                            PyDict_SetItemString(bound, hkn_bindings[i].name, address)) < 0) {
+            || PyDict_SetItemString(bound, hkn_bindings[i].name, address) < 0) {
             Py_CLEAR(bound);
         }
         Py_XDECREF(address);
@@ -746,13 +718,11 @@ hkn_set_sqlite_error(hkn_state *state, int rc, int extended, const char *message
         PyErr_NoMemory();
         return;
     }
-    PyObject *msg = HKN_FAULT_PY("sqlite_api.set_error.message", NULL,
-                                 PyUnicode_FromString(message));
+    PyObject *msg = PyUnicode_FromString(message);
     if (msg == NULL) {
         return;
     }
-    PyObject *exc = HKN_FAULT_PY("sqlite_api.set_error.exception", NULL,
-                                 PyObject_CallOneArg(cls, msg));
+    PyObject *exc = PyObject_CallOneArg(cls, msg);
     Py_DECREF(msg);
     if (exc == NULL) {
         return;
@@ -760,13 +730,10 @@ hkn_set_sqlite_error(hkn_state *state, int rc, int extended, const char *message
 #if HKN_PY_HAS_SQLITE_ERROR_CODES
     /* sqlite3 exceptions carry these since 3.11. */
     PyObject *code = NULL, *name = NULL;
-    if ((code = HKN_FAULT_PY("sqlite_api.set_error.code", NULL, PyLong_FromLong(extended))) == NULL
-        || (name = HKN_FAULT_PY("sqlite_api.set_error.name", NULL,
-                                PyUnicode_FromString(hkn_result_name(rc)))) == NULL
-        || HKN_FAULT_PY("sqlite_api.set_error.set_code", -1,
-                        PyObject_SetAttrString(exc, "sqlite_errorcode", code)) < 0
-        || HKN_FAULT_PY("sqlite_api.set_error.set_name", -1,
-                        PyObject_SetAttrString(exc, "sqlite_errorname", name)) < 0) {
+    if ((code = PyLong_FromLong(extended)) == NULL
+        || (name = PyUnicode_FromString(hkn_result_name(rc))) == NULL
+        || PyObject_SetAttrString(exc, "sqlite_errorcode", code) < 0
+        || PyObject_SetAttrString(exc, "sqlite_errorname", name) < 0) {
         Py_XDECREF(code);
         Py_XDECREF(name);
         Py_DECREF(exc);

@@ -121,6 +121,41 @@ typedef struct {
     hkn_sqlite3_vfs *(*vfs_find)(const char *);
 } hkn_sqlite_api;
 
+/* Call sites use SQLite's own names.  As in SQLite's sqlite3ext.h, each
+ * name stands for the member of the route's table; the caller has it in
+ * scope as `api` (a `const hkn_sqlite_api *`).  A fault build redefines the
+ * fallible ones (csrc/faults.h), which is why a test for an optional
+ * function reads the member itself: `api->txn_state == NULL`. */
+#define sqlite3_libversion           api->libversion
+#define sqlite3_libversion_number    api->libversion_number
+#define sqlite3_total_changes        api->total_changes
+#define sqlite3_wal_checkpoint_v2    api->wal_checkpoint_v2
+#define sqlite3_busy_handler         api->busy_handler
+#define sqlite3_busy_timeout         api->busy_timeout
+#define sqlite3_db_filename          api->db_filename
+#define sqlite3_db_readonly          api->db_readonly
+#define sqlite3_db_status            api->db_status
+#define sqlite3_txn_state            api->txn_state
+#define sqlite3_get_autocommit       api->get_autocommit
+#define sqlite3_next_stmt            api->next_stmt
+#define sqlite3_stmt_busy            api->stmt_busy
+#define sqlite3_reset                api->reset
+#define sqlite3_errmsg               api->errmsg
+#define sqlite3_errstr               api->errstr
+#define sqlite3_extended_errcode     api->extended_errcode
+#define sqlite3_file_control         api->file_control
+#define sqlite3_limit                api->limit
+#define sqlite3_prepare_v2           api->prepare_v2
+#define sqlite3_step                 api->step
+#define sqlite3_column_int           api->column_int
+#define sqlite3_finalize             api->finalize
+#define sqlite3_db_mutex             api->db_mutex
+#define sqlite3_mutex_enter          api->mutex_enter
+#define sqlite3_mutex_leave          api->mutex_leave
+#define sqlite3_mutex_try            api->mutex_try
+#define sqlite3_close_v2             api->close_v2
+#define sqlite3_vfs_find             api->vfs_find
+
 struct hkn_state;
 
 /* Binds the functions by the first route that works ("symbols", then

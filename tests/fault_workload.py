@@ -42,29 +42,30 @@ ALWAYS = 10 ** 9                # _fault_arm(times=ALWAYS): every hit fails
 PREREQUISITES = {
     # the guard cannot be taken for a structural reason: SQLite gives no
     # file object (the warning is once per module: _fault_reset_once())
-    "guard.cannot.reason": ("guard.file_pointer.file_control",),
-    "guard.cannot.warn": ("guard.file_pointer.file_control",),
+    "guard.cannot.PyUnicode_FromString": ("guard.file_pointer.sqlite3_file_control",),
+    "guard.cannot.PyErr_WarnFormat": ("guard.file_pointer.sqlite3_file_control",),
     # a route not taken (where every route works unarmed)
-    "sqlite_api.why": ("sqlite_api.init.dlopen",),
-    "sqlite_api.try_route.record": ("sqlite_api.init.dlopen",),
+    "sqlite_api.why.PyUnicode_FromFormatV": ("sqlite_api.route_symbols.dlopen",),
+    "sqlite_api.try_route.PyDict_SetItemString": ("sqlite_api.route_symbols.dlopen",),
     # no route taken (where one works unarmed)
-    "sqlite_api.sql_mode.reasons": ("sqlite_api.init.dlopen", "sqlite_api.extension.dladdr"),
+    "sqlite_api.init.PyUnicode_FromFormat": ("sqlite_api.route_symbols.dlopen",
+                                             "sqlite_api.route_extension.dladdr"),
     # exec failed after atexit.register(); taking that back is what fails
-    "module.exec.atexit_unregister": ("module.exec.register_at_fork",),
+    "module.register_hooks.PyObject_CallMethod.2": ("module.register_hooks.PyObject_VectorcallDict",),
 }
 
 # Failures on top of another failure's cleanup: (point, armed first).
 COMBINATIONS = [
     # __init__ fails after the base opened the database, then its cleanup
     # close fails too: the handle must still be closed.
-    ("connection.base_close.call", ("connection.init.guard_wal",)),
+    ("connection.base_close.PyObject_CallOneArg", ("connection.init.PyObject_GetAttr",)),
     # the same in SQL mode, where nothing can close natively
-    ("connection.base_close.call", ("connection.init.sql_path",)),
+    ("connection.base_close.PyObject_CallOneArg", ("connection.init.PySequence_GetItem",)),
 ]
 
 # Initialisation points whose failure leaves the failed instance alive by
 # design: atexit still holds it.
-KEPT_ALIVE = {"module.exec.atexit_unregister"}
+KEPT_ALIVE = {"module.register_hooks.PyObject_CallMethod.2"}
 
 
 def _pid_nobody_has():

@@ -59,8 +59,8 @@ LOADABLE = hasattr(sqlite3.Connection, "enable_load_extension")
 
 
 def _needs_loadable(name):
-    return (name.startswith("sqlite_api.extension.")
-            and name != "sqlite_api.extension.enable_method")
+    return (name.startswith(("sqlite_api.route_extension.", "sqlite_api.call_refusable."))
+            and name != "sqlite_api.route_extension.PyObject_GetAttrString")
 
 
 TESTS = Path(__file__).resolve().parent
@@ -239,7 +239,7 @@ def _audit_scenario(name, times):
 @pytest.fixture(scope="module")
 def audit_results():
     return {(name, times): _audit_scenario(name, times)
-            for name in POINTS if name.startswith("module.audit.add") for times in (1, ALWAYS)}
+            for name in POINTS if name.startswith("module.set_audit_handler.") for times in (1, ALWAYS)}
 
 
 @pytest.fixture(scope="module")
@@ -395,7 +395,7 @@ def _check_shm(name, scratch):
     # The system-call table points are one call site for each of the five
     # wrapped calls: fail each in turn (a later one fails with earlier ones
     # switched already).
-    countdowns = range(1, 6) if name.endswith("_system_call") else (1,)
+    countdowns = range(1, 6) if name.endswith("SystemCall") else (1,)
     for countdown, times in [(c, 1) for c in countdowns] + [(1, ALWAYS)]:
         result = _shm_scenario(name, times, scratch, countdown)
         assert result["hits"] >= countdown, f"{name} was not reached"
@@ -428,13 +428,52 @@ def test_every_fault_point_is_reached(reach):
 
 # ----------------------------------------------------- against the sources
 
-_MACRO = re.compile(r'HKN_FAULT_(?:PY|ALLOC|SYS|SQLITE|RELEASE)\(\s*"([^"]+)"')
-# Each file's points start with its own prefix (paths relative to csrc/).
-_PREFIX = {"module.c": "module.", "connection.c": "connection.", "sqlite_api.c": "sqlite_api.",
-           "opener.c": "opener.", "checkpoint.c": "checkpoint.", "registry.c": "registry.",
-           "linux/guard.c": "guard.", "linux/shmlock.c": "shmlock.", "linux/fdscan.c": "fdscan.",
-           "other/guard.c": "guard_other.", "other/shmlock.c": "shmlock_other.",
-           "other/fdscan.c": "fdscan_other.", "faults.c": "faults."}
+# The functions whose calls are points (csrc/fault_calls.tsv), and the calls
+# through a pointer written as HKN_FAULT_POINT("name", ...).
+def _wrapped_functions():
+    rows = (line.split("#", 1)[0].split() for line in
+            (CSRC / "fault_calls.tsv").read_text().splitlines())
+    return {row[0] for row in rows if row}
+
+
+_COMMENT_OR_STRING = re.compile(r'/\*.*?\*/|//[^\n]*|"(?:\\.|[^"\\\n])*"', re.S)
+_DEFINITION = re.compile(r"^(\w+)\(", re.M)       # a function's name at column 0
+
+
+def _file_part(relative):
+    """faults.c's rule: "linux/guard.c" -> "guard", "other/guard.c" ->
+    "guard_other"."""
+    parts = relative.split("/")
+    return parts[-1][:-2] + ("_other" if parts[0] == "other" else "")
+
+
+def _expected_points(relative, text, functions):
+    """The point names faults.c gives the calls in `text` (one C file as the
+    compiler sees it): file.function.call, ".2", ".3" for later calls of the
+    same function in one function.  `(name)(...)` is a call the table does
+    not wrap."""
+    def blank(match):
+        # keep HKN_FAULT_POINT's name, blank every other string and comment
+        return re.sub(r"[^\n]", " ", match.group())
+    names = re.findall(r'HKN_FAULT_POINT\(\s*"(\w+)"', text)
+    code = _COMMENT_OR_STRING.sub(blank, text)
+    file = _file_part(relative)
+    stem = file[:-len("_other")] if file.endswith("_other") else file
+    calls = [(m.start(), m.group(1)) for m in re.finditer(r"(?<![\w.>])(\w+)\s*\(", code)
+             if m.group(1) in functions]
+    calls += [(m.start(), names.pop(0)) for m in re.finditer(r"\bHKN_FAULT_POINT\(", code)
+              if not code[:m.start()].rstrip().endswith("#define")]
+    definitions = [(m.start(), m.group(1)) for m in _DEFINITION.finditer(code)]
+    seen, points = {}, []
+    for position, call in sorted(calls):
+        function = [name for start, name in definitions if start < position][-1]
+        function = function[4:] if function.startswith("hkn_") else function
+        if function.startswith(stem + "_"):
+            function = function[len(stem) + 1:]
+        name = f"{file}.{function}.{call}"
+        seen[name] = seen.get(name, 0) + 1
+        points.append(name if seen[name] == 1 else f"{name}.{seen[name]}")
+    return points
 
 
 def _compat_macros():
@@ -483,18 +522,18 @@ def _compiled_text(path):
 
 @pytest.mark.skipif(not CSRC.is_dir(), reason="needs the source tree")
 def test_fault_points_match_the_sources():
+    # Every call of a wrapped function in the C files this build compiled,
+    # under the name faults.c gives it, and nothing else.
     compiled = {"module.c", "connection.c", "checkpoint.c", "registry.c", "opener.c",
                 "sqlite_api.c", "linux/guard.c", "linux/fdscan.c", "linux/shmlock.c"}
-    everywhere, here = [], []
+    functions = _wrapped_functions()
+    expected = []
     for path in sorted(CSRC.rglob("*.c")):
-        name_of_file = path.relative_to(CSRC).as_posix()
-        for name in _MACRO.findall(path.read_text()):
-            everywhere.append(name)
-            assert name.startswith(_PREFIX[name_of_file]), f"{name} is in {name_of_file}"
-        if name_of_file in compiled:
-            here.extend(_MACRO.findall(_compiled_text(path)))
-    assert len(set(everywhere)) == len(everywhere), "fault point names must be unique"
-    assert sorted(here) == sorted(POINTS)
+        relative = path.relative_to(CSRC).as_posix()
+        if relative in compiled:
+            assert '#include "fault_calls.h"' in path.read_text(), relative
+            expected += _expected_points(relative, _compiled_text(path), functions)
+    assert sorted(expected) == sorted(POINTS)
 
 
 def test_arming_an_unknown_point_names_it():
@@ -511,7 +550,7 @@ def test_a_failed_claim_on_a_guarded_database_leaves_no_lock(scratch):
     # refuse SQLite's own last-close checkpoint-and-unlink.
     db = make_wal_db(os.path.join(scratch, "remember.db"), rows=1)
     conns = [hkn.connect(db) for _ in range(4)]
-    _native._fault_arm("guard.remember.alloc")
+    _native._fault_arm("guard.remember.realloc")
     try:
         with pytest.raises(MemoryError):
             hkn.connect(db)

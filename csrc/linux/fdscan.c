@@ -25,6 +25,7 @@
 
 #include "faults.h"
 #include "fdscan.h"
+#include "fault_calls.h"     /* last: see faults.h */
 
 /* Large enough for "/proc/<pid>/fdinfo/<fd>" with any int pid and fd. */
 #define HKN_PROC_PATH_MAX 64
@@ -113,7 +114,7 @@ hkn_reserve(void **items, size_t *cap, size_t need, size_t elem)
         }
         new_cap *= 2;
     }
-    void *grown = HKN_FAULT_ALLOC("fdscan.reserve.alloc", realloc(*items, new_cap * elem));
+    void *grown = realloc(*items, new_cap * elem);
     if (grown == NULL) {
         return -1;
     }
@@ -138,7 +139,7 @@ hkn_append(hkn_array *array, size_t elem)
 static int
 hkn_read_file(const char *path, hkn_text *text, hkn_failure *failure)
 {
-    int fd = HKN_FAULT_SYS("fdscan.read_file.open", EMFILE, -1, open(path, O_RDONLY | O_CLOEXEC));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         hkn_fail(failure, errno, "open", path);
         return -1;
@@ -149,8 +150,7 @@ hkn_read_file(const char *path, hkn_text *text, hkn_failure *failure)
             hkn_fail(failure, ENOMEM, "read", path);
             goto done;
         }
-        ssize_t got = HKN_FAULT_SYS("fdscan.read_file.read", EIO, -1,
-                                    read(fd, text->data + text->len, text->cap - text->len));
+        ssize_t got = read(fd, text->data + text->len, text->cap - text->len);
         if (got < 0) {
             if (errno == EINTR) {
                 continue;
@@ -166,7 +166,7 @@ hkn_read_file(const char *path, hkn_text *text, hkn_failure *failure)
     result = 0;
 done:
     /* Read-only: a failing close loses nothing, and frees the fd anyway. */
-    (void)HKN_FAULT_RELEASE("fdscan.read_file.close", -1, close(fd));
+    (void)close(fd);
     return result;
 }
 
@@ -185,7 +185,7 @@ hkn_raise(const hkn_failure *failure, int pid)
     char text[256];
     if (pid > 0 && (err == ENOENT || err == ESRCH)) {
         /* A missing /proc/self means /proc is not mounted, not a dead pid. */
-        if (HKN_FAULT_SYS("fdscan.raise.access", ENOENT, -1, access("/proc/self", F_OK)) != 0) {
+        if (access("/proc/self", F_OK) != 0) {
             snprintf(text, sizeof(text), "%s: /proc is not mounted", failure->syscall);
         }
         else {
@@ -200,17 +200,14 @@ hkn_raise(const hkn_failure *failure, int pid)
     else {
         snprintf(text, sizeof(text), "%s: %s", failure->syscall, strerror(err));
     }
-    PyObject *exc = HKN_FAULT_PY("fdscan.raise.exception", NULL,
-                                 PyObject_CallFunction(PyExc_OSError, "iss", err, text,
-                                                       failure->path));
+    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "iss", err, text, failure->path);
     if (exc == NULL) {
         return NULL;
     }
     if (pid > 0) {
-        PyObject *pid_obj = HKN_FAULT_PY("fdscan.raise.pid", NULL, PyLong_FromLong(pid));
+        PyObject *pid_obj = PyLong_FromLong(pid);
         if (pid_obj == NULL
-            || HKN_FAULT_PY("fdscan.raise.set_pid", -1,
-                            PyObject_SetAttrString(exc, "pid", pid_obj)) < 0) {
+            || PyObject_SetAttrString(exc, "pid", pid_obj) < 0) {
             Py_XDECREF(pid_obj);
             Py_DECREF(exc);
             return NULL;
@@ -225,7 +222,7 @@ hkn_raise(const hkn_failure *failure, int pid)
 static int
 hkn_pid_from(PyObject *arg, int *pid)
 {
-    long value = HKN_FAULT_PY("fdscan.pid.value", -1, PyLong_AsLong(arg));
+    long value = PyLong_AsLong(arg);
     if (value == -1 && PyErr_Occurred()) {
         return -1;
     }
@@ -240,8 +237,7 @@ hkn_pid_from(PyObject *arg, int *pid)
 static PyObject *
 hkn_decode_path(const hkn_text *text, size_t off, size_t len)
 {
-    return HKN_FAULT_PY("fdscan.decode_path", NULL,
-                        PyUnicode_DecodeFSDefaultAndSize(text->data + off, (Py_ssize_t)len));
+    return PyUnicode_DecodeFSDefaultAndSize(text->data + off, (Py_ssize_t)len);
 }
 
 /* ------------------------------------------------------------------ fds */
@@ -252,7 +248,7 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
 {
     char path[HKN_PROC_PATH_MAX];
     snprintf(path, sizeof(path), "/proc/%d/fd", pid);
-    DIR *dir = HKN_FAULT_SYS("fdscan.collect_fds.opendir", EMFILE, NULL, opendir(path));
+    DIR *dir = opendir(path);
     if (dir == NULL) {
         hkn_fail(failure, errno, "opendir", path);
         return -1;
@@ -265,7 +261,7 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
     int result = -1;
     for (;;) {
         errno = 0;
-        struct dirent *entry = HKN_FAULT_SYS("fdscan.collect_fds.readdir", EIO, NULL, readdir(dir));
+        struct dirent *entry = readdir(dir);
         if (entry == NULL) {
             if (errno != 0) {
                 hkn_fail(failure, errno, "readdir", path);
@@ -292,8 +288,7 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
                     hkn_fail(failure, ENOMEM, "readlinkat", path);
                     goto done;
                 }
-                got = HKN_FAULT_SYS("fdscan.collect_fds.readlinkat", EACCES, -1,
-                                    readlinkat(dir_fd, name, links->data + links->len, room));
+                got = readlinkat(dir_fd, name, links->data + links->len, room);
                 if (got < 0 || (size_t)got < room || room >= HKN_LINK_MAX) {
                     break;
                 }
@@ -317,9 +312,8 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
         int stat_errno = 0;
         /* fstatat follows the magic link to the open inode: no open(), so no
          * POSIX lock of the scanned process is touched. */
-        if ((own ? HKN_FAULT_SYS("fdscan.collect_fds.fstat", EBADF, -1, fstat(fd, &st))
-                 : HKN_FAULT_SYS("fdscan.collect_fds.fstatat", EACCES, -1,
-                                 fstatat(dir_fd, name, &st, 0))) != 0) {
+        if ((own ? fstat(fd, &st)
+                 : fstatat(dir_fd, name, &st, 0)) != 0) {
             stat_errno = errno;
             if (stat_errno == ENOENT || stat_errno == EBADF) {
                 continue;
@@ -350,7 +344,7 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
     }
     result = 0;
 done:
-    (void)HKN_FAULT_RELEASE("fdscan.collect_fds.closedir", -1, closedir(dir));
+    (void)closedir(dir);
     return result;
 }
 
@@ -358,28 +352,24 @@ done:
 static PyObject *
 hkn_fd_row(const hkn_fd_record *r, const hkn_text *links)
 {
-    PyObject *row = HKN_FAULT_PY("fdscan.fd_row.tuple", NULL, PyTuple_New(7));
+    PyObject *row = PyTuple_New(7);
     if (row == NULL) {
         return NULL;
     }
     /* Built one by one, stopping at the first failure: no call is made with
      * an exception set. */
     PyObject *items[7] = {NULL};
-    items[0] = HKN_FAULT_PY("fdscan.fd_row.fd", NULL, PyLong_FromLong(r->fd));
+    items[0] = PyLong_FromLong(r->fd);
     if (items[0] != NULL) {
         items[1] = r->has_link ? hkn_decode_path(links, r->path_off, r->path_len)
                                : Py_NewRef(Py_None);
     }
     if (items[1] != NULL && r->stat_errno == 0
-        && (items[2] = HKN_FAULT_PY("fdscan.fd_row.dev", NULL,
-                                    PyLong_FromUnsignedLongLong(r->dev))) != NULL
-        && (items[3] = HKN_FAULT_PY("fdscan.fd_row.ino", NULL,
-                                    PyLong_FromUnsignedLongLong(r->ino))) != NULL
-        && (items[4] = HKN_FAULT_PY("fdscan.fd_row.nlink", NULL,
-                                    PyLong_FromUnsignedLongLong(r->nlink))) != NULL
-        && (items[5] = HKN_FAULT_PY("fdscan.fd_row.mode", NULL,
-                                    PyLong_FromUnsignedLong(r->mode))) != NULL) {
-        items[6] = HKN_FAULT_PY("fdscan.fd_row.size", NULL, PyLong_FromUnsignedLongLong(r->size));
+        && (items[2] = PyLong_FromUnsignedLongLong(r->dev)) != NULL
+        && (items[3] = PyLong_FromUnsignedLongLong(r->ino)) != NULL
+        && (items[4] = PyLong_FromUnsignedLongLong(r->nlink)) != NULL
+        && (items[5] = PyLong_FromUnsignedLong(r->mode)) != NULL) {
+        items[6] = PyLong_FromUnsignedLongLong(r->size);
     }
     else if (items[1] != NULL && r->stat_errno != 0) {
         for (int i = 2; i < 7; i++) {
@@ -419,9 +409,8 @@ hkn_scan_fds(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     PyObject *pid_obj;
     int want_links = 1;
     int pid;
-    if (!HKN_FAULT_PY("fdscan.scan_fds.parse_args", 0,
-                      PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:_scan_fds", keywords,
-                                                  &pid_obj, &want_links))) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:_scan_fds", keywords,
+                                     &pid_obj, &want_links)) {
         return NULL;
     }
     if (hkn_pid_from(pid_obj, &pid) < 0) {
@@ -440,7 +429,7 @@ hkn_scan_fds(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         hkn_raise(&failure, pid);
         goto done;
     }
-    result = HKN_FAULT_PY("fdscan.scan_fds.list", NULL, PyList_New((Py_ssize_t)records.count));
+    result = PyList_New((Py_ssize_t)records.count);
     if (result == NULL) {
         goto done;
     }
@@ -603,7 +592,7 @@ hkn_scan_maps(PyObject *Py_UNUSED(module), PyObject *arg)
         hkn_raise(&failure, pid);
         goto done;
     }
-    result = HKN_FAULT_PY("fdscan.scan_maps.list", NULL, PyList_New((Py_ssize_t)records.count));
+    result = PyList_New((Py_ssize_t)records.count);
     if (result == NULL) {
         goto done;
     }
@@ -615,9 +604,8 @@ hkn_scan_maps(PyObject *Py_UNUSED(module), PyObject *arg)
             Py_CLEAR(result);
             goto done;
         }
-        PyObject *row = HKN_FAULT_PY("fdscan.scan_maps.row", NULL,
-                                     Py_BuildValue("(KKsKKKO)", r->start, r->end, r->perms,
-                                                   r->offset, r->dev, r->ino, map_path));
+        PyObject *row = Py_BuildValue("(KKsKKKO)", r->start, r->end, r->perms,
+                                      r->offset, r->dev, r->ino, map_path);
         Py_DECREF(map_path);
         if (row == NULL) {
             Py_CLEAR(result);
@@ -771,8 +759,7 @@ hkn_parse_lock_lines(const hkn_text *text, const char *prefix, hkn_array *record
 static PyObject *
 hkn_lock_rows(const hkn_array *records)
 {
-    PyObject *result = HKN_FAULT_PY("fdscan.lock_rows.list", NULL,
-                                    PyList_New((Py_ssize_t)records->count));
+    PyObject *result = PyList_New((Py_ssize_t)records->count);
     if (result == NULL) {
         return NULL;
     }
@@ -780,19 +767,15 @@ hkn_lock_rows(const hkn_array *records)
     for (size_t i = 0; i < records->count; i++) {
         const hkn_lock_record *r = &items[i];
         PyObject *dev = NULL, *ino = NULL, *end = NULL, *row = NULL;
-        if ((dev = r->has_inode ? HKN_FAULT_PY("fdscan.lock_rows.dev", NULL,
-                                               PyLong_FromUnsignedLongLong(r->dev))
+        if ((dev = r->has_inode ? PyLong_FromUnsignedLongLong(r->dev)
                                 : Py_NewRef(Py_None)) != NULL
-            && (ino = r->has_inode ? HKN_FAULT_PY("fdscan.lock_rows.ino", NULL,
-                                                  PyLong_FromUnsignedLongLong(r->ino))
+            && (ino = r->has_inode ? PyLong_FromUnsignedLongLong(r->ino)
                                    : Py_NewRef(Py_None)) != NULL
             && (end = r->to_eof ? Py_NewRef(Py_None)
-                                : HKN_FAULT_PY("fdscan.lock_rows.end", NULL,
-                                               PyLong_FromLongLong(r->end))) != NULL) {
-            row = HKN_FAULT_PY("fdscan.lock_rows.row", NULL,
-                               Py_BuildValue("(sssLOOLOO)", r->kind, r->mode, r->access, r->pid,
-                                             dev, ino, r->start, end,
-                                             r->blocked ? Py_True : Py_False));
+                                : PyLong_FromLongLong(r->end)) != NULL) {
+            row = Py_BuildValue("(sssLOOLOO)", r->kind, r->mode, r->access, r->pid,
+                                dev, ino, r->start, end,
+                                r->blocked ? Py_True : Py_False);
         }
         Py_XDECREF(dev);
         Py_XDECREF(ino);
@@ -857,8 +840,7 @@ static PyObject *
 hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int pid, fd;
-    if (!HKN_FAULT_PY("fdscan.scan_fd_locks.parse_args", 0,
-                      PyArg_ParseTuple(args, "ii:_scan_fd_locks", &pid, &fd))) {
+    if (!PyArg_ParseTuple(args, "ii:_scan_fd_locks", &pid, &fd)) {
         return NULL;
     }
     if (pid <= 0 || fd < 0) {
@@ -879,8 +861,7 @@ hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     rc = hkn_read_file(path, &text, &failure);
     if (rc < 0 && failure.err == ENOENT) {
-        process_exists = HKN_FAULT_SYS("fdscan.scan_fd_locks.access", ENOENT, -1,
-                                       access(proc_dir, F_OK)) == 0;
+        process_exists = access(proc_dir, F_OK) == 0;
     }
     if (rc == 0 && hkn_parse_lock_lines(&text, "lock:", &records) < 0) {
         hkn_fail(&failure, ENOMEM, "read", path);
@@ -890,7 +871,7 @@ hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
     if (rc < 0) {
         if (failure.err == ENOENT && process_exists) {
             /* the fd was closed: it holds nothing */
-            result = HKN_FAULT_PY("fdscan.scan_fd_locks.empty", NULL, PyList_New(0));
+            result = PyList_New(0);
         }
         else {
             hkn_raise(&failure, pid);
@@ -916,6 +897,5 @@ static PyMethodDef hkn_fdscan_methods[] = {
 int
 hkn_fdscan_exec(PyObject *module)
 {
-    return HKN_FAULT_PY("fdscan.exec.add_functions", -1,
-                        PyModule_AddFunctions(module, hkn_fdscan_methods));
+    return PyModule_AddFunctions(module, hkn_fdscan_methods);
 }

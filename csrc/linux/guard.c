@@ -45,6 +45,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
+#include "fault_calls.h"     /* last: see faults.h */
 
 /* The unix VFS offsets are in sqlite_private.h. */
 
@@ -68,8 +69,7 @@ hkn_peek(const void *address, void *out, size_t size)
 {
     struct iovec local = {out, size};
     struct iovec remote = {(void *)address, size};
-    return HKN_FAULT_SYS("guard.peek.process_vm_readv", EPERM, -1,
-                         process_vm_readv(getpid(), &local, 1, &remote, 1, 0)) == (ssize_t)size
+    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)size
            ? 0 : -1;
 }
 
@@ -77,7 +77,7 @@ static int
 hkn_same_file(int fd, dev_t dev, ino_t ino)
 {
     struct stat st;
-    return HKN_FAULT_SYS("guard.same_file.fstat", EBADF, -1, fstat(fd, &st)) == 0
+    return fstat(fd, &st) == 0
            && st.st_dev == dev && st.st_ino == ino;
 }
 
@@ -90,7 +90,7 @@ hkn_ofd_setlk(int fd, short type, off_t start, off_t len)
     lock.l_whence = SEEK_SET;
     lock.l_start = start;
     lock.l_len = len;
-    return HKN_FAULT_SYS("guard.ofd_lock.fcntl", EAGAIN, -1, fcntl(fd, F_OFD_SETLK, &lock));
+    return fcntl(fd, F_OFD_SETLK, &lock);
 }
 
 /* SQLite's file object for the main database of `db`, through
@@ -104,20 +104,19 @@ static int
 hkn_file_pointer(hkn_state *state, sqlite3 *db, int own, void **file)
 {
     const hkn_sqlite_api *api = &state->api;
-    sqlite3_mutex *mutex = api->db_mutex(db);
+    sqlite3_mutex *mutex = sqlite3_db_mutex(db);
     if (mutex == NULL && !own) {
         return SQLITE_MISUSE;
     }
     if (mutex != NULL
-        && HKN_FAULT_SQLITE("guard.file_pointer.mutex_try", SQLITE_BUSY, api->mutex_try(mutex))
+        && sqlite3_mutex_try(mutex)
            != SQLITE_OK) {
         return SQLITE_BUSY;
     }
     *file = NULL;
-    int rc = HKN_FAULT_SQLITE("guard.file_pointer.file_control", SQLITE_NOTFOUND,
-                              api->file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, file));
+    int rc = sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, file);
     if (mutex != NULL) {
-        api->mutex_leave(mutex);
+        sqlite3_mutex_leave(mutex);
     }
     return rc == SQLITE_OK && *file == NULL ? SQLITE_NOTFOUND : rc;
 }
@@ -142,8 +141,7 @@ hkn_db_fd(hkn_state *state, sqlite3 *db, const char **zpath, const char **why)
         *why = "SQLite gave no file object for the database (SQLITE_FCNTL_FILE_POINTER)";
         return -1;
     }
-    const char *name = HKN_FAULT_SQLITE("guard.db_fd.db_filename", NULL,
-                                        api->db_filename(db, "main"));
+    const char *name = sqlite3_db_filename(db, "main");
     if (name == NULL) {
         *why = "sqlite3_db_filename() gave no name for the database";
         return -1;
@@ -203,7 +201,7 @@ hkn_shm_fd(hkn_state *state, sqlite3 *db, int own, const char *shm_path)
         return -1;
     }
     size_t length = strlen(shm_path) + 1;
-    char *copy = HKN_FAULT_ALLOC("guard.shm_fd.alloc", malloc(length));
+    char *copy = malloc(length);
     if (copy == NULL) {
         return -1;
     }
@@ -233,8 +231,7 @@ hkn_guard_remember(hkn_guard *guard, int fd)
     }
     if (guard->nfds == guard->capacity) {
         int capacity = guard->capacity ? guard->capacity * 2 : 4;
-        int *grown = HKN_FAULT_ALLOC("guard.remember.alloc",
-                                     realloc(guard->fds, (size_t)capacity * sizeof(int)));
+        int *grown = realloc(guard->fds, (size_t)capacity * sizeof(int));
         if (grown == NULL) {
             return -1;
         }
@@ -258,7 +255,7 @@ hkn_guard_shm(hkn_state *state, hkn_guard *guard, sqlite3 *db, int own, const ch
     }
     int fd = hkn_shm_fd(state, db, own, shm_path);
     struct stat st;
-    if (fd < 0 || HKN_FAULT_SYS("guard.shm.stat", ENOENT, -1, stat(shm_path, &st)) != 0
+    if (fd < 0 || stat(shm_path, &st) != 0
         || !hkn_same_file(fd, st.st_dev, st.st_ino)) {
         return;
     }
@@ -283,8 +280,7 @@ static int
 hkn_guard_worth_taking(int fd, const char *path, const struct stat *st)
 {
     unsigned char header[20];
-    ssize_t got = HKN_FAULT_SYS("guard.worth_taking.pread", EIO, -1,
-                                pread(fd, header, sizeof(header), 0));
+    ssize_t got = pread(fd, header, sizeof(header), 0);
     if (got == (ssize_t)sizeof(header)) {
         if (header[18] != 2 || header[19] != 2) {
             return 0;
@@ -296,12 +292,12 @@ hkn_guard_worth_taking(int fd, const char *path, const struct stat *st)
         char wal_path[4096];
         struct stat wal;
         if (got != 0 || snprintf(wal_path, sizeof(wal_path), "%s-wal", path) >= (int)sizeof(wal_path)
-            || HKN_FAULT_SYS("guard.worth_taking.stat_wal", ENOENT, -1, stat(wal_path, &wal)) != 0) {
+            || stat(wal_path, &wal) != 0) {
             return 0;
         }
     }
     struct stat at_path;
-    return HKN_FAULT_SYS("guard.worth_taking.stat_path", ENOENT, -1, stat(path, &at_path)) == 0
+    return stat(path, &at_path) == 0
            && at_path.st_dev == st->st_dev
            && at_path.st_ino == st->st_ino;
 }
@@ -329,7 +325,7 @@ hkn_guard_shm_any(hkn_state *state, hkn_guard *guard, const char *path)
 static int
 hkn_guard_cannot(hkn_state *state, hkn_conn *conn, const char *why)
 {
-    PyObject *reason = HKN_FAULT_PY("guard.cannot.reason", NULL, PyUnicode_FromString(why));
+    PyObject *reason = PyUnicode_FromString(why);
     if (reason == NULL) {
         return -1;
     }
@@ -338,12 +334,11 @@ hkn_guard_cannot(hkn_state *state, hkn_conn *conn, const char *why)
         return 0;
     }
     state->guard_warned = 1;
-    return HKN_FAULT_PY("guard.cannot.warn", -1,
-                        PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
-                                         "hermes_kanban_native: the WAL-generation guard cannot "
-                                         "be taken (first for %U): %s; guard_wal stays True but "
-                                         "such databases are not guarded",
-                                         conn->path, why));
+    return PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                            "hermes_kanban_native: the WAL-generation guard cannot "
+                            "be taken (first for %U): %s; guard_wal stays True but "
+                            "such databases are not guarded",
+                            conn->path, why);
 }
 
 int
@@ -355,7 +350,7 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
     const char *path = NULL, *why = NULL;
     int fd = hkn_db_fd(state, db, &path, &why);
     struct stat st;
-    if (fd >= 0 && HKN_FAULT_SYS("guard.claim.fstat", EBADF, -1, fstat(fd, &st)) != 0) {
+    if (fd >= 0 && fstat(fd, &st) != 0) {
         why = "fstat() of SQLite's database descriptor failed";
         fd = -1;
     }
@@ -372,7 +367,7 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
         return 0;
     }
     if (fresh) {
-        guard = HKN_FAULT_ALLOC("guard.claim.alloc", calloc(1, sizeof(*guard)));
+        guard = calloc(1, sizeof(*guard));
         if (guard == NULL) {
             PyErr_NoMemory();
             return -1;
@@ -435,8 +430,8 @@ hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db)
          * again only at the next claim of a fresh guard. */
         return;
     }
-    const char *path = HKN_FAULT_SQLITE("guard.refresh.db_filename", NULL,
-                                        state->api.db_filename(db, "main"));
+    const hkn_sqlite_api *api = &state->api;
+    const char *path = sqlite3_db_filename(db, "main");
     if (path != NULL) {
         hkn_guard_shm(state, guard, db, 1, path);
         hkn_guard_shm_any(state, guard, path);
@@ -494,11 +489,11 @@ hkn_guard_opt_out(hkn_state *state, hkn_conn *conn, sqlite3 *db, int enable)
     if (conn->opted_out) {
         return 0;
     }
-    const char *name = HKN_FAULT_SQLITE("guard.opt_out.db_filename", NULL,
-                                        state->api.db_filename(db, "main"));
+    const hkn_sqlite_api *api = &state->api;
+    const char *name = sqlite3_db_filename(db, "main");
     struct stat st;
     if (name == NULL || name[0] == '\0'
-        || HKN_FAULT_SYS("guard.opt_out.stat", ENOENT, -1, stat(name, &st)) != 0) {
+        || stat(name, &st) != 0) {
         return 0;               /* nothing on disk that could be shadowed */
     }
     if (hkn_shmlock_opt_out(st.st_dev, st.st_ino, 1) < 0) {

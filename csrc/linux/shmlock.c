@@ -48,6 +48,12 @@
  * install per process whatever the number of module instances.  The hooks
  * run without the GIL, from any thread SQLite runs in, so the table has its
  * own mutex.
+ *
+ * The C library calls the hooks make on SQLite's behalf, and those of the
+ * at-fork child handler, are written `(fstat)(fd, &st)`: the parentheses
+ * keep them from being fault points (csrc/faults.h), because their failures
+ * are SQLite's to see, or, in the child, nothing may run but
+ * async-signal-safe code.
  */
 #include "hkn.h"
 
@@ -61,6 +67,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "fault_calls.h"     /* last: see faults.h */
 
 
 typedef int (*hkn_open_fn)(const char *, int, int);
@@ -195,8 +202,7 @@ hkn_db_get(dev_t dev, ino_t ino)
     }
     if (hkn_db_count == hkn_db_capacity) {
         int capacity = hkn_db_capacity ? hkn_db_capacity * 2 : 4;
-        hkn_db_entry *grown = HKN_FAULT_ALLOC(
-            "shmlock.db_get.realloc", realloc(hkn_db_table, (size_t)capacity * sizeof(*grown)));
+        hkn_db_entry *grown = realloc(hkn_db_table, (size_t)capacity * sizeof(*grown));
         if (grown == NULL) {
             return NULL;
         }
@@ -218,8 +224,7 @@ hkn_db_add_fd(hkn_db_entry *entry, int fd)
     }
     if (entry->nfds == entry->cfds) {
         int capacity = entry->cfds ? entry->cfds * 2 : 4;
-        int *grown = HKN_FAULT_ALLOC("shmlock.db_add_fd.realloc",
-                                     realloc(entry->fds, (size_t)capacity * sizeof(int)));
+        int *grown = realloc(entry->fds, (size_t)capacity * sizeof(int));
         if (grown == NULL) {
             return -1;
         }
@@ -237,7 +242,7 @@ hkn_db_set(hkn_db_entry *entry, short type)
 {
     for (int i = 0; i < entry->nfds; i++) {
         struct stat st;
-        if (fstat(entry->fds[i], &st) != 0 || st.st_dev != entry->dev
+        if ((fstat)(entry->fds[i], &st) != 0 || st.st_dev != entry->dev
             || st.st_ino != entry->ino) {
             continue;
         }
@@ -271,7 +276,7 @@ static int
 hkn_db_is_wal(int fd)
 {
     unsigned char header[20];
-    return pread(fd, header, sizeof(header), 0) == (ssize_t)sizeof(header)
+    return (pread)(fd, header, sizeof(header), 0) == (ssize_t)sizeof(header)
            && header[18] == 2 && header[19] == 2;
 }
 
@@ -287,7 +292,7 @@ static int
 hkn_db_lock(int fd, int op, struct flock *lock)
 {
     struct stat st;
-    if (fstat(fd, &st) != 0) {
+    if ((fstat)(fd, &st) != 0) {
         return HKN_REAL(fcntl)(fd, op, lock);
     }
     pthread_mutex_lock(&hkn_shm_mutex);
@@ -406,9 +411,7 @@ hkn_shmlock_opt_out(dev_t dev, ino_t ino, int delta)
     if (i == hkn_opt_out_count && delta > 0) {
         if (hkn_opt_out_count == hkn_opt_out_capacity) {
             int capacity = hkn_opt_out_capacity ? hkn_opt_out_capacity * 2 : 4;
-            hkn_db_opt_out *grown = HKN_FAULT_ALLOC(
-                "shmlock.opt_out.realloc",
-                realloc(hkn_opt_outs, (size_t)capacity * sizeof(*grown)));
+            hkn_db_opt_out *grown = realloc(hkn_opt_outs, (size_t)capacity * sizeof(*grown));
             if (grown == NULL) {
                 rc = -1;
                 goto done;
@@ -462,7 +465,7 @@ hkn_hook_open(const char *path, int flags, int mode)
     }
     /* Any failure here leaves the descriptor untranslated: SQLite then
      * uses POSIX locks on it, as it would without us. */
-    char *copy = HKN_FAULT_ALLOC("shmlock.hook_open.strdup", strdup(path));
+    char *copy = strdup(path);
     if (copy == NULL) {
         return fd;
     }
@@ -479,9 +482,7 @@ hkn_hook_open(const char *path, int flags, int mode)
     else {
         if (hkn_shm_count == hkn_shm_capacity) {
             int capacity = hkn_shm_capacity ? hkn_shm_capacity * 2 : 8;
-            hkn_shm_entry *grown = HKN_FAULT_ALLOC(
-                "shmlock.hook_open.realloc",
-                realloc(hkn_shm_table, (size_t)capacity * sizeof(*grown)));
+            hkn_shm_entry *grown = realloc(hkn_shm_table, (size_t)capacity * sizeof(*grown));
             if (grown != NULL) {
                 hkn_shm_table = grown;
                 hkn_shm_capacity = capacity;
@@ -533,9 +534,7 @@ hkn_hook_mmap(void *address, size_t length, int prot, int flags, int fd, off_t o
         hkn_shm_entry *entry = &hkn_shm_table[index];
         if (entry->nregions == entry->cregions) {
             int capacity = entry->cregions ? entry->cregions * 2 : 4;
-            hkn_shm_region *grown = HKN_FAULT_ALLOC(
-                "shmlock.hook_mmap.realloc",
-                realloc(entry->regions, (size_t)capacity * sizeof(*grown)));
+            hkn_shm_region *grown = realloc(entry->regions, (size_t)capacity * sizeof(*grown));
             if (grown != NULL) {
                 entry->regions = grown;
                 entry->cregions = capacity;
@@ -639,20 +638,20 @@ hkn_reopen_fresh(int fd)
         path[at++] = digits[--n];
     }
     path[at] = '\0';
-    int flags = fcntl(fd, F_GETFL);
-    int fd_flags = fcntl(fd, F_GETFD);
+    int flags = (fcntl)(fd, F_GETFL);
+    int fd_flags = (fcntl)(fd, F_GETFD);
     struct stat was, now;
-    if (flags < 0 || fd_flags < 0 || fstat(fd, &was) != 0) {
+    if (flags < 0 || fd_flags < 0 || (fstat)(fd, &was) != 0) {
         return;
     }
-    int fresh = open(path, (flags & O_ACCMODE) | O_CLOEXEC | O_NOCTTY);
+    int fresh = (open)(path, (flags & O_ACCMODE) | O_CLOEXEC | O_NOCTTY);
     if (fresh < 0) {
         return;
     }
-    if (fstat(fresh, &now) == 0 && now.st_dev == was.st_dev && now.st_ino == was.st_ino) {
+    if ((fstat)(fresh, &now) == 0 && now.st_dev == was.st_dev && now.st_ino == was.st_ino) {
         (void)dup3(fresh, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0);
     }
-    close(fresh);
+    (close)(fresh);
 }
 
 static void
@@ -663,12 +662,12 @@ hkn_shm_child_fork(void)
      * inherited description stays (as it would without this). */
     for (int i = 0; i < hkn_shm_count; i++) {
         hkn_shm_entry *entry = &hkn_shm_table[i];
-        int fresh = open(entry->path, (entry->flags & (O_ACCMODE | O_NOFOLLOW)) | O_CLOEXEC);
+        int fresh = (open)(entry->path, (entry->flags & (O_ACCMODE | O_NOFOLLOW)) | O_CLOEXEC);
         if (fresh < 0) {
             continue;
         }
         struct stat was, now;
-        if (fstat(entry->fd, &was) == 0 && fstat(fresh, &now) == 0
+        if ((fstat)(entry->fd, &was) == 0 && (fstat)(fresh, &now) == 0
             && was.st_dev == now.st_dev && was.st_ino == now.st_ino) {
             for (int j = 0; j < entry->nregions; j++) {
                 hkn_shm_region *r = &entry->regions[j];
@@ -677,7 +676,7 @@ hkn_shm_child_fork(void)
             }
             (void)dup3(fresh, entry->fd, O_CLOEXEC);
         }
-        close(fresh);
+        (close)(fresh);
     }
     hkn_shm_count = 0;
     hkn_shm_table = NULL;       /* the child's copy is left, not freed: see above */
@@ -719,14 +718,12 @@ hkn_shmlock_install(hkn_state *state, int db_fd)
     probe.l_whence = SEEK_SET;
     probe.l_start = 0;
     probe.l_len = 1;
-    if (HKN_FAULT_SYS("shmlock.install.fcntl_probe", EINVAL, -1,
-                      fcntl(db_fd, F_OFD_GETLK, &probe)) != 0) {
+    if (fcntl(db_fd, F_OFD_GETLK, &probe) != 0) {
         hkn_shm_reason = "the kernel refuses open-file-description locks";
         return 0;
     }
-    hkn_sqlite3_vfs *vfs = state->api.vfs_find
-        ? HKN_FAULT_SQLITE("shmlock.install.vfs_find", NULL, state->api.vfs_find("unix"))
-        : NULL;
+    const hkn_sqlite_api *api = &state->api;
+    hkn_sqlite3_vfs *vfs = api->vfs_find ? sqlite3_vfs_find("unix") : NULL;
     if (vfs == NULL || vfs->iVersion < 3 || vfs->xGetSystemCall == NULL
         || vfs->xSetSystemCall == NULL) {
         hkn_shm_reason = "SQLite's unix VFS offers no system-call table";
@@ -745,17 +742,15 @@ hkn_shmlock_install(hkn_state *state, int db_fd)
     };
     hkn_syscall_ptr real[WRAPPED];
     for (int i = 0; i < WRAPPED; i++) {
-        real[i] = HKN_FAULT_SQLITE("shmlock.install.get_system_call", NULL,
-                                   vfs->xGetSystemCall(vfs, names[i]));
+        real[i] = HKN_FAULT_POINT("xGetSystemCall", HKN_FAULT_QUIET, NULL,
+                                  vfs->xGetSystemCall(vfs, names[i]));
         if (real[i] == NULL) {
             hkn_shm_reason = "SQLite's unix VFS lacks open, close, fcntl, mmap or munmap "
                              "in its system-call table";
             return 0;
         }
     }
-    if (HKN_FAULT_SYS("shmlock.install.pthread_atfork", ENOMEM, ENOMEM,
-                      pthread_atfork(hkn_shm_prepare_fork, hkn_shm_parent_fork,
-                                     hkn_shm_child_fork)) != 0) {
+    if (pthread_atfork(hkn_shm_prepare_fork, hkn_shm_parent_fork, hkn_shm_child_fork) != 0) {
         hkn_shm_reason = "pthread_atfork failed";
         return 0;
     }
@@ -765,8 +760,8 @@ hkn_shmlock_install(hkn_state *state, int db_fd)
     atomic_store_explicit(&hkn_real_mmap, (hkn_mmap_fn)real[MMAP], memory_order_release);
     atomic_store_explicit(&hkn_real_munmap, (hkn_munmap_fn)real[MUNMAP], memory_order_release);
     for (int i = 0; i < WRAPPED; i++) {
-        if (HKN_FAULT_SQLITE("shmlock.install.set_system_call", SQLITE_NOTFOUND,
-                             vfs->xSetSystemCall(vfs, names[i], hooks[i])) == SQLITE_OK) {
+        if (HKN_FAULT_POINT("xSetSystemCall", HKN_FAULT_QUIET, SQLITE_NOTFOUND,
+                            vfs->xSetSystemCall(vfs, names[i], hooks[i])) == SQLITE_OK) {
             continue;
         }
         /* The ones switched already stay: with no descriptor ever in the

@@ -12,6 +12,7 @@
 
 #include "faults.h"
 #include "fdscan.h"
+#include "fault_calls.h"     /* last: see faults.h */
 
 static PyObject *
 hkn_unsupported(const char *name)
@@ -39,9 +40,7 @@ hkn_scan_fds(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     PyObject *pid;
     int links = 1;
     /* Wrong arguments still fail as TypeError, as on Linux. */
-    if (!HKN_FAULT_PY("fdscan_other.scan_fds.parse_args", 0,
-                      PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:_scan_fds", keywords,
-                                                  &pid, &links))) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:_scan_fds", keywords, &pid, &links)) {
         return NULL;
     }
     return hkn_unsupported("_scan_fds");
@@ -76,8 +75,7 @@ hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int pid, fd;
     /* Wrong arguments still fail as TypeError, as on Linux. */
-    if (!HKN_FAULT_PY("fdscan_other.scan_fd_locks.parse_args", 0,
-                      PyArg_ParseTuple(args, "ii:_scan_fd_locks", &pid, &fd))) {
+    if (!PyArg_ParseTuple(args, "ii:_scan_fd_locks", &pid, &fd)) {
         return NULL;
     }
     return hkn_unsupported("_scan_fd_locks");
@@ -95,6 +93,5 @@ static PyMethodDef hkn_fdscan_methods[] = {
 int
 hkn_fdscan_exec(PyObject *module)
 {
-    return HKN_FAULT_PY("fdscan_other.exec.add_functions", -1,
-                        PyModule_AddFunctions(module, hkn_fdscan_methods));
+    return PyModule_AddFunctions(module, hkn_fdscan_methods);
 }
