@@ -10,8 +10,16 @@
 
 #include <Python.h>
 
-/* Adds the scanner functions to the module; 0 on success, -1 with an
- * exception set.  Called once from the module's exec slot. */
-int hkn_fdscan_exec(PyObject *module);
+/* The module functions _scan_fds, _scan_maps, _scan_locks and
+ * _scan_fd_locks and their docstrings, defined by each platform's file with
+ * these signatures; module.c's method table lists them once for all. */
+PyObject *hkn_scan_fds(PyObject *module, PyObject *args, PyObject *kwargs);
+PyObject *hkn_scan_maps(PyObject *module, PyObject *pid);
+PyObject *hkn_scan_locks(PyObject *module, PyObject *ignored);
+PyObject *hkn_scan_fd_locks(PyObject *module, PyObject *args);
+extern const char hkn_scan_fds_doc[];
+extern const char hkn_scan_maps_doc[];
+extern const char hkn_scan_locks_doc[];
+extern const char hkn_scan_fd_locks_doc[];
 
 #endif

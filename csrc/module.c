@@ -516,6 +516,12 @@ static PyMethodDef hkn_module_methods[] = {
     {"_guard", (PyCFunction)(void (*)(void))hkn_guard_switch, METH_FASTCALL, hkn_guard_doc},
     {"set_persist_wal", (PyCFunction)(void (*)(void))hkn_set_persist_wal, METH_FASTCALL,
      hkn_persist_wal_doc},
+    /* the raw scanners: csrc/linux/fdscan.c, or csrc/other/fdscan.c */
+    {"_scan_fds", (PyCFunction)(void (*)(void))hkn_scan_fds, METH_VARARGS | METH_KEYWORDS,
+     hkn_scan_fds_doc},
+    {"_scan_maps", hkn_scan_maps, METH_O, hkn_scan_maps_doc},
+    {"_scan_locks", hkn_scan_locks, METH_NOARGS, hkn_scan_locks_doc},
+    {"_scan_fd_locks", hkn_scan_fd_locks, METH_VARARGS, hkn_scan_fd_locks_doc},
 #ifdef HKN_FAULTS
     {"_fault_reset_once", hkn_fault_reset_once, METH_NOARGS, hkn_fault_reset_once_doc},
 #endif
@@ -795,9 +801,6 @@ hkn_module_exec(PyObject *module)
         return -1;
     }
     if (PyModule_AddFunctions(module, hkn_module_methods) < 0) {
-        return -1;
-    }
-    if (hkn_fdscan_exec(module) < 0) {
         return -1;
     }
 #ifdef HKN_FAULTS

@@ -349,9 +349,52 @@ done:
 }
 
 /* The number objects of one fd record; stat fields None when stat failed. */
+/* Makes the Python row of one record; NULL with an exception on failure. */
+typedef PyObject *(*hkn_row_fn)(const void *record, const void *context);
+
+/* The list of the rows of `records` (each `elem` bytes), or NULL at the
+ * first row that fails. */
 static PyObject *
-hkn_fd_row(const hkn_fd_record *r, const hkn_text *links)
+hkn_rows(const hkn_array *records, size_t elem, hkn_row_fn make_row, const void *context)
 {
+    PyObject *result = PyList_New((Py_ssize_t)records->count);
+    for (size_t i = 0; result != NULL && i < records->count; i++) {
+        PyObject *row = make_row((const char *)records->items + i * elem, context);
+        if (row == NULL) {
+            Py_CLEAR(result);
+        }
+        else {
+            PyList_SET_ITEM(result, (Py_ssize_t)i, row);
+        }
+    }
+    return result;
+}
+
+/* What one scan leaves: its records, the text they point into, and why it
+ * failed. */
+typedef struct {
+    hkn_array records;
+    hkn_text text;
+    hkn_failure failure;
+} hkn_scan;
+
+/* The rows of a finished scan (rc 0), or its failure raised (rc -1); frees
+ * what the scan holds either way. */
+static PyObject *
+hkn_finish_scan(hkn_scan *scan, int rc, int pid, size_t elem, hkn_row_fn make_row)
+{
+    PyObject *result = rc < 0 ? hkn_raise(&scan->failure, pid)
+                              : hkn_rows(&scan->records, elem, make_row, &scan->text);
+    free(scan->records.items);
+    free(scan->text.data);
+    return result;
+}
+
+static PyObject *
+hkn_fd_row(const void *record, const void *context)
+{
+    const hkn_fd_record *r = record;
+    const hkn_text *links = context;
     PyObject *row = PyTuple_New(7);
     if (row == NULL) {
         return NULL;
@@ -390,7 +433,7 @@ hkn_fd_row(const hkn_fd_record *r, const hkn_text *links)
     return row;
 }
 
-PyDoc_STRVAR(hkn_scan_fds_doc,
+const char hkn_scan_fds_doc[] = PyDoc_STR(
 "_scan_fds($module, pid, /, links=True)\n--\n\n"
 "Open descriptors of process *pid* from /proc/<pid>/fd.\n\n"
 "Returns a list of (fd, link, st_dev, st_ino, st_nlink, st_mode, st_size)\n"
@@ -402,7 +445,7 @@ PyDoc_STRVAR(hkn_scan_fds_doc,
 "failed.  Descriptors closed during the scan are left out.\n"
 "Raises ProcessLookupError or PermissionError (errno, path and .pid set).");
 
-static PyObject *
+PyObject *
 hkn_scan_fds(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"", "links", NULL};
@@ -416,36 +459,12 @@ hkn_scan_fds(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     if (hkn_pid_from(pid_obj, &pid) < 0) {
         return NULL;
     }
-    hkn_array records = {0};
-    hkn_text links = {0};
-    hkn_failure failure = {0};
-    PyObject *result = NULL;
+    hkn_scan scan = {0};
     int rc;
-
     Py_BEGIN_ALLOW_THREADS
-    rc = hkn_collect_fds(pid, want_links, &records, &links, &failure);
+    rc = hkn_collect_fds(pid, want_links, &scan.records, &scan.text, &scan.failure);
     Py_END_ALLOW_THREADS
-    if (rc < 0) {
-        hkn_raise(&failure, pid);
-        goto done;
-    }
-    result = PyList_New((Py_ssize_t)records.count);
-    if (result == NULL) {
-        goto done;
-    }
-    const hkn_fd_record *items = records.items;
-    for (size_t i = 0; i < records.count; i++) {
-        PyObject *row = hkn_fd_row(&items[i], &links);
-        if (row == NULL) {
-            Py_CLEAR(result);
-            goto done;
-        }
-        PyList_SET_ITEM(result, (Py_ssize_t)i, row);
-    }
-done:
-    free(records.items);
-    free(links.data);
-    return result;
+    return hkn_finish_scan(&scan, rc, pid, sizeof(hkn_fd_record), hkn_fd_row);
 }
 
 /* ----------------------------------------------------------------- maps */
@@ -563,7 +582,7 @@ hkn_collect_maps(int pid, hkn_array *records, hkn_text *text, hkn_failure *failu
     return 0;
 }
 
-PyDoc_STRVAR(hkn_scan_maps_doc,
+const char hkn_scan_maps_doc[] = PyDoc_STR(
 "_scan_maps($module, pid, /)\n--\n\n"
 "Memory mappings of process *pid* from /proc/<pid>/maps.\n\n"
 "Returns a list of (start, end, perms, offset, st_dev, st_ino, path)\n"
@@ -573,50 +592,32 @@ PyDoc_STRVAR(hkn_scan_maps_doc,
 "Raises ProcessLookupError or PermissionError.");
 
 static PyObject *
+hkn_map_row(const void *record, const void *context)
+{
+    const hkn_map_record *r = record;
+    PyObject *map_path = hkn_decode_path(context, r->path_off, r->path_len);
+    if (map_path == NULL) {
+        return NULL;
+    }
+    PyObject *row = Py_BuildValue("(KKsKKKO)", r->start, r->end, r->perms,
+                                  r->offset, r->dev, r->ino, map_path);
+    Py_DECREF(map_path);
+    return row;
+}
+
+PyObject *
 hkn_scan_maps(PyObject *Py_UNUSED(module), PyObject *arg)
 {
     int pid;
     if (hkn_pid_from(arg, &pid) < 0) {
         return NULL;
     }
-    hkn_array records = {0};
-    hkn_text text = {0};
-    hkn_failure failure = {0};
-    PyObject *result = NULL;
+    hkn_scan scan = {0};
     int rc;
-
     Py_BEGIN_ALLOW_THREADS
-    rc = hkn_collect_maps(pid, &records, &text, &failure);
+    rc = hkn_collect_maps(pid, &scan.records, &scan.text, &scan.failure);
     Py_END_ALLOW_THREADS
-    if (rc < 0) {
-        hkn_raise(&failure, pid);
-        goto done;
-    }
-    result = PyList_New((Py_ssize_t)records.count);
-    if (result == NULL) {
-        goto done;
-    }
-    const hkn_map_record *items = records.items;
-    for (size_t i = 0; i < records.count; i++) {
-        const hkn_map_record *r = &items[i];
-        PyObject *map_path = hkn_decode_path(&text, r->path_off, r->path_len);
-        if (map_path == NULL) {
-            Py_CLEAR(result);
-            goto done;
-        }
-        PyObject *row = Py_BuildValue("(KKsKKKO)", r->start, r->end, r->perms,
-                                      r->offset, r->dev, r->ino, map_path);
-        Py_DECREF(map_path);
-        if (row == NULL) {
-            Py_CLEAR(result);
-            goto done;
-        }
-        PyList_SET_ITEM(result, (Py_ssize_t)i, row);
-    }
-done:
-    free(records.items);
-    free(text.data);
-    return result;
+    return hkn_finish_scan(&scan, rc, pid, sizeof(hkn_map_record), hkn_map_row);
 }
 
 /* ---------------------------------------------------------------- locks */
@@ -757,36 +758,21 @@ hkn_parse_lock_lines(const hkn_text *text, const char *prefix, hkn_array *record
 }
 
 static PyObject *
-hkn_lock_rows(const hkn_array *records)
+hkn_lock_row(const void *record, const void *Py_UNUSED(context))
 {
-    PyObject *result = PyList_New((Py_ssize_t)records->count);
-    if (result == NULL) {
-        return NULL;
+    const hkn_lock_record *r = record;
+    PyObject *dev = NULL, *ino = NULL, *end = NULL, *row = NULL;
+    if ((dev = r->has_inode ? PyLong_FromUnsignedLongLong(r->dev) : Py_NewRef(Py_None)) != NULL
+        && (ino = r->has_inode ? PyLong_FromUnsignedLongLong(r->ino)
+                               : Py_NewRef(Py_None)) != NULL
+        && (end = r->to_eof ? Py_NewRef(Py_None) : PyLong_FromLongLong(r->end)) != NULL) {
+        row = Py_BuildValue("(sssLOOLOO)", r->kind, r->mode, r->access, r->pid,
+                            dev, ino, r->start, end, r->blocked ? Py_True : Py_False);
     }
-    const hkn_lock_record *items = records->items;
-    for (size_t i = 0; i < records->count; i++) {
-        const hkn_lock_record *r = &items[i];
-        PyObject *dev = NULL, *ino = NULL, *end = NULL, *row = NULL;
-        if ((dev = r->has_inode ? PyLong_FromUnsignedLongLong(r->dev)
-                                : Py_NewRef(Py_None)) != NULL
-            && (ino = r->has_inode ? PyLong_FromUnsignedLongLong(r->ino)
-                                   : Py_NewRef(Py_None)) != NULL
-            && (end = r->to_eof ? Py_NewRef(Py_None)
-                                : PyLong_FromLongLong(r->end)) != NULL) {
-            row = Py_BuildValue("(sssLOOLOO)", r->kind, r->mode, r->access, r->pid,
-                                dev, ino, r->start, end,
-                                r->blocked ? Py_True : Py_False);
-        }
-        Py_XDECREF(dev);
-        Py_XDECREF(ino);
-        Py_XDECREF(end);
-        if (row == NULL) {
-            Py_DECREF(result);
-            return NULL;
-        }
-        PyList_SET_ITEM(result, (Py_ssize_t)i, row);
-    }
-    return result;
+    Py_XDECREF(dev);
+    Py_XDECREF(ino);
+    Py_XDECREF(end);
+    return row;
 }
 
 #define HKN_LOCK_TUPLE_DOC \
@@ -796,39 +782,27 @@ hkn_lock_rows(const hkn_array *records)
     "and st_ino are None when the kernel prints no inode; end is None for\n" \
     "EOF; blocked is True for a request waiting on the lock above it."
 
-PyDoc_STRVAR(hkn_scan_locks_doc,
+const char hkn_scan_locks_doc[] = PyDoc_STR(
 "_scan_locks($module, /)\n--\n\n"
 "Every lock record of /proc/locks, as a list of\n"
 HKN_LOCK_TUPLE_DOC);
 
-static PyObject *
+PyObject *
 hkn_scan_locks(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
-    hkn_array records = {0};
-    hkn_text text = {0};
-    hkn_failure failure = {0};
-    PyObject *result = NULL;
+    hkn_scan scan = {0};
     int rc;
-
     Py_BEGIN_ALLOW_THREADS
-    rc = hkn_read_file("/proc/locks", &text, &failure);
-    if (rc == 0 && hkn_parse_lock_lines(&text, "", &records) < 0) {
-        hkn_fail(&failure, ENOMEM, "read", "/proc/locks");
+    rc = hkn_read_file("/proc/locks", &scan.text, &scan.failure);
+    if (rc == 0 && hkn_parse_lock_lines(&scan.text, "", &scan.records) < 0) {
+        hkn_fail(&scan.failure, ENOMEM, "read", "/proc/locks");
         rc = -1;
     }
     Py_END_ALLOW_THREADS
-    if (rc < 0) {
-        hkn_raise(&failure, 0);
-        goto done;
-    }
-    result = hkn_lock_rows(&records);
-done:
-    free(records.items);
-    free(text.data);
-    return result;
+    return hkn_finish_scan(&scan, rc, 0, sizeof(hkn_lock_record), hkn_lock_row);
 }
 
-PyDoc_STRVAR(hkn_scan_fd_locks_doc,
+const char hkn_scan_fd_locks_doc[] = PyDoc_STR(
 "_scan_fd_locks($module, pid, fd, /)\n--\n\n"
 "The locks taken through descriptor *fd* of process *pid*, from the\n"
 "'lock:' lines of /proc/<pid>/fdinfo/<fd>; this is how an OFD lock\n"
@@ -836,7 +810,7 @@ PyDoc_STRVAR(hkn_scan_fd_locks_doc,
 HKN_LOCK_TUPLE_DOC "\n"
 "An fd that is no longer open gives an empty list.");
 
-static PyObject *
+PyObject *
 hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int pid, fd;
@@ -851,51 +825,17 @@ hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
     char proc_dir[HKN_PROC_PATH_MAX];
     snprintf(path, sizeof(path), "/proc/%d/fdinfo/%d", pid, fd);
     snprintf(proc_dir, sizeof(proc_dir), "/proc/%d", pid);
-    hkn_array records = {0};
-    hkn_text text = {0};
-    hkn_failure failure = {0};
-    PyObject *result = NULL;
+    hkn_scan scan = {0};
     int rc;
-    int process_exists = 1;
-
     Py_BEGIN_ALLOW_THREADS
-    rc = hkn_read_file(path, &text, &failure);
-    if (rc < 0 && failure.err == ENOENT) {
-        process_exists = access(proc_dir, F_OK) == 0;
+    rc = hkn_read_file(path, &scan.text, &scan.failure);
+    if (rc < 0 && scan.failure.err == ENOENT && access(proc_dir, F_OK) == 0) {
+        rc = 0;                 /* the fd was closed: it holds nothing */
     }
-    if (rc == 0 && hkn_parse_lock_lines(&text, "lock:", &records) < 0) {
-        hkn_fail(&failure, ENOMEM, "read", path);
+    else if (rc == 0 && hkn_parse_lock_lines(&scan.text, "lock:", &scan.records) < 0) {
+        hkn_fail(&scan.failure, ENOMEM, "read", path);
         rc = -1;
     }
     Py_END_ALLOW_THREADS
-    if (rc < 0) {
-        if (failure.err == ENOENT && process_exists) {
-            /* the fd was closed: it holds nothing */
-            result = PyList_New(0);
-        }
-        else {
-            hkn_raise(&failure, pid);
-        }
-        goto done;
-    }
-    result = hkn_lock_rows(&records);
-done:
-    free(records.items);
-    free(text.data);
-    return result;
-}
-
-static PyMethodDef hkn_fdscan_methods[] = {
-    {"_scan_fds", (PyCFunction)(void (*)(void))hkn_scan_fds, METH_VARARGS | METH_KEYWORDS,
-     hkn_scan_fds_doc},
-    {"_scan_maps", hkn_scan_maps, METH_O, hkn_scan_maps_doc},
-    {"_scan_locks", hkn_scan_locks, METH_NOARGS, hkn_scan_locks_doc},
-    {"_scan_fd_locks", hkn_scan_fd_locks, METH_VARARGS, hkn_scan_fd_locks_doc},
-    {NULL, NULL, 0, NULL},
-};
-
-int
-hkn_fdscan_exec(PyObject *module)
-{
-    return PyModule_AddFunctions(module, hkn_fdscan_methods);
+    return hkn_finish_scan(&scan, rc, pid, sizeof(hkn_lock_record), hkn_lock_row);
 }

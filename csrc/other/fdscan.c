@@ -1,9 +1,9 @@
 /* other/fdscan.c - the scanner entry points where there is no Linux /proc.
  *
- * The same names, flags and signatures as linux/fdscan.c, so the package
- * imports and inspect.signature() agrees everywhere (tests/test_fds.py
- * compares the two method tables; CI builds this file on Linux too, with
- * HKN_FDSCAN_STUB=1, and checks what users see); each call raises
+ * The functions fdscan.h declares, which module.c's one method table lists
+ * for both files, so the package imports and inspect.signature() agrees
+ * everywhere (CI builds this file on Linux too, with HKN_FDSCAN_STUB=1, and
+ * checks what users see); each call raises
  * NotImplementedError naming the platform.  A port (macOS libproc, say)
  * replaces this file for its platform in setup.py.
  */
@@ -29,11 +29,11 @@ hkn_unsupported(const char *name)
     return NULL;
 }
 
-PyDoc_STRVAR(hkn_scan_fds_doc,
+const char hkn_scan_fds_doc[] = PyDoc_STR(
 "_scan_fds($module, pid, /, links=True)\n--\n\n"
 "Open descriptors of process *pid*; needs /proc (Linux).");
 
-static PyObject *
+PyObject *
 hkn_scan_fds(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"", "links", NULL};
@@ -46,31 +46,31 @@ hkn_scan_fds(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     return hkn_unsupported("_scan_fds");
 }
 
-PyDoc_STRVAR(hkn_scan_maps_doc,
+const char hkn_scan_maps_doc[] = PyDoc_STR(
 "_scan_maps($module, pid, /)\n--\n\n"
 "Memory mappings of process *pid*; needs /proc (Linux).");
 
-static PyObject *
+PyObject *
 hkn_scan_maps(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(pid))
 {
     return hkn_unsupported("_scan_maps");
 }
 
-PyDoc_STRVAR(hkn_scan_locks_doc,
+const char hkn_scan_locks_doc[] = PyDoc_STR(
 "_scan_locks($module, /)\n--\n\n"
 "Every lock record of /proc/locks; needs /proc (Linux).");
 
-static PyObject *
+PyObject *
 hkn_scan_locks(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
     return hkn_unsupported("_scan_locks");
 }
 
-PyDoc_STRVAR(hkn_scan_fd_locks_doc,
+const char hkn_scan_fd_locks_doc[] = PyDoc_STR(
 "_scan_fd_locks($module, pid, fd, /)\n--\n\n"
 "The locks taken through descriptor *fd* of process *pid*; needs /proc (Linux).");
 
-static PyObject *
+PyObject *
 hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
 {
     int pid, fd;
@@ -79,19 +79,4 @@ hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
         return NULL;
     }
     return hkn_unsupported("_scan_fd_locks");
-}
-
-static PyMethodDef hkn_fdscan_methods[] = {
-    {"_scan_fds", (PyCFunction)(void (*)(void))hkn_scan_fds, METH_VARARGS | METH_KEYWORDS,
-     hkn_scan_fds_doc},
-    {"_scan_maps", hkn_scan_maps, METH_O, hkn_scan_maps_doc},
-    {"_scan_locks", hkn_scan_locks, METH_NOARGS, hkn_scan_locks_doc},
-    {"_scan_fd_locks", hkn_scan_fd_locks, METH_VARARGS, hkn_scan_fd_locks_doc},
-    {NULL, NULL, 0, NULL},
-};
-
-int
-hkn_fdscan_exec(PyObject *module)
-{
-    return PyModule_AddFunctions(module, hkn_fdscan_methods);
 }
