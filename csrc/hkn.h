@@ -10,6 +10,8 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include "compat.h"
@@ -315,5 +317,31 @@ hkn_conn *hkn_conn_get(PyObject *self);
 /* Closes (or, when only its owner thread may, checkpoints) a connection left
  * open at interpreter exit.  Never raises; reports through warnings. */
 void hkn_close_at_exit(hkn_state *state, PyObject *self);
+
+/* Makes room for one more element in `items`, a realloc'd array with
+ * `count` of its `capacity` elements used (both int lvalues), doubling from
+ * `first`: 0, or -1 out of memory with the array as it was.  A macro, so
+ * that each array's realloc stays a fault point of the function that grows
+ * it (csrc/faults.h). */
+#define HKN_NEXT_CAPACITY(capacity, first) ((capacity) > 0 ? (capacity) * 2 : (first))
+#define HKN_MAKE_ROOM(items, count, capacity, first)                                  \
+    ((count) < (capacity) ? 0                                                         \
+     : hkn_took_room(&(items),                                                        \
+                     realloc((items), sizeof(*(items))                                \
+                                      * (size_t)HKN_NEXT_CAPACITY(capacity, first)),  \
+                     &(capacity), HKN_NEXT_CAPACITY(capacity, first)))
+
+/* HKN_MAKE_ROOM's second half: adopts `grown` (the new block, or NULL) into
+ * the array pointer at `where`. */
+static inline int
+hkn_took_room(void *where, void *grown, int *capacity, int new_capacity)
+{
+    if (grown == NULL) {
+        return -1;
+    }
+    memcpy(where, &grown, sizeof(grown));
+    *capacity = new_capacity;
+    return 0;
+}
 
 #endif

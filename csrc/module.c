@@ -811,43 +811,26 @@ hkn_module_exec(PyObject *module)
     return hkn_register_hooks(module);
 }
 
-/* Visits exactly what hkn_module_clear() clears, in the same order. */
+/* Every object the module state owns, in one list: traverse visits and
+ * clear clears exactly these, so the two cannot drift apart. */
+#define HKN_STATE_OBJECTS(X)                                                   \
+    X(base_type) X(walsafe_type) X(checkpoint_result) X(sqlite3_module)         \
+    X(Error) X(InterfaceError) X(DatabaseError) X(DataError) X(OperationalError) \
+    X(IntegrityError) X(InternalError) X(ProgrammingError) X(NotSupportedError)  \
+    X(package_dir) X(stdlib_prefixes) X(install_prefixes)                       \
+    X(str_checkpoint_on_close) X(str_off) X(str_max_live) X(str_guard_wal)      \
+    X(str_check_same_thread) X(base_close) X(bound_exceeded)                    \
+    X(mode_names[0]) X(mode_names[1]) X(mode_names[2]) X(mode_names[3])         \
+    X(api_library) X(api_reason) X(api_routes_not_taken) X(opened_paths)         \
+    X(finalized_log) X(guard_failure)
+
 static int
 hkn_module_traverse(PyObject *module, visitproc visit, void *arg)
 {
     hkn_state *state = hkn_module_state(module);
-    Py_VISIT(state->base_type);
-    Py_VISIT(state->walsafe_type);
-    Py_VISIT(state->checkpoint_result);
-    Py_VISIT(state->sqlite3_module);
-    Py_VISIT(state->Error);
-    Py_VISIT(state->InterfaceError);
-    Py_VISIT(state->DatabaseError);
-    Py_VISIT(state->DataError);
-    Py_VISIT(state->OperationalError);
-    Py_VISIT(state->IntegrityError);
-    Py_VISIT(state->InternalError);
-    Py_VISIT(state->ProgrammingError);
-    Py_VISIT(state->NotSupportedError);
-    Py_VISIT(state->package_dir);
-    Py_VISIT(state->stdlib_prefixes);
-    Py_VISIT(state->install_prefixes);
-    Py_VISIT(state->str_checkpoint_on_close);
-    Py_VISIT(state->str_off);
-    Py_VISIT(state->str_max_live);
-    Py_VISIT(state->str_guard_wal);
-    Py_VISIT(state->str_check_same_thread);
-    Py_VISIT(state->base_close);
-    Py_VISIT(state->bound_exceeded);
-    for (int i = 0; i < 4; i++) {
-        Py_VISIT(state->mode_names[i]);
-    }
-    Py_VISIT(state->api_library);
-    Py_VISIT(state->api_reason);
-    Py_VISIT(state->api_routes_not_taken);
-    Py_VISIT(state->opened_paths);
-    Py_VISIT(state->finalized_log);
-    Py_VISIT(state->guard_failure);
+#define HKN_VISIT_MEMBER(member) Py_VISIT(state->member);
+    HKN_STATE_OBJECTS(HKN_VISIT_MEMBER)
+#undef HKN_VISIT_MEMBER
     return 0;
 }
 
@@ -855,38 +838,9 @@ static int
 hkn_module_clear(PyObject *module)
 {
     hkn_state *state = hkn_module_state(module);
-    Py_CLEAR(state->base_type);
-    Py_CLEAR(state->walsafe_type);
-    Py_CLEAR(state->checkpoint_result);
-    Py_CLEAR(state->sqlite3_module);
-    Py_CLEAR(state->Error);
-    Py_CLEAR(state->InterfaceError);
-    Py_CLEAR(state->DatabaseError);
-    Py_CLEAR(state->DataError);
-    Py_CLEAR(state->OperationalError);
-    Py_CLEAR(state->IntegrityError);
-    Py_CLEAR(state->InternalError);
-    Py_CLEAR(state->ProgrammingError);
-    Py_CLEAR(state->NotSupportedError);
-    Py_CLEAR(state->package_dir);
-    Py_CLEAR(state->stdlib_prefixes);
-    Py_CLEAR(state->install_prefixes);
-    Py_CLEAR(state->str_checkpoint_on_close);
-    Py_CLEAR(state->str_off);
-    Py_CLEAR(state->str_max_live);
-    Py_CLEAR(state->str_guard_wal);
-    Py_CLEAR(state->str_check_same_thread);
-    Py_CLEAR(state->base_close);
-    Py_CLEAR(state->bound_exceeded);
-    for (int i = 0; i < 4; i++) {
-        Py_CLEAR(state->mode_names[i]);
-    }
-    Py_CLEAR(state->api_library);
-    Py_CLEAR(state->api_reason);
-    Py_CLEAR(state->api_routes_not_taken);
-    Py_CLEAR(state->opened_paths);
-    Py_CLEAR(state->finalized_log);
-    Py_CLEAR(state->guard_failure);
+#define HKN_CLEAR_MEMBER(member) Py_CLEAR(state->member);
+    HKN_STATE_OBJECTS(HKN_CLEAR_MEMBER)
+#undef HKN_CLEAR_MEMBER
     return 0;
 }
 

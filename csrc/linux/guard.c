@@ -229,14 +229,8 @@ hkn_guard_remember(hkn_guard *guard, int fd)
             return 0;
         }
     }
-    if (guard->nfds == guard->capacity) {
-        int capacity = guard->capacity ? guard->capacity * 2 : 4;
-        int *grown = realloc(guard->fds, (size_t)capacity * sizeof(int));
-        if (grown == NULL) {
-            return -1;
-        }
-        guard->fds = grown;
-        guard->capacity = capacity;
+    if (HKN_MAKE_ROOM(guard->fds, guard->nfds, guard->capacity, 4) < 0) {
+        return -1;
     }
     guard->fds[guard->nfds++] = fd;
     return 0;

@@ -200,14 +200,8 @@ hkn_db_get(dev_t dev, ino_t ino)
     if (entry != NULL) {
         return entry;
     }
-    if (hkn_db_count == hkn_db_capacity) {
-        int capacity = hkn_db_capacity ? hkn_db_capacity * 2 : 4;
-        hkn_db_entry *grown = realloc(hkn_db_table, (size_t)capacity * sizeof(*grown));
-        if (grown == NULL) {
-            return NULL;
-        }
-        hkn_db_table = grown;
-        hkn_db_capacity = capacity;
+    if (HKN_MAKE_ROOM(hkn_db_table, hkn_db_count, hkn_db_capacity, 4) < 0) {
+        return NULL;
     }
     entry = &hkn_db_table[hkn_db_count++];
     *entry = (hkn_db_entry){dev, ino, NULL, 0, 0, 0, 0, 0};
@@ -222,14 +216,8 @@ hkn_db_add_fd(hkn_db_entry *entry, int fd)
             return 0;
         }
     }
-    if (entry->nfds == entry->cfds) {
-        int capacity = entry->cfds ? entry->cfds * 2 : 4;
-        int *grown = realloc(entry->fds, (size_t)capacity * sizeof(int));
-        if (grown == NULL) {
-            return -1;
-        }
-        entry->fds = grown;
-        entry->cfds = capacity;
+    if (HKN_MAKE_ROOM(entry->fds, entry->nfds, entry->cfds, 4) < 0) {
+        return -1;
     }
     entry->fds[entry->nfds++] = fd;
     return 0;
@@ -409,15 +397,9 @@ hkn_shmlock_opt_out(dev_t dev, ino_t ino, int delta)
         i++;
     }
     if (i == hkn_opt_out_count && delta > 0) {
-        if (hkn_opt_out_count == hkn_opt_out_capacity) {
-            int capacity = hkn_opt_out_capacity ? hkn_opt_out_capacity * 2 : 4;
-            hkn_db_opt_out *grown = realloc(hkn_opt_outs, (size_t)capacity * sizeof(*grown));
-            if (grown == NULL) {
-                rc = -1;
-                goto done;
-            }
-            hkn_opt_outs = grown;
-            hkn_opt_out_capacity = capacity;
+        if (HKN_MAKE_ROOM(hkn_opt_outs, hkn_opt_out_count, hkn_opt_out_capacity, 4) < 0) {
+            rc = -1;
+            goto done;
         }
         hkn_opt_outs[hkn_opt_out_count++] = (hkn_db_opt_out){dev, ino, 0};
     }
@@ -480,15 +462,7 @@ hkn_hook_open(const char *path, int flags, int mode)
         copy = NULL;
     }
     else {
-        if (hkn_shm_count == hkn_shm_capacity) {
-            int capacity = hkn_shm_capacity ? hkn_shm_capacity * 2 : 8;
-            hkn_shm_entry *grown = realloc(hkn_shm_table, (size_t)capacity * sizeof(*grown));
-            if (grown != NULL) {
-                hkn_shm_table = grown;
-                hkn_shm_capacity = capacity;
-            }
-        }
-        if (hkn_shm_count < hkn_shm_capacity) {
+        if (HKN_MAKE_ROOM(hkn_shm_table, hkn_shm_count, hkn_shm_capacity, 8) == 0) {
             hkn_shm_table[hkn_shm_count++] = (hkn_shm_entry){fd, flags, copy, NULL, 0, 0};
             hkn_shm_opened++;
             copy = NULL;
@@ -532,15 +506,7 @@ hkn_hook_mmap(void *address, size_t length, int prot, int flags, int fd, off_t o
         /* Untracked (out of memory), a region only keeps the parent's
          * description alive in a forked child, as without this. */
         hkn_shm_entry *entry = &hkn_shm_table[index];
-        if (entry->nregions == entry->cregions) {
-            int capacity = entry->cregions ? entry->cregions * 2 : 4;
-            hkn_shm_region *grown = realloc(entry->regions, (size_t)capacity * sizeof(*grown));
-            if (grown != NULL) {
-                entry->regions = grown;
-                entry->cregions = capacity;
-            }
-        }
-        if (entry->nregions < entry->cregions) {
+        if (HKN_MAKE_ROOM(entry->regions, entry->nregions, entry->cregions, 4) == 0) {
             entry->regions[entry->nregions++] = (hkn_shm_region){mapped, length, prot, offset};
         }
     }
