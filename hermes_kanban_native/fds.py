@@ -455,7 +455,7 @@ def sqlite_fds(database: PathArg, pid: Optional[int] = None) -> SqliteFds:
     """
     target = _Target(database)
     pid = _pid_or_self(pid)
-    fd_rows = _native._scan_fds(pid, links=False)
+    fd_rows = _native._scan_fds(pid, links=False, only=tuple(target.by_identity))
     map_rows = _native._scan_maps(pid)
     return _classify(target, pid, fd_rows, map_rows, _native._scan_locks())
 
@@ -465,13 +465,14 @@ def holders(database: PathArg) -> Holders:
     {pid: SqliteFds}.  Processes we may not inspect are counted in
     ``.skipped``; processes that exit during the scan are left out."""
     target = _Target(database)
+    only = tuple(target.by_identity)
     lock_rows = _native._scan_locks()
     found = {}
     skipped = 0
     pids = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
     for pid in pids:
         try:
-            fd_rows = _native._scan_fds(pid, links=False)
+            fd_rows = _native._scan_fds(pid, links=False, only=only)
             map_rows = _native._scan_maps(pid)
             result = _classify(target, pid, fd_rows, map_rows, lock_rows)
         except ProcessLookupError:

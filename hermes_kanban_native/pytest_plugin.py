@@ -395,7 +395,8 @@ def _descriptors_on(database):
         return (0, 0)
     counts = [0, 0]
     try:
-        rows = _native._scan_fds(os.getpid(), links=False)
+        rows = _native._scan_fds(os.getpid(), links=False,
+                                 only=[identity for identity in identities if identity])
     except NotImplementedError:
         rows = []
     for row in rows:

@@ -398,6 +398,28 @@ def test_raw_scanners_have_signatures_and_plain_tuples():
     assert _native._scan_fd_locks(os.getpid(), 10**6) == []
 
 
+def test_a_scan_limited_to_identities_keeps_those_and_the_unlinked(tmp_path):
+    kept_path, other_path = tmp_path / "kept", tmp_path / "other"
+    with open(kept_path, "w") as kept, open(other_path, "w") as other, \
+            tempfile.TemporaryFile() as unlinked:
+        st = os.fstat(kept.fileno())
+        rows = _native._scan_fds(os.getpid(), only=[(st.st_dev, st.st_ino)])
+        fds = {row[0] for row in rows}
+        assert kept.fileno() in fds and other.fileno() not in fds
+        assert unlinked.fileno() in fds         # unlinked: only its name can tell
+        assert all(row[4] == 0 or (row[2], row[3]) == (st.st_dev, st.st_ino) for row in rows)
+        by_fd = {row[0]: row for row in rows}
+        assert by_fd[kept.fileno()][1] == str(kept_path)
+        assert _native._scan_fds(os.getpid(), links=False, only=()) == \
+            [row for row in _native._scan_fds(os.getpid(), links=False) if row[4] == 0]
+
+
+@pytest.mark.parametrize("only", [5, [(1,)], [(1, "2")], ["ab"]])
+def test_a_bad_identity_filter_is_a_type_error_naming_it(only):
+    with pytest.raises(TypeError, match="only must"):
+        _native._scan_fds(os.getpid(), only=only)
+
+
 def test_result_types_are_frozen_and_readable(db):
     with connections(db, 1):
         result = sqlite_fds(db)

@@ -242,9 +242,31 @@ hkn_decode_path(const hkn_text *text, size_t off, size_t len)
 
 /* ------------------------------------------------------------------ fds */
 
+/* Identities (st_dev, st_ino) a scan is limited to. */
+typedef struct {
+    unsigned long long dev, ino;
+} hkn_identity;
+
 static int
-hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
-                hkn_failure *failure)
+hkn_wanted(const struct stat *st, const hkn_identity *only, Py_ssize_t n_only)
+{
+    if (n_only < 0 || st->st_nlink == 0) {
+        return 1;               /* no filter; or unlinked: only its name can tell */
+    }
+    for (Py_ssize_t i = 0; i < n_only; i++) {
+        if (only[i].dev == (unsigned long long)st->st_dev
+            && only[i].ino == (unsigned long long)st->st_ino) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* n_only < 0: every descriptor; else only those on the n_only identities
+ * of `only` and those whose inode is unlinked or cannot be stat()ed. */
+static int
+hkn_collect_fds(int pid, int want_links, const hkn_identity *only, Py_ssize_t n_only,
+                hkn_array *records, hkn_text *links, hkn_failure *failure)
 {
     char path[HKN_PROC_PATH_MAX];
     snprintf(path, sizeof(path), "/proc/%d/fd", pid);
@@ -277,6 +299,24 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
         if (own && fd == dir_fd) {
             continue;   /* the scan's own descriptor is not the caller's */
         }
+        struct stat st;
+        int stat_errno = 0;
+        /* fstatat follows the magic link to the open inode: no open(), so no
+         * POSIX lock of the scanned process is touched. */
+        if ((own ? fstat(fd, &st)
+                 : fstatat(dir_fd, name, &st, 0)) != 0) {
+            stat_errno = errno;
+            if (stat_errno == ENOENT || stat_errno == EBADF) {
+                continue;
+            }
+            if (stat_errno == EACCES || stat_errno == EPERM) {
+                hkn_fail(failure, stat_errno, "stat", path);
+                goto done;
+            }
+        }
+        else if (!hkn_wanted(&st, only, n_only)) {
+            continue;           /* no record, no link read, no Python object */
+        }
         ssize_t got = 0;
         int has_link = want_links;
         if (want_links) {
@@ -306,21 +346,6 @@ hkn_collect_fds(int pid, int want_links, hkn_array *records, hkn_text *links,
                  * keep the descriptor, without its name. */
                 has_link = 0;
                 got = 0;
-            }
-        }
-        struct stat st;
-        int stat_errno = 0;
-        /* fstatat follows the magic link to the open inode: no open(), so no
-         * POSIX lock of the scanned process is touched. */
-        if ((own ? fstat(fd, &st)
-                 : fstatat(dir_fd, name, &st, 0)) != 0) {
-            stat_errno = errno;
-            if (stat_errno == ENOENT || stat_errno == EBADF) {
-                continue;
-            }
-            if (stat_errno == EACCES || stat_errno == EPERM) {
-                hkn_fail(failure, stat_errno, "stat", path);
-                goto done;
             }
         }
         hkn_fd_record *record = hkn_append(records, sizeof(*record));
@@ -433,8 +458,47 @@ hkn_fd_row(const void *record, const void *context)
     return row;
 }
 
+/* *only* of _scan_fds: a sequence of (st_dev, st_ino) pairs of ints. */
+static int
+hkn_identities(PyObject *obj, hkn_identity **out, Py_ssize_t *count)
+{
+    PyObject *items = PySequence_Fast(obj, "only must be a sequence of (st_dev, st_ino) pairs");
+    if (items == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
+    hkn_identity *identities = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(*identities));
+    if (identities == NULL) {
+        Py_DECREF(items);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(items, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2
+            || !PyLong_Check(PyTuple_GET_ITEM(pair, 0)) || !PyLong_Check(PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_Format(PyExc_TypeError,
+                         "only must hold (st_dev, st_ino) tuples of ints, not %R", pair);
+            goto fail;
+        }
+        identities[i].dev = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(pair, 0));
+        identities[i].ino = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(pair, 1));
+        if (PyErr_Occurred()) {
+            goto fail;
+        }
+    }
+    Py_DECREF(items);
+    *out = identities;
+    *count = n;
+    return 0;
+fail:
+    Py_DECREF(items);
+    PyMem_Free(identities);
+    return -1;
+}
+
 const char hkn_scan_fds_doc[] = PyDoc_STR(
-"_scan_fds($module, pid, /, links=True)\n--\n\n"
+"_scan_fds($module, pid, /, links=True, only=None)\n--\n\n"
 "Open descriptors of process *pid* from /proc/<pid>/fd.\n\n"
 "Returns a list of (fd, link, st_dev, st_ino, st_nlink, st_mode, st_size)\n"
 "tuples in fd order.  link is the text of /proc/<pid>/fd/N, or None when\n"
@@ -442,28 +506,38 @@ const char hkn_scan_fds_doc[] = PyDoc_STR(
 "cannot print it (a path longer than a page).  The stat fields\n"
 "describe the open inode, reached through the /proc link (fstat() for this\n"
 "process) and never by opening the file; they are None when that stat\n"
-"failed.  Descriptors closed during the scan are left out.\n"
+"failed.  Descriptors closed during the scan are left out.  With *only*, a\n"
+"sequence of (st_dev, st_ino) pairs, a descriptor on a linked inode not\n"
+"among them is skipped before any object is made for it (unlinked and\n"
+"unstat()able ones stay: only their names can tie them to a file).\n"
 "Raises ProcessLookupError or PermissionError (errno, path and .pid set).");
 
 PyObject *
 hkn_scan_fds(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"", "links", NULL};
-    PyObject *pid_obj;
+    static char *keywords[] = {"", "links", "only", NULL};
+    PyObject *pid_obj, *only_obj = Py_None;
     int want_links = 1;
     int pid;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:_scan_fds", keywords,
-                                     &pid_obj, &want_links)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|pO:_scan_fds", keywords,
+                                     &pid_obj, &want_links, &only_obj)) {
         return NULL;
     }
     if (hkn_pid_from(pid_obj, &pid) < 0) {
         return NULL;
     }
+    hkn_identity *only = NULL;
+    Py_ssize_t n_only = -1;
+    if (only_obj != Py_None && hkn_identities(only_obj, &only, &n_only) < 0) {
+        return NULL;
+    }
     hkn_scan scan = {0};
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = hkn_collect_fds(pid, want_links, &scan.records, &scan.text, &scan.failure);
+    rc = hkn_collect_fds(pid, want_links, only, n_only, &scan.records, &scan.text,
+                         &scan.failure);
     Py_END_ALLOW_THREADS
+    PyMem_Free(only);
     return hkn_finish_scan(&scan, rc, pid, sizeof(hkn_fd_record), hkn_fd_row);
 }
 

@@ -30,17 +30,18 @@ hkn_unsupported(const char *name)
 }
 
 const char hkn_scan_fds_doc[] = PyDoc_STR(
-"_scan_fds($module, pid, /, links=True)\n--\n\n"
+"_scan_fds($module, pid, /, links=True, only=None)\n--\n\n"
 "Open descriptors of process *pid*; needs /proc (Linux).");
 
 PyObject *
 hkn_scan_fds(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"", "links", NULL};
-    PyObject *pid;
+    static char *keywords[] = {"", "links", "only", NULL};
+    PyObject *pid, *only = Py_None;
     int links = 1;
     /* Wrong arguments still fail as TypeError, as on Linux. */
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:_scan_fds", keywords, &pid, &links)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|pO:_scan_fds", keywords, &pid, &links,
+                                     &only)) {
         return NULL;
     }
     return hkn_unsupported("_scan_fds");
