@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,8 @@ import time
 import pytest
 
 import hermes_kanban_native as hkn
+# make_wal_db is the package's; test_faults.py imports it from here.
+from hermes_kanban_native.commands.databases import make_wal_db
 
 pytest_plugins = ["pytester"]
 
@@ -73,19 +74,6 @@ def _outside_the_checkout(tmp_path, monkeypatch):
     put the working directory on sys.path) runs away from the source tree,
     so the installed package is the one tested."""
     monkeypatch.chdir(tmp_path)
-
-
-def make_wal_db(path, rows=0):
-    """A WAL database with table t(x) and `rows` rows, all connections closed."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
-        if rows:
-            conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(rows)])
-    finally:
-        conn.close()
-    return str(path)
 
 
 @pytest.fixture

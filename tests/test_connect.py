@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import hermes_kanban_native as hkn
-from conftest import make_wal_db
+from hermes_kanban_native.commands.databases import make_wal_db
 
 
 def journal_mode(path):

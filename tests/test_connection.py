@@ -14,7 +14,8 @@ import warnings
 import pytest
 
 import hermes_kanban_native as hkn
-from conftest import NATIVE, fds_on, make_wal_db, reader_process
+from hermes_kanban_native.commands.databases import make_wal_db
+from conftest import NATIVE, fds_on, reader_process
 
 WalSafe = hkn.WalSafeConnection
 

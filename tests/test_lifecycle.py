@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from conftest import make_wal_db, run_isolated, run_python
+from hermes_kanban_native.commands.databases import make_wal_db
+from conftest import run_isolated, run_python
 
 
 @pytest.mark.isolated

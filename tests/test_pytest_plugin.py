@@ -13,14 +13,10 @@ LEAKY_AND_CLEAN = textwrap.dedent(
     import gc, os, sqlite3, warnings
     import pytest
     import hermes_kanban_native as hkn
+    from hermes_kanban_native.commands.databases import make_wal_db
 
     def make(tmp_path):
-        path = str(tmp_path / "kanban.db")
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("CREATE TABLE t (x)")
-        conn.close()
-        return path
+        return make_wal_db(tmp_path / "kanban.db")
 
     KEPT = []
 

@@ -11,7 +11,8 @@ import warnings
 import pytest
 
 import hermes_kanban_native as hkn
-from conftest import isolated_script, make_wal_db, run_isolated
+from hermes_kanban_native.commands.databases import make_wal_db
+from conftest import isolated_script, run_isolated
 
 StrayOpenWarning = hkn.StrayOpenWarning
 
