@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -121,6 +122,31 @@ def is_native(api):
 @pytest.fixture
 def db(tmp_path):
     return make_wal_db(tmp_path / "kanban.db")
+
+
+def sqlite_with_its_own_files(first, second, directory):
+    """Everything SQLite itself opens files for, through two connections to
+    one WAL database with a table t(x): writes the other connection reads,
+    truncating checkpoints (a WalSafeConnection's own too), ATTACH and
+    DETACH of a new database in `directory`, a backup to another one there;
+    then it closes both.  None of it is a stray open.  test_pytest_plugin.py
+    runs this function's source in a generated suite (which imports os and
+    sqlite3), so it uses nothing else of this module."""
+    for i in range(300):
+        first.execute("INSERT INTO t VALUES (?)", (i,))
+    assert second.execute("SELECT count(*) FROM t").fetchone()[0] == 300
+    if hasattr(first, "checkpoint"):
+        first.checkpoint("truncate")
+    first.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    first.execute("ATTACH DATABASE ? AS other", (os.path.join(directory, "other.db"),))
+    first.execute("CREATE TABLE other.u (y)")
+    copy = sqlite3.connect(os.path.join(directory, "copy.db"))
+    second.backup(copy)
+    copy.close()
+    first.execute("DETACH DATABASE other")
+    second.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    second.close()
+    first.close()
 
 
 def fds_on(path):
