@@ -332,7 +332,9 @@ def _own_connections(database: PathArg, db_fd_count: int):
     WalSafeConnections lives in the connection type; without it, none are
     known to be live."""
     try:
-        from hermes_kanban_native import live_connections
+        # Relative, like every import in the package: a copy of it loaded
+        # over another instance of _native (tests/modes.py) asks its own.
+        from . import live_connections
         live = live_connections(database)
     except (ImportError, AttributeError):
         live = []

@@ -1,4 +1,5 @@
-"""Shared helpers: WAL databases, other processes that hold them, fd counts."""
+"""Shared helpers: the package in each mode, WAL databases, other processes
+that hold them, fd counts."""
 from __future__ import annotations
 
 import contextlib
@@ -13,6 +14,9 @@ import time
 import pytest
 
 import hermes_kanban_native as hkn
+# make_wal_db is the package's; test_faults.py imports it from here.
+from hermes_kanban_native.commands.databases import make_wal_db
+from modes import exec_instance, package_over
 
 pytest_plugins = ["pytester"]
 
@@ -36,6 +40,10 @@ SQLITE_SYMBOLS_VISIBLE = _sqlite_symbols_visible()
 # Skip reasons that begin with this mean "not run for lack of native mode";
 # CI's static-SQLite stage fails if any test reports one.
 NEEDS_NATIVE = "needs native access to SQLite"
+# The skip reason of a `native` test's run in SQL mode under the fixture
+# `hkn`: that mode is the run's choice, not this interpreter's lack, so it
+# must not begin like NEEDS_NATIVE.
+SQL_RUN_OF_NATIVE_TEST = "marked native: not run against the package in sql mode"
 
 
 # What makes a test `isolated`: it starts a fresh interpreter (directly, or
@@ -46,15 +54,21 @@ _FRESH_INTERPRETER = ("run_python(", "runpytest_subprocess(", "sys.executable", 
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `native` (pyproject.toml registers the markers) are
-    skipped in sql mode, saying why this interpreter has no native route.
-    Tests whose own source starts a fresh interpreter are marked
-    `isolated`, so that nobody has to remember to."""
+    skipped in sql mode, saying why this interpreter has no native route;
+    so are the native runs of tests that take the fixture `hkn`, and the
+    sql runs of those that are marked `native` say that they are.  Tests
+    whose own source starts a fresh interpreter are marked `isolated`, so
+    that nobody has to remember to."""
     skip = None
     if not NATIVE:
         skip = pytest.mark.skip(reason=f"{NEEDS_NATIVE} (sql mode: {hkn.sqlite_api()['reason']})")
     sources = {}
     for item in items:
-        if skip is not None and item.get_closest_marker("native") is not None:
+        marked_native = item.get_closest_marker("native") is not None
+        mode = getattr(item, "callspec", None) and item.callspec.params.get("hkn")
+        if mode == "sql" and marked_native:
+            item.add_marker(pytest.mark.skip(reason=SQL_RUN_OF_NATIVE_TEST))
+        elif skip is not None and (marked_native or mode == "native"):
             item.add_marker(skip)
         function = getattr(item, "function", None)
         if function is not None:
@@ -75,22 +89,64 @@ def _outside_the_checkout(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def make_wal_db(path, rows=0):
-    """A WAL database with table t(x) and `rows` rows, all connections closed."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
-        if rows:
-            conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(rows)])
-    finally:
-        conn.close()
-    return str(path)
+# The package in SQL mode beside the native one: its modules loaded again,
+# under this name, over a second instance of the extension (modes.py).
+SQL_PACKAGE = "hermes_kanban_native[sql]"
+
+
+@pytest.fixture(scope="session", params=["native", "sql"], name="hkn")
+def package_in_mode(request):
+    """The package (its whole API: WalSafeConnection, connect(), stats(),
+    live_connections(), ...) in one mode; a test that takes it runs once
+    per mode, in this process, its id naming the mode ([native], [sql],
+    or first among its other parameters: [sql-truncate]).
+
+    sql: a copy of the package over an instance of the extension made in
+    SQL mode, or the package itself where it already is in SQL mode
+    (HERMES_KANBAN_NATIVE_MODE=sql, or no route to SQLite).  native: the
+    package; where it has no native mode, pytest_collection_modifyitems
+    has skipped the run, with NEEDS_NATIVE's reason."""
+    if request.param == "native":
+        assert NATIVE, "the native runs are skipped where there is no native mode"
+        return hkn
+    if not NATIVE:
+        return hkn
+    return package_over(hkn, exec_instance(hkn._native.__file__, "sql"), SQL_PACKAGE)
+
+
+def is_native(api):
+    """Whether `api` (what the fixture hkn gave) is in native mode."""
+    return api.sqlite_api()["mode"] == "native"
 
 
 @pytest.fixture
 def db(tmp_path):
     return make_wal_db(tmp_path / "kanban.db")
+
+
+def sqlite_with_its_own_files(first, second, directory):
+    """Everything SQLite itself opens files for, through two connections to
+    one WAL database with a table t(x): writes the other connection reads,
+    truncating checkpoints (a WalSafeConnection's own too), ATTACH and
+    DETACH of a new database in `directory`, a backup to another one there;
+    then it closes both.  None of it is a stray open.  test_pytest_plugin.py
+    runs this function's source in a generated suite (which imports os and
+    sqlite3), so it uses nothing else of this module."""
+    for i in range(300):
+        first.execute("INSERT INTO t VALUES (?)", (i,))
+    assert second.execute("SELECT count(*) FROM t").fetchone()[0] == 300
+    if hasattr(first, "checkpoint"):
+        first.checkpoint("truncate")
+    first.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    first.execute("ATTACH DATABASE ? AS other", (os.path.join(directory, "other.db"),))
+    first.execute("CREATE TABLE other.u (y)")
+    copy = sqlite3.connect(os.path.join(directory, "copy.db"))
+    second.backup(copy)
+    copy.close()
+    first.execute("DETACH DATABASE other")
+    second.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    second.close()
+    first.close()
 
 
 def fds_on(path):

@@ -18,7 +18,6 @@ import atexit
 import collections
 import functools
 import gc
-import importlib.util
 import itertools
 import os
 import shutil
@@ -28,6 +27,10 @@ import tempfile
 import threading
 import time
 import warnings
+
+# exec_instance is shared with conftest.py's fixture hkn; test_faults.py
+# imports it from here.
+from modes import exec_instance
 
 # What a user of the API may see from any call when something fails inside.
 EXPECTED = (sqlite3.Error, MemoryError, OSError)
@@ -539,24 +542,6 @@ def allocation_state(mod):
 # The routes a fresh instance can be made to take (HERMES_KANBAN_NATIVE_MODE):
 # the default (symbols first), SQL mode, and the extension-API route alone.
 MODES = (None, "sql", "extension-api")
-
-
-def exec_instance(path, mode=None):
-    """A new instance of the extension module at `path`: its exec slot runs
-    again (with HERMES_KANBAN_NATIVE_MODE=mode when given).  The package's
-    own instance is untouched."""
-    previous = os.environ.pop("HERMES_KANBAN_NATIVE_MODE", None)
-    if mode is not None:
-        os.environ["HERMES_KANBAN_NATIVE_MODE"] = mode
-    try:
-        spec = importlib.util.spec_from_file_location("hermes_kanban_native._native", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        os.environ.pop("HERMES_KANBAN_NATIVE_MODE", None)
-        if previous is not None:
-            os.environ["HERMES_KANBAN_NATIVE_MODE"] = previous
 
 
 # ------------------------------------------- initialisation, in a subprocess

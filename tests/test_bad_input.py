@@ -14,7 +14,7 @@ import pytest
 import hermes_kanban_native as hkn
 from hermes_kanban_native import WalSafeConnection
 from hermes_kanban_native.__main__ import main as cli_main
-from conftest import make_wal_db
+from hermes_kanban_native.commands.databases import make_wal_db
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 ROW = re.compile(r"^\| `(?P<call>.+?)` \| (?P<what>.+?) \| (?P<outcome>.+?) \|$")

@@ -13,22 +13,23 @@ import warnings
 
 import pytest
 
-import hermes_kanban_native as hkn
-from conftest import NATIVE, fds_on, make_wal_db, reader_process
+from hermes_kanban_native.commands.databases import make_wal_db
+from conftest import fds_on, is_native, reader_process
 
-WalSafe = hkn.WalSafeConnection
+# Every test takes the fixture `hkn`: the package in native mode, then in
+# SQL mode (conftest.py), so each runs in both.
 
 
-def open_wal(path, **kwargs):
+def open_wal(hkn, path, **kwargs):
     kwargs.setdefault("isolation_level", None)
-    return sqlite3.connect(path, factory=WalSafe, **kwargs)
+    return sqlite3.connect(path, factory=hkn.WalSafeConnection, **kwargs)
 
 
 # ------------------------------------------------------------------ close
 
 
-def test_close_checkpoints_what_this_connection_wrote(db):
-    conn = open_wal(db)
+def test_close_checkpoints_what_this_connection_wrote(hkn, db):
+    conn = open_wal(hkn, db)
     conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(100)])
     before = hkn.stats()
     conn.close()
@@ -44,10 +45,10 @@ def test_close_checkpoints_what_this_connection_wrote(db):
     assert after["frames_checkpointed"] >= before["frames_checkpointed"] + result.log_frames
 
 
-def test_reader_close_skips_the_passive_checkpoint(db):
+def test_reader_close_skips_the_passive_checkpoint(hkn, db):
     # A connection that wrote nothing added no frames: the default policy
     # leaves the WAL to the writers' autocheckpoint.
-    conn = open_wal(db)
+    conn = open_wal(hkn, db)
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
     skipped = hkn.stats()["checkpoints_skipped"]
     conn.close()
@@ -55,12 +56,12 @@ def test_reader_close_skips_the_passive_checkpoint(db):
     assert hkn.stats()["checkpoints_skipped"] == skipped + 1
 
 
-def test_truncate_policy_empties_the_wal(db):
-    conn = open_wal(db)
+def test_truncate_policy_empties_the_wal(hkn, db):
+    conn = open_wal(hkn, db)
     conn.checkpoint_on_close = "truncate"
     conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(50)])
     assert os.path.getsize(db + "-wal") > 0
-    keeper = open_wal(db)           # keeps -wal from being unlinked by the last close
+    keeper = open_wal(hkn, db)      # keeps -wal from being unlinked by the last close
     keeper.execute("SELECT count(*) FROM t").fetchone()
     conn.close()
     assert conn.last_checkpoint.mode == "truncate"
@@ -70,8 +71,8 @@ def test_truncate_policy_empties_the_wal(db):
 
 
 @pytest.mark.parametrize("policy", ["truncate", "restart", "full"])
-def test_close_with_reader_in_other_process_never_waits(db, policy):
-    conn = open_wal(db, timeout=120)
+def test_close_with_reader_in_other_process_never_waits(hkn, db, policy):
+    conn = open_wal(hkn, db, timeout=120)
     conn.execute("PRAGMA busy_timeout = 120000")
     conn.checkpoint_on_close = policy
     conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(20)])
@@ -86,8 +87,8 @@ def test_close_with_reader_in_other_process_never_waits(db, policy):
     assert hkn.stats()["checkpoints_busy"] >= 1
 
 
-def test_close_is_idempotent(db):
-    conn = open_wal(db)
+def test_close_is_idempotent(hkn, db):
+    conn = open_wal(hkn, db)
     conn.execute("INSERT INTO t VALUES (1)")
     conn.close()
     first = conn.last_checkpoint
@@ -97,19 +98,19 @@ def test_close_is_idempotent(db):
     assert hkn.stats()["closed"] == closed
 
 
-def test_off_policy_closes_without_checkpoint(db):
-    conn = open_wal(db)
+def test_off_policy_closes_without_checkpoint(hkn, db):
+    conn = open_wal(hkn, db)
     conn.checkpoint_on_close = "off"
     conn.execute("INSERT INTO t VALUES (1)")
     conn.close()
     assert conn.last_checkpoint is None
 
 
-def test_policy_on_subclass_and_instance(db):
-    class Truncating(WalSafe):
+def test_policy_on_subclass_and_instance(hkn, db):
+    class Truncating(hkn.WalSafeConnection):
         checkpoint_on_close = "truncate"
 
-    assert WalSafe.checkpoint_on_close == "passive"
+    assert hkn.WalSafeConnection.checkpoint_on_close == "passive"
     conn = sqlite3.connect(db, factory=Truncating, isolation_level=None)
     conn.execute("INSERT INTO t VALUES (1)")
     conn.close()
@@ -123,8 +124,8 @@ def test_policy_on_subclass_and_instance(db):
 
 
 @pytest.mark.parametrize("bad", ["sometimes", 3, None, b"passive"])
-def test_invalid_policy_still_closes_then_raises(db, bad):
-    conn = open_wal(db)
+def test_invalid_policy_still_closes_then_raises(hkn, db, bad):
+    conn = open_wal(hkn, db)
     conn.checkpoint_on_close = bad
     with pytest.raises(ValueError, match="'off', 'passive', 'full', 'restart', 'truncate'") as info:
         conn.close()
@@ -133,8 +134,8 @@ def test_invalid_policy_still_closes_then_raises(db, bad):
         conn.execute("SELECT 1")
 
 
-def test_open_write_transaction_is_skipped_and_discarded(db):
-    conn = open_wal(db)
+def test_open_write_transaction_is_skipped_and_discarded(hkn, db):
+    conn = open_wal(hkn, db)
     conn.execute("BEGIN IMMEDIATE")
     conn.execute("INSERT INTO t VALUES (42)")
     skipped = hkn.stats()["checkpoints_skipped"]
@@ -146,8 +147,8 @@ def test_open_write_transaction_is_skipped_and_discarded(db):
     check.close()
 
 
-def test_open_read_transaction_is_skipped_in_both_modes(db):
-    conn = open_wal(db)
+def test_open_read_transaction_is_skipped_in_both_modes(hkn, db):
+    conn = open_wal(hkn, db)
     conn.execute("INSERT INTO t VALUES (1)")        # wrote: the passive policy would run
     conn.execute("BEGIN")
     conn.execute("SELECT count(*) FROM t").fetchone()
@@ -161,8 +162,9 @@ def test_open_read_transaction_is_skipped_in_both_modes(db):
     assert after["checkpoint_errors"] == before["checkpoint_errors"]
 
 
-def test_legacy_transaction_mode_discards_like_sqlite3(db):
-    conn = sqlite3.connect(db, factory=WalSafe)       # isolation_level="" : implicit BEGIN
+def test_legacy_transaction_mode_discards_like_sqlite3(hkn, db):
+    # isolation_level="" : implicit BEGIN
+    conn = sqlite3.connect(db, factory=hkn.WalSafeConnection)
     conn.execute("INSERT INTO t VALUES (7)")
     assert conn.in_transaction
     conn.close()
@@ -172,9 +174,9 @@ def test_legacy_transaction_mode_discards_like_sqlite3(db):
 
 
 @pytest.mark.native
-def test_cursor_mid_iteration_is_reset_and_warned(db):
+def test_cursor_mid_iteration_is_reset_and_warned(hkn, db):
     make_wal_db(db, rows=10)
-    conn = open_wal(db)
+    conn = open_wal(hkn, db)
     conn.execute("INSERT INTO t VALUES (99)")
     cursor = conn.execute("SELECT x FROM t")
     assert cursor.fetchone() is not None              # stepped, not finished
@@ -189,8 +191,8 @@ def test_cursor_mid_iteration_is_reset_and_warned(db):
     assert fds_on(db) == 0
 
 
-def test_wrong_thread_close_raises_and_does_nothing(db):
-    conn = open_wal(db)
+def test_wrong_thread_close_raises_and_does_nothing(hkn, db):
+    conn = open_wal(hkn, db)
     conn.execute("INSERT INTO t VALUES (1)")
     errors = []
 
@@ -212,8 +214,8 @@ def test_wrong_thread_close_raises_and_does_nothing(db):
     conn.close()
 
 
-def test_check_same_thread_false_closes_from_any_thread(db):
-    conn = open_wal(db, check_same_thread=False)
+def test_check_same_thread_false_closes_from_any_thread(hkn, db):
+    conn = open_wal(hkn, db, check_same_thread=False)
     conn.execute("INSERT INTO t VALUES (1)")
     thread = threading.Thread(target=conn.close)
     thread.start()
@@ -223,11 +225,11 @@ def test_check_same_thread_false_closes_from_any_thread(db):
         conn.execute("SELECT 1")
 
 
-def test_concurrent_close_and_checkpoint_from_threads(db):
+def test_concurrent_close_and_checkpoint_from_threads(hkn, db):
     # check_same_thread=False: closes and checkpoints racing from several
     # threads must serialise on the handle, never use it after it is freed.
     for _ in range(20):
-        conn = open_wal(db, check_same_thread=False)
+        conn = open_wal(hkn, db, check_same_thread=False)
         conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(20)])
         barrier = threading.Barrier(4)
         errors = []
@@ -253,8 +255,8 @@ def test_concurrent_close_and_checkpoint_from_threads(db):
 
 
 @pytest.mark.parametrize("target", [":memory:", ""])
-def test_memory_and_temporary_close_without_checkpoint(target):
-    conn = sqlite3.connect(target, factory=WalSafe)
+def test_memory_and_temporary_close_without_checkpoint(hkn, target):
+    conn = sqlite3.connect(target, factory=hkn.WalSafeConnection)
     conn.execute("CREATE TABLE t (x)")
     conn.execute("INSERT INTO t VALUES (1)")
     conn.commit()
@@ -262,13 +264,13 @@ def test_memory_and_temporary_close_without_checkpoint(target):
     assert conn.last_checkpoint is None
 
 
-def test_read_only_uri_closes_without_checkpoint(db):
+def test_read_only_uri_closes_without_checkpoint(hkn, db):
     make_wal_db(db, rows=3)
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, factory=WalSafe)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, factory=hkn.WalSafeConnection)
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (3,)
     conn.checkpoint_on_close = "truncate"
     conn.close()
-    if NATIVE:
+    if is_native(hkn):
         assert conn.last_checkpoint is None
     else:
         # SQL cannot see a read-only open beforehand; the attempt is harmless
@@ -276,9 +278,9 @@ def test_read_only_uri_closes_without_checkpoint(db):
         assert conn.last_checkpoint is None or conn.last_checkpoint.log_frames <= 0
 
 
-def test_non_wal_database(tmp_path):
+def test_non_wal_database(hkn, tmp_path):
     path = str(tmp_path / "rollback.db")
-    conn = sqlite3.connect(path, factory=WalSafe, isolation_level=None)
+    conn = sqlite3.connect(path, factory=hkn.WalSafeConnection, isolation_level=None)
     conn.execute("CREATE TABLE t (x)")
     conn.execute("INSERT INTO t VALUES (1)")
     result = conn.checkpoint()
@@ -292,8 +294,8 @@ def test_non_wal_database(tmp_path):
 # -------------------------------------------------------- explicit checkpoint
 
 
-def test_checkpoint_modes(db):
-    conn = open_wal(db)
+def test_checkpoint_modes(hkn, db):
+    conn = open_wal(hkn, db)
     for mode in ("passive", "full", "restart", "truncate"):
         conn.execute("INSERT INTO t VALUES (1)")
         result = conn.checkpoint(mode)
@@ -304,14 +306,14 @@ def test_checkpoint_modes(db):
     conn.close()
 
 
-def test_checkpoint_signature():
-    signature = inspect.signature(WalSafe.checkpoint)
+def test_checkpoint_signature(hkn):
+    signature = inspect.signature(hkn.WalSafeConnection.checkpoint)
     assert list(signature.parameters) == ["self", "mode", "wait"]
     assert signature.parameters["wait"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
-def test_checkpoint_no_wait_with_reader(db):
-    conn = open_wal(db, timeout=120)
+def test_checkpoint_no_wait_with_reader(hkn, db):
+    conn = open_wal(hkn, db, timeout=120)
     conn.execute("PRAGMA busy_timeout = 120000")
     conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(10)])
     with reader_process(db):
@@ -326,8 +328,8 @@ def test_checkpoint_no_wait_with_reader(db):
     conn.close()
 
 
-def test_checkpoint_with_open_transaction_is_locked(db):
-    conn = open_wal(db)
+def test_checkpoint_with_open_transaction_is_locked(hkn, db):
+    conn = open_wal(hkn, db)
     conn.execute("BEGIN")
     conn.execute("INSERT INTO t VALUES (1)")
     errors = hkn.stats()["checkpoint_errors"]
@@ -342,15 +344,15 @@ def test_checkpoint_with_open_transaction_is_locked(db):
 
 
 @pytest.mark.parametrize("mode", ["PASSIVE!", "", 0, None, "off"])
-def test_checkpoint_unknown_mode(db, mode):
-    conn = open_wal(db)
+def test_checkpoint_unknown_mode(hkn, db, mode):
+    conn = open_wal(hkn, db)
     with pytest.raises(ValueError, match="'passive', 'full', 'restart', 'truncate'"):
         conn.checkpoint(mode)
     conn.close()
 
 
-def test_checkpoint_bad_wait_and_extra_arguments(db):
-    conn = open_wal(db)
+def test_checkpoint_bad_wait_and_extra_arguments(hkn, db):
+    conn = open_wal(hkn, db)
     with pytest.raises(TypeError):
         conn.checkpoint("passive", True)              # wait is keyword-only
     with pytest.raises(TypeError):
@@ -358,8 +360,8 @@ def test_checkpoint_bad_wait_and_extra_arguments(db):
     conn.close()
 
 
-def test_checkpoint_closed_and_wrong_thread(db):
-    conn = open_wal(db)
+def test_checkpoint_closed_and_wrong_thread(hkn, db):
+    conn = open_wal(hkn, db)
     errors = []
     thread = threading.Thread(target=lambda: errors.append(
         pytest.raises(sqlite3.ProgrammingError, conn.checkpoint)))
@@ -372,9 +374,9 @@ def test_checkpoint_closed_and_wrong_thread(db):
 
 
 @pytest.mark.native
-def test_native_checkpoint_is_invisible_to_trace_callback(db):
+def test_native_checkpoint_is_invisible_to_trace_callback(hkn, db):
     seen = []
-    conn = open_wal(db)
+    conn = open_wal(hkn, db)
     conn.set_trace_callback(seen.append)
     conn.execute("INSERT INTO t VALUES (1)")
     conn.checkpoint()
@@ -385,8 +387,8 @@ def test_native_checkpoint_is_invisible_to_trace_callback(db):
     assert conn.last_checkpoint.mode == "truncate"
 
 
-def test_uninitialized_instance(db):
-    conn = WalSafe.__new__(WalSafe)
+def test_uninitialized_instance(hkn, db):
+    conn = hkn.WalSafeConnection.__new__(hkn.WalSafeConnection)
     with pytest.raises(sqlite3.ProgrammingError):
         conn.close()
     with pytest.raises(sqlite3.ProgrammingError):
@@ -396,18 +398,18 @@ def test_uninitialized_instance(db):
 # ---------------------------------------------------------- garbage collection
 
 
-def _leak(path):
-    conn = sqlite3.connect(path, factory=WalSafe, isolation_level=None)
+def _leak(hkn, path):
+    conn = sqlite3.connect(path, factory=hkn.WalSafeConnection, isolation_level=None)
     conn.execute("INSERT INTO t VALUES (1)")
     return conn
 
 
-def test_garbage_collected_connection_is_checkpointed_closed_and_warned(db):
+def test_garbage_collected_connection_is_checkpointed_closed_and_warned(hkn, db):
     opener_line = inspect.getsourcelines(_leak)[1] + 1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         before = hkn.stats()
-        conn = _leak(db)
+        conn = _leak(hkn, db)
         assert fds_on(db) >= 1
         del conn
         gc.collect()
@@ -423,11 +425,11 @@ def test_garbage_collected_connection_is_checkpointed_closed_and_warned(db):
     assert fds_on(db) == 0
 
 
-def test_garbage_collected_in_another_thread_still_closes(db):
+def test_garbage_collected_in_another_thread_still_closes(hkn, db):
     # The collector runs in whatever thread triggers it; the base's close()
     # refuses a thread other than the opener's, yet the files must close.
     opened = []
-    thread = threading.Thread(target=lambda: opened.append(_leak(db)))
+    thread = threading.Thread(target=lambda: opened.append(_leak(hkn, db)))
     thread.start()
     thread.join()
     with warnings.catch_warnings(record=True) as caught:
@@ -437,7 +439,7 @@ def test_garbage_collected_in_another_thread_still_closes(db):
     resource = [w for w in caught if issubclass(w.category, ResourceWarning)]
     # Without native access only the base can close it there, and from 3.13
     # its finalizer adds its own "unclosed database" warning.
-    expected = 1 if NATIVE or sys.version_info < (3, 13) else 2
+    expected = 1 if is_native(hkn) or sys.version_info < (3, 13) else 2
     assert len(resource) == expected
     del caught, resource            # the base's warning holds the connection
     gc.collect()
@@ -445,11 +447,11 @@ def test_garbage_collected_in_another_thread_still_closes(db):
     assert fds_on(db + "-wal") == 0
 
 
-def test_with_block_connection_left_to_gc(db):
+def test_with_block_connection_left_to_gc(hkn, db):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(5):
-            with sqlite3.connect(db, factory=WalSafe) as conn:
+            with sqlite3.connect(db, factory=hkn.WalSafeConnection) as conn:
                 conn.execute("INSERT INTO t VALUES (1)")
         del conn
         gc.collect()
@@ -457,8 +459,8 @@ def test_with_block_connection_left_to_gc(db):
     assert fds_on(db) == 0
 
 
-def test_finalizer_policy_error_does_not_keep_files_open(db):
-    conn = _leak(db)
+def test_finalizer_policy_error_does_not_keep_files_open(hkn, db):
+    conn = _leak(hkn, db)
     conn.checkpoint_on_close = "bogus"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -477,8 +479,8 @@ def test_finalizer_policy_error_does_not_keep_files_open(db):
 # --------------------------------------------------------------- drop-in
 
 
-def test_is_a_sqlite3_connection(db):
-    conn = open_wal(db)
+def test_is_a_sqlite3_connection(hkn, db):
+    conn = open_wal(hkn, db)
     assert isinstance(conn, sqlite3.Connection)
     conn.row_factory = sqlite3.Row
     conn.execute("INSERT INTO t VALUES (5)")
@@ -505,13 +507,13 @@ def _connect_args():
 
 
 @pytest.mark.parametrize("args, kwargs", _connect_args())
-def test_accepts_every_connect_argument(db, args, kwargs):
+def test_accepts_every_connect_argument(hkn, db, args, kwargs):
     with warnings.catch_warnings():
         # 3.13 deprecates positional arguments beyond the database; the
         # warning is sqlite3's own and equally raised for plain connections.
         warnings.simplefilter("ignore", DeprecationWarning)
         plain = sqlite3.connect(db, *args, **kwargs)
-        ours = sqlite3.connect(db, *args, factory=WalSafe, **kwargs)
+        ours = sqlite3.connect(db, *args, factory=hkn.WalSafeConnection, **kwargs)
     assert ours.isolation_level == plain.isolation_level
     if sys.version_info >= (3, 12):
         assert ours.autocommit == plain.autocommit
@@ -522,8 +524,8 @@ def test_accepts_every_connect_argument(db, args, kwargs):
     assert ours.last_checkpoint is not None
 
 
-def test_uri_argument(db):
-    conn = sqlite3.connect(f"file:{db}?cache=private", uri=True, factory=WalSafe)
+def test_uri_argument(hkn, db):
+    conn = sqlite3.connect(f"file:{db}?cache=private", uri=True, factory=hkn.WalSafeConnection)
     conn.execute("INSERT INTO t VALUES (1)")
     conn.commit()
     conn.close()
@@ -544,37 +546,37 @@ def _bad_connect_args():
 
 
 @pytest.mark.parametrize("kwargs", _bad_connect_args())
-def test_bad_connect_arguments_raise_like_sqlite3(db, kwargs):
+def test_bad_connect_arguments_raise_like_sqlite3(hkn, db, kwargs):
     with pytest.raises(Exception) as plain:
         sqlite3.connect(db, **kwargs)
     with pytest.raises(Exception) as ours:
-        sqlite3.connect(db, factory=WalSafe, **kwargs)
+        sqlite3.connect(db, factory=hkn.WalSafeConnection, **kwargs)
     assert type(ours.value) is type(plain.value)
     assert str(ours.value) == str(plain.value)
     gc.collect()
     assert hkn.live_connections(db) == []
 
 
-def test_bad_database_paths(tmp_path):
+def test_bad_database_paths(hkn, tmp_path):
     with pytest.raises(sqlite3.OperationalError) as plain:
         sqlite3.connect(tmp_path / "missing" / "x.db")
     with pytest.raises(sqlite3.OperationalError) as ours:
-        sqlite3.connect(tmp_path / "missing" / "x.db", factory=WalSafe)
+        sqlite3.connect(tmp_path / "missing" / "x.db", factory=hkn.WalSafeConnection)
     assert str(ours.value) == str(plain.value)
     with pytest.raises(TypeError):
-        sqlite3.connect(42, factory=WalSafe)
+        sqlite3.connect(42, factory=hkn.WalSafeConnection)
 
 
-def test_pathlib_and_bytes_paths(tmp_path):
+def test_pathlib_and_bytes_paths(hkn, tmp_path):
     path = tmp_path / "p.db"
     make_wal_db(path)
     for database in (path, os.fsencode(path)):
-        conn = sqlite3.connect(database, factory=WalSafe)
+        conn = sqlite3.connect(database, factory=hkn.WalSafeConnection)
         assert hkn.live_connections(path)[0].path == str(path)
         conn.close()
 
 
-def test_python_mixin_subclass_and_class_swap(db):
+def test_python_mixin_subclass_and_class_swap(hkn, db):
     class Mixin:
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -584,24 +586,24 @@ def test_python_mixin_subclass_and_class_swap(db):
             self.closed_by_mixin = True
             super().close()
 
-    Tracked = type("Tracked" + WalSafe.__name__, (Mixin, WalSafe), {})
+    Tracked = type("TrackedWalSafeConnection", (Mixin, hkn.WalSafeConnection), {})
     conn = sqlite3.connect(db, factory=Tracked, isolation_level=None)
-    assert conn.tracked and isinstance(conn, WalSafe)
+    assert conn.tracked and isinstance(conn, hkn.WalSafeConnection)
     conn.execute("INSERT INTO t VALUES (1)")
     conn.close()
     assert conn.closed_by_mixin and conn.last_checkpoint is not None
 
-    plain = sqlite3.connect(db, factory=WalSafe, isolation_level=None)
+    plain = sqlite3.connect(db, factory=hkn.WalSafeConnection, isolation_level=None)
     plain.__class__ = Tracked
     plain.execute("INSERT INTO t VALUES (2)")
     plain.close()
     assert plain.closed_by_mixin and plain.last_checkpoint is not None
     back = sqlite3.connect(db, factory=Tracked)
-    back.__class__ = WalSafe
+    back.__class__ = hkn.WalSafeConnection
     back.close()
 
 
-def test_closing_subclass_closes_on_with(db):
+def test_closing_subclass_closes_on_with(hkn, db):
     with sqlite3.connect(db, factory=hkn.ClosingWalSafeConnection) as conn:
         conn.execute("INSERT INTO t VALUES (1)")
     with pytest.raises(sqlite3.ProgrammingError):
@@ -622,9 +624,9 @@ def test_closing_subclass_closes_on_with(db):
     check.close()
 
 
-def test_weakref_and_dict(db):
+def test_weakref_and_dict(hkn, db):
     import weakref
-    conn = open_wal(db)
+    conn = open_wal(hkn, db)
     ref = weakref.ref(conn)
     conn.anything = 1
     conn.close()
@@ -636,8 +638,8 @@ def test_weakref_and_dict(db):
 # ------------------------------------------------------- registry and stats
 
 
-def test_live_connections_and_stats_from_threads(db):
-    conn = open_wal(db)
+def test_live_connections_and_stats_from_threads(hkn, db):
+    conn = open_wal(hkn, db)
     seen = []
 
     def look():
@@ -658,13 +660,13 @@ def test_live_connections_and_stats_from_threads(db):
     assert hkn.live_connections(db) == []
 
 
-def _connect_helper(db):
-    return sqlite3.connect(db, factory=WalSafe)                 # the helper's line
+def _connect_helper(hkn, db):
+    return sqlite3.connect(db, factory=hkn.WalSafeConnection)     # the helper's line
 
 
 @contextlib.contextmanager
-def _connect_context(db):
-    conn = sqlite3.connect(db, factory=WalSafe)
+def _connect_context(hkn, db):
+    conn = sqlite3.connect(db, factory=hkn.WalSafeConnection)
     try:
         yield conn
     finally:
@@ -675,9 +677,9 @@ def _line_here():
     return inspect.currentframe().f_back.f_lineno
 
 
-def test_opener_is_the_caller_of_a_connect_helper(db):
+def test_opener_is_the_caller_of_a_connect_helper(hkn, db):
     helper_line = inspect.getsourcelines(_connect_helper)[1] + 1
-    conn = _connect_helper(db); line = _line_here()              # noqa: E702
+    conn = _connect_helper(hkn, db); line = _line_here()         # noqa: E702
     entry, = hkn.live_connections(db)
     assert entry.opened_at == f"{__file__}:{line}"
     assert entry.opened_via[:2] == (
@@ -687,25 +689,25 @@ def test_opener_is_the_caller_of_a_connect_helper(db):
     conn.close()
 
     # A helper written as a context manager: contextlib's frame is skipped.
-    with _connect_context(db) as conn:
+    with _connect_context(hkn, db) as conn:
         line = _line_here() - 1
         entry, = hkn.live_connections(db)
         assert entry.opened_at == f"{__file__}:{line}"
         assert "contextlib.py" in entry.opened_via[1]
 
     # Called directly by a test: the test is the opener, not pytest's code.
-    conn = sqlite3.connect(db, factory=WalSafe); line = _line_here()   # noqa: E702
+    conn = sqlite3.connect(db, factory=hkn.WalSafeConnection); line = _line_here()  # noqa: E702
     entry, = hkn.live_connections(db)
     assert entry.opened_at == f"{__file__}:{line}"
     assert entry.opened_via[0].startswith(f"{__file__}:{line} in test_opener")
     conn.close()
 
 
-def test_resource_warning_names_the_caller_and_the_helper(db):
+def test_resource_warning_names_the_caller_and_the_helper(hkn, db):
     helper_line = inspect.getsourcelines(_connect_helper)[1] + 1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        conn = _connect_helper(db); line = _line_here()          # noqa: E702
+        conn = _connect_helper(hkn, db); line = _line_here()     # noqa: E702
         del conn
         gc.collect()
     message, = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
@@ -713,10 +715,10 @@ def test_resource_warning_names_the_caller_and_the_helper(db):
             in message)
 
 
-def test_live_connections_by_relative_and_symlinked_path(db, tmp_path, monkeypatch):
+def test_live_connections_by_relative_and_symlinked_path(hkn, db, tmp_path, monkeypatch):
     link = tmp_path / "link.db"
     os.symlink(db, link)
-    conn = sqlite3.connect(link, factory=WalSafe)
+    conn = sqlite3.connect(link, factory=hkn.WalSafeConnection)
     monkeypatch.chdir(tmp_path)
     assert len(hkn.live_connections("kanban.db")) == 1
     assert len(hkn.live_connections(link)) == 1
@@ -724,25 +726,25 @@ def test_live_connections_by_relative_and_symlinked_path(db, tmp_path, monkeypat
     conn.close()
 
 
-def test_connection_closed_through_the_base_leaves_the_registry(db):
-    conn = open_wal(db)
+def test_connection_closed_through_the_base_leaves_the_registry(hkn, db):
+    conn = open_wal(hkn, db)
     sqlite3.Connection.close(conn)
     assert hkn.live_connections(db) == []
     conn.close()
 
 
-def test_stats_keys():
+def test_stats_keys(hkn):
     assert set(hkn.stats()) >= {
         "opened", "closed", "finalized", "live", "checkpoints", "checkpoints_busy",
         "checkpoints_skipped", "checkpoint_errors", "frames_checkpointed",
     }
 
 
-def test_sqlite_api_reports_the_mode():
+def test_sqlite_api_reports_the_mode(hkn):
     api = hkn.sqlite_api()
     assert api["mode"] in ("native", "sql")
     assert api["sqlite_version"] == sqlite3.sqlite_version
-    if NATIVE:
+    if is_native(hkn):
         assert api["self_check"] == "passed" and "sqlite" in api["library"]
         assert api["reason"] is None
     else:
@@ -752,15 +754,17 @@ def test_sqlite_api_reports_the_mode():
 # ------------------------------------------------------------- leak bound
 
 
-class Bounded(WalSafe):
-    max_live_per_database = 8
+def _bounded(hkn):
+    """The mode's connection type with a bound of 8."""
+    return type("Bounded", (hkn.WalSafeConnection,), {"max_live_per_database": 8})
 
 
-def test_default_bound():
-    assert WalSafe.max_live_per_database == 64
+def test_default_bound(hkn):
+    assert hkn.WalSafeConnection.max_live_per_database == 64
 
 
-def test_bound_collects_abandoned_connections(db):
+def test_bound_collects_abandoned_connections(hkn, db):
+    Bounded = _bounded(hkn)
     was_enabled = gc.isenabled()
     gc.disable()                    # a busy process where collections are rare
     try:
@@ -787,7 +791,8 @@ def test_bound_collects_abandoned_connections(db):
     assert fds_on(db) == 0
 
 
-def test_bound_warns_once_naming_the_openers(db):
+def test_bound_warns_once_naming_the_openers(hkn, db):
+    Bounded = _bounded(hkn)
     kept = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -802,12 +807,12 @@ def test_bound_warns_once_naming_the_openers(db):
         conn.close()
 
 
-def test_bound_forgets_a_database_once_its_connections_are_gone(db):
-    from hermes_kanban_native import _native
+def test_bound_forgets_a_database_once_its_connections_are_gone(hkn, db):
+    Bounded = _bounded(hkn)
 
     def remembered():
         path = os.path.realpath(db)
-        return any(isinstance(ref, set) and path in ref for ref in gc.get_referents(_native))
+        return any(isinstance(ref, set) and path in ref for ref in gc.get_referents(hkn._native))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
@@ -819,8 +824,8 @@ def test_bound_forgets_a_database_once_its_connections_are_gone(db):
 
 
 @pytest.mark.parametrize("value", [None, 0])
-def test_bound_can_be_turned_off(db, value):
-    class Unbounded(WalSafe):
+def test_bound_can_be_turned_off(hkn, db, value):
+    class Unbounded(hkn.WalSafeConnection):
         max_live_per_database = value
 
     kept = [sqlite3.connect(db, factory=Unbounded) for _ in range(70)]
@@ -830,11 +835,12 @@ def test_bound_can_be_turned_off(db, value):
 
 
 @pytest.mark.parametrize("value", ["64", -1, 2.5, True])
-def test_bad_bound_is_a_clear_error_and_leaves_nothing_open(db, value):
-    class Broken(WalSafe):
+def test_bad_bound_is_a_clear_error_and_leaves_nothing_open(hkn, db, value):
+    class Broken(hkn.WalSafeConnection):
         max_live_per_database = value
 
-    keeper = sqlite3.connect(db, factory=WalSafe)       # the bound is read when one is open
+    # The bound is read when one is open.
+    keeper = sqlite3.connect(db, factory=hkn.WalSafeConnection)
     with pytest.raises(ValueError, match="max_live_per_database") as info:
         sqlite3.connect(db, factory=Broken)
     assert repr(value) in str(info.value)
@@ -847,8 +853,9 @@ def test_bad_bound_is_a_clear_error_and_leaves_nothing_open(db, value):
 # ------------------------------------------------------ re-initialisation
 
 
-@pytest.mark.parametrize("factory", [sqlite3.Connection, WalSafe])
-def test_init_again_closes_the_old_database_and_opens_the_new(tmp_path, factory):
+@pytest.mark.parametrize("factory", ["Connection", "WalSafeConnection"])
+def test_init_again_closes_the_old_database_and_opens_the_new(hkn, tmp_path, factory):
+    factory = sqlite3.Connection if factory == "Connection" else hkn.WalSafeConnection
     first = make_wal_db(tmp_path / "first.db")
     second = make_wal_db(tmp_path / "second.db")
     conn = sqlite3.connect(first, factory=factory)
@@ -857,13 +864,13 @@ def test_init_again_closes_the_old_database_and_opens_the_new(tmp_path, factory)
     conn.__init__(second, isolation_level=None)
     conn.execute("INSERT INTO t VALUES (2)")
     assert conn.execute("PRAGMA database_list").fetchone()[2] == os.path.realpath(second)
-    if factory is WalSafe or sys.version_info >= (3, 11):
+    if factory is hkn.WalSafeConnection or sys.version_info >= (3, 11):
         # (CPython 3.10's own re-initialisation leaves the old handle open.)
         assert fds_on(first) == 0                   # the old handle is gone
     check = sqlite3.connect(first)
     assert check.execute("SELECT count(*) FROM t").fetchone() == (0,)
     check.close()
-    if factory is WalSafe:
+    if factory is hkn.WalSafeConnection:
         after = hkn.stats()
         # One close of the old database, through our close path, one open.
         assert after["closed"] - before["closed"] == 1
@@ -878,8 +885,8 @@ def test_init_again_closes_the_old_database_and_opens_the_new(tmp_path, factory)
     assert fds_on(second) == 0
 
 
-def test_init_again_from_another_thread_is_refused_like_close(db):
-    conn = open_wal(db)
+def test_init_again_from_another_thread_is_refused_like_close(hkn, db):
+    conn = open_wal(hkn, db)
     errors = []
 
     def other():
@@ -891,16 +898,14 @@ def test_init_again_from_another_thread_is_refused_like_close(db):
     worker = threading.Thread(target=other)
     worker.start()
     worker.join()
-    if NATIVE:
+    if is_native(hkn):
         assert len(errors) == 1 and "thread" in str(errors[0])
     conn.execute("SELECT 1")
     conn.close()
 
 
-def test_the_module_shows_the_gc_every_object_it_holds():
-    from hermes_kanban_native import _native
-
-    held = gc.get_referents(_native)
+def test_the_module_shows_the_gc_every_object_it_holds(hkn):
+    held = gc.get_referents(hkn._native)
     expected = [sqlite3.Connection, sqlite3.Error, sqlite3.InterfaceError, sqlite3.DatabaseError,
                 sqlite3.DataError, sqlite3.OperationalError, sqlite3.IntegrityError,
                 sqlite3.InternalError, sqlite3.ProgrammingError, sqlite3.NotSupportedError,

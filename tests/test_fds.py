@@ -20,7 +20,7 @@ import hermes_kanban_native
 from hermes_kanban_native import (FdInfo, Holders, MapInfo, SqliteFds, holders, mapped_files,
                                   open_fds, sqlite_fds)
 from hermes_kanban_native import _native
-from conftest import make_wal_db
+from hermes_kanban_native.commands.databases import make_wal_db
 from fds_helpers import (Holder, ofd_guard_code, read_in_another_process,
                          stray_open_close_code)
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import make_wal_db
+from hermes_kanban_native.commands.databases import make_wal_db
 from fds_helpers import (DEADLINE, Holder, ofd_guard_code,
                          read_in_another_process, stray_open_close_code)
 

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 import hermes_kanban_native as hkn
-from conftest import SQLITE_SYMBOLS_VISIBLE, isolated_script, make_wal_db, run_isolated
+from hermes_kanban_native.commands.databases import make_wal_db
+from conftest import SQLITE_SYMBOLS_VISIBLE, isolated_script, run_isolated
 
 pytestmark = [
     pytest.mark.native,

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 import hermes_kanban_native as hkn
-from conftest import make_wal_db, reader_process, run_isolated, wait_for
+from hermes_kanban_native.commands.databases import make_wal_db
+from conftest import reader_process, run_isolated, wait_for
 from fds_helpers import Holder, stray_open_close_code
 
 DEADLINE = 60.0

@@ -25,6 +25,7 @@ import time
 import pytest
 
 import hermes_kanban_native as hkn
+from hermes_kanban_native.commands.databases import make_wal_db
 from conftest import isolated_script
 
 pytestmark = pytest.mark.slow
@@ -34,14 +35,6 @@ DEADLINE = 30.0
 
 PHASES = {0: "starting", 1: "opening", 2: "in transaction", 3: "committing",
           4: "between commit and report", 5: "closing (checkpoint)", 6: "closed"}
-
-
-def make_database(path):
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("CREATE TABLE k (id TEXT PRIMARY KEY, pad BLOB)")
-    conn.close()
-    return str(path)
 
 
 class Child:
@@ -101,7 +94,7 @@ def verify(database, new_ids):
 
 
 def kill_loop(tmp_path, policies, per_txn):
-    database = make_database(tmp_path / "killed.db")
+    database = make_wal_db(tmp_path / "killed.db", table="k (id TEXT PRIMARY KEY, pad BLOB)")
     rng = random.Random()
     phases = collections.Counter()
     reported = []

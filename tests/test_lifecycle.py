@@ -1,5 +1,6 @@
 """Whole-process behaviour, each in a fresh interpreter: fork, interpreter
-exit (daemon threads included), reference leaks, and the SQL fallback mode."""
+exit (daemon threads included), reference leaks.  (SQL mode runs in this
+process: the fixture hkn of conftest.py.)"""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,8 @@ import os
 
 import pytest
 
-from conftest import make_wal_db, run_isolated, run_python
+from hermes_kanban_native.commands.databases import make_wal_db
+from conftest import run_isolated
 
 
 @pytest.mark.isolated
@@ -64,18 +66,3 @@ def test_no_reference_or_fd_leak_over_10000_cycles(tmp_path):
     assert live == 0
     assert block_delta < 200, block_delta      # no per-cycle growth (10,000 cycles)
 
-
-@pytest.mark.skipif(os.environ.get("HERMES_KANBAN_NATIVE_MODE") == "sql",
-                    reason="already running in SQL mode")
-@pytest.mark.slow
-def test_suite_passes_in_sql_fallback_mode():
-    here = os.path.dirname(os.path.abspath(__file__))
-    result = run_python(f"""
-        import sys, pytest
-        sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", {here!r},
-                              {os.path.join(here, "test_connection.py")!r},
-                              {os.path.join(here, "test_connect.py")!r}]))
-    """, env={"HERMES_KANBAN_NATIVE_MODE": "sql"}, timeout=600, cwd=here)
-    print(result.stdout[-2000:])
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout

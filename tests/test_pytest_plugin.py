@@ -1,26 +1,24 @@
 """The pytest plugin, run on small suites with pytester in fresh processes."""
 from __future__ import annotations
 
+import inspect
 import sys
 import textwrap
 
 import pytest
 
 import hermes_kanban_native as hkn
+from conftest import sqlite_with_its_own_files
 
 LEAKY_AND_CLEAN = textwrap.dedent(
     """
     import gc, os, sqlite3, warnings
     import pytest
     import hermes_kanban_native as hkn
+    from hermes_kanban_native.commands.databases import make_wal_db
 
     def make(tmp_path):
-        path = str(tmp_path / "kanban.db")
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("CREATE TABLE t (x)")
-        conn.close()
-        return path
+        return make_wal_db(tmp_path / "kanban.db")
 
     KEPT = []
 
@@ -197,6 +195,7 @@ PROJECT_HELPER = textwrap.dedent(
 
 PROJECT_TESTS = textwrap.dedent(
     """
+    import os
     import sqlite3
     import kb
 
@@ -240,20 +239,8 @@ PROJECT_TESTS = textwrap.dedent(
 
     def test_sqlite_alone_with_its_files(tmp_path):
         path = board(tmp_path)
-        first, second = kb.connect(path), kb.connect(path)
-        for i in range(200):
-            first.execute("INSERT INTO t VALUES (?)", (i,))
-        assert second.execute("SELECT count(*) FROM t").fetchone()[0] == 200
-        first.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        first.execute("ATTACH DATABASE ? AS other", (str(tmp_path / "other.db"),))
-        first.execute("CREATE TABLE other.u (y)")
-        copy = sqlite3.connect(str(tmp_path / "copy.db"))
-        first.backup(copy)
-        copy.close()
-        second.close()
-        first.execute("DETACH DATABASE other")
-        first.close()
-    """)
+        sqlite_with_its_own_files(kb.connect(path), kb.connect(path), str(tmp_path))
+    """) + "\n\n" + inspect.getsource(sqlite_with_its_own_files)
 
 
 @pytest.mark.parametrize("factory", ["hkn.WalSafeConnection", "sqlite3.Connection"])

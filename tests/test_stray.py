@@ -11,7 +11,8 @@ import warnings
 import pytest
 
 import hermes_kanban_native as hkn
-from conftest import isolated_script, make_wal_db, run_isolated
+from hermes_kanban_native.commands.databases import make_wal_db
+from conftest import isolated_script, run_isolated, sqlite_with_its_own_files
 
 StrayOpenWarning = hkn.StrayOpenWarning
 
@@ -85,21 +86,8 @@ def test_unrelated_files_and_databases_nobody_holds_do_not_warn(tmp_path, watchi
 
 def test_sqlite_own_opens_never_warn(tmp_path, watching):
     db = make_wal_db(tmp_path / "board.db")
-    first = hkn.connect(db, isolation_level=None)
-    second = sqlite3.connect(db, isolation_level=None)
-    for i in range(300):
-        first.execute("INSERT INTO t VALUES (?)", (i,))
-    assert second.execute("SELECT count(*) FROM t").fetchone()[0] == 300
-    first.checkpoint("truncate")
-    first.execute("ATTACH DATABASE ? AS other", (str(tmp_path / "other.db"),))
-    first.execute("CREATE TABLE other.u (y)")
-    copy = sqlite3.connect(str(tmp_path / "copy.db"))
-    second.backup(copy)
-    copy.close()
-    first.execute("DETACH DATABASE other")
-    second.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    second.close()
-    first.close()
+    sqlite_with_its_own_files(hkn.connect(db, isolation_level=None),
+                              sqlite3.connect(db, isolation_level=None), str(tmp_path))
     assert _strays(watching) == []
 
 

@@ -30,6 +30,7 @@ import warnings
 
 from .. import WalSafeConnection, sqlite_fds, stats
 from ._args import number
+from .databases import make_wal_db
 from .reference import ReaderProcess, TruncatingConnection
 
 # The demo's busy timeout.  hermes uses 120 s; the Python subclass waits out
@@ -37,6 +38,8 @@ from .reference import ReaderProcess, TruncatingConnection
 # a short one to finish in seconds.
 BUSY_TIMEOUT = 0.5
 TICK = 0.01
+# The table the gateway's connections use.
+TASKS = "task (id INTEGER PRIMARY KEY, body TEXT)"
 
 
 CONTENDERS = (
@@ -61,15 +64,6 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _make_database(path: str) -> None:
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("CREATE TABLE task (id INTEGER PRIMARY KEY, body TEXT)")
-    finally:
-        conn.close()
-
-
 def _open_connections(keeper) -> int:
     """Connection objects still alive and open, the keeper aside (plain
     sqlite3.Connection takes no weak references, so ask the collector)."""
@@ -86,7 +80,7 @@ def _open_connections(keeper) -> int:
 
 def _gateway(name: str, factory, path: str, seconds: float) -> dict:
     """Runs the gateway pattern with one connection factory; returns its row."""
-    _make_database(path)
+    make_wal_db(path, table=TASKS)
     close_times = []
     results = []
     stats_before = stats()
@@ -188,7 +182,7 @@ def _fds_command(path: str) -> int:
 
 
 def _lock_cancellation(path: str) -> None:
-    _make_database(path)
+    make_wal_db(path, table=TASKS)
     holder = sqlite3.connect(path, factory=WalSafeConnection, isolation_level=None)
     try:
         holder.execute("INSERT INTO task (body) VALUES ('before')")

@@ -1,6 +1,6 @@
 """Executes two fresh instances of the extension module, one per route
-("symbols" and "extension-api"), with fault_workload.exec_instance from the
-tests directory argv[1], and lists the functions each bound: the slot
+("symbols" and "extension-api"), with modes.exec_instance from the tests
+directory argv[1], and lists the functions each bound: the slot
 numbers of sqlite3_api_routines are right on this SQLite if every function
 bound through the table is the one dlsym finds.
 
@@ -10,7 +10,7 @@ import json
 import sys
 
 sys.path.insert(0, sys.argv[1])                     # the tests directory
-from fault_workload import exec_instance            # noqa: E402
+from modes import exec_instance                     # noqa: E402
 import hermes_kanban_native._native as native       # noqa: E402
 
 symbols = exec_instance(native.__file__)

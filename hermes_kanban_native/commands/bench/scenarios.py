@@ -12,6 +12,7 @@ import subprocess
 import warnings
 
 from ... import ClosingWalSafeConnection, WalSafeConnection, sqlite_fds
+from ..databases import make_wal_db
 from ..reference import ReaderProcess, TruncatingConnection
 from . import plugin
 from .measure import _block_ratios, _gc_paused, _interleave, _results, _timed_batch
@@ -86,15 +87,9 @@ def _labels(names):
 
 # ------------------------------------------------------------ databases
 
-def _make_db(path, rows=100):
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT)")
-        conn.executemany("INSERT INTO t (x) VALUES (?)", [("row",)] * rows)
-    finally:
-        conn.close()
-    return path
+def _make_db(path):
+    """A scenario's database: 100 rows in t, already in WAL mode."""
+    return make_wal_db(path, [(None, "row")] * 100, table="t (id INTEGER PRIMARY KEY, x TEXT)")
 
 
 def _holder(path):

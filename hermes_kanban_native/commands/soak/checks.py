@@ -41,7 +41,7 @@ class SoakChecks:
         total = len(os.listdir("/proc/self/fd"))
         seq_after, _ = self.counter.snapshot()
         slack = inflight + (seq_after - seq_before)
-        self.samples += 1
+        self.tally.samples += 1
         counts = {"db": len(result.db), "wal": len(result.wal), "shm": len(result.shm),
                   "fds_total": total}
         for kind, value in counts.items():
@@ -68,11 +68,11 @@ class SoakChecks:
 
     def check_health(self, result, who):
         if result.stale:
-            self.stale_seen += 1
+            self.tally.stale_seen += 1
             paths = sorted({info.path for info in result.stale})
             self.violation("stale sidecars", f"{who} (pid {result.pid}) holds unlinked {paths}")
         if result.locks_lost and not result.guarded:
-            self.locks_lost_seen += 1
+            self.tally.locks_lost_seen += 1
             self.violation("lost locks", f"{who} (pid {result.pid}) uses the WAL but holds "
                                          f"no lock on the database")
 
@@ -117,7 +117,7 @@ class SoakChecks:
         if archive != [("ok",)]:
             rows = [row for row in rows if row != ("ok",)]
             rows += [(f"archive: {row[0]}",) for row in archive]
-        self.integrity_checks += 1
+        self.tally.integrity_checks += 1
         if rows == [("ok",)]:
             self.integrity = "ok"
         else:
@@ -137,9 +137,9 @@ class SoakChecks:
             end = data.rfind(b"\n") + 1
             self.log_offsets[name] = offset + end
             ids = [line.decode() for line in data[:end].split(b"\n") if line]
-            self.rows_logged += len(ids)
+            self.tally.rows_logged += len(ids)
             found = _present(conn, "writes", ids)
-            self.rows_verified += len(found)
+            self.tally.rows_verified += len(found)
             for row_id in ids:
                 if row_id not in found:
                     self.missing_rows.append(row_id)
@@ -199,7 +199,7 @@ class SoakChecks:
                                        f"-wal {size} bytes left")
 
     def interval_check(self, long_lived, label):
-        self.checks += 1
+        self.tally.checks += 1
         counts = self.sample_fds(label)
         self.last_counts = counts
         self.check_other_processes()
@@ -212,10 +212,10 @@ class SoakChecks:
         self.show(f"[{self.elapsed():7.1f}s] {label}: fds db {counts['db']} wal {counts['wal']} "
                   f"shm {counts['shm']} total {counts['fds_total']}; open {self.counter.open} "
                   f"(unclosed {self.counter.unclosed_open}); wal {self.wal_size_high} B; "
-                  f"rows verified {self.rows_verified}; violations {len(self.violations)}")
+                  f"rows verified {self.tally.rows_verified}; violations {len(self.violations)}")
 
     def collect(self, long_lived):
         # Sample where the descriptors peak: just before the collection.
         self.interval_check(long_lived, "before gc")
-        self.gc_runs += 1
-        self.gc_collected += gc.collect()
+        self.tally.gc_runs += 1
+        self.tally.gc_collected += gc.collect()

@@ -1,7 +1,9 @@
 """Counting in the gateway process: its open connections (and the
-never-closed ones), its close() times, and which logged ids a table holds."""
+never-closed ones), its close() times, what the run did, and which logged
+ids a table holds."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 
@@ -91,6 +93,30 @@ class ConnectionCounter:
                 self.open -= 1
                 self.unclosed_open -= 1
                 self.collected += 1
+
+
+@dataclasses.dataclass
+class Tally:
+    """What the gateway process did and saw during the run, counted in one
+    place (the report shows most of it); the soak's state stays on Soak."""
+
+    main_transactions: int = 0      # commits of this process's threads
+    dispatcher_ticks: int = 0
+    resource_warnings: int = 0
+    stray_closes: int = 0           # rounds of the stray-close thread
+    checks: int = 0                 # interval checks, the final one included
+    samples: int = 0                # descriptor samples
+    gc_runs: int = 0
+    gc_collected: int = 0           # objects gc.collect() found
+    integrity_checks: int = 0
+    verifiers_run: int = 0
+    rows_logged: int = 0            # ids the writer processes logged after commit
+    rows_verified: int = 0          # ... and found in the database
+    main_rows_verified: int = 0
+    archive_rows_logged: int = 0
+    archive_rows_verified: int = 0
+    stale_seen: int = 0             # checks that found a process holding stale sidecars
+    locks_lost_seen: int = 0        # ... or using the WAL without its locks
 
 
 class CloseTimes:

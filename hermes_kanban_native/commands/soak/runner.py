@@ -13,7 +13,7 @@ import time
 import traceback
 
 from .checks import SoakChecks
-from .counting import CloseTimes, ConnectionCounter
+from .counting import CloseTimes, ConnectionCounter, Tally
 from .model import (BOARDS, JOURNAL_SIZE_LIMIT, WAL_AUTOCHECKPOINT, archive_path, configure,
                     create_archive, create_schema, factory_class)
 
@@ -35,6 +35,7 @@ class Soak(SoakChecks):
                 attributes["guard_wal"] = False
         self.factory = type("Tracked" + base.__name__, (base,), attributes)
         self.counter = ConnectionCounter()
+        self.tally = Tally()
         self.closes = CloseTimes()
         self.stop = threading.Event()
         self.violations = []
@@ -43,37 +44,21 @@ class Soak(SoakChecks):
         self.thread_errors = []
         self.archive = archive_path(database)
         self.archive_rows = []          # ids this process's threads committed there
-        self.archive_rows_logged = self.archive_rows_verified = 0
         self.main_rows = []             # ids committed by this process's threads
         self.main_rows_lock = threading.Lock()
-        self.main_transactions = 0
-        self.dispatcher_ticks = 0
-        self.resource_warnings = 0
         self.other_warnings = []
-        self.stray_closes = 0
         self.wal_size_high = 0
         self.wal_size_bound = self.wal_size_limit = 0
         self.wal_size_final = None
         self.hw = {"db": 0, "wal": 0, "shm": 0, "fds_total": 0}
         self.hw_at = {}
         self.open_high = 0
-        self.checks = 0
-        self.samples = 0
-        self.gc_runs = 0
-        self.gc_collected = 0
-        self.integrity_checks = 0
         self.integrity = "not run"
         self.children = []              # (role, index, Popen)
         self.child_failures = []
-        self.verifiers_run = 0
         self.log_offsets = {}
         self.error_files = set()
-        self.main_rows_verified = 0
-        self.rows_logged = 0
-        self.rows_verified = 0
         self.missing_rows = []
-        self.stale_seen = 0
-        self.locks_lost_seen = 0
         self.run_id = os.urandom(4).hex()
         self.started = time.monotonic()
         self.rng = random.Random()
@@ -129,7 +114,7 @@ class Soak(SoakChecks):
     def record_main_row(self, row_id):
         with self.main_rows_lock:
             self.main_rows.append(row_id)
-            self.main_transactions += 1
+            self.tally.main_transactions += 1
 
     # -- threads of this process
 
@@ -198,7 +183,7 @@ class Soak(SoakChecks):
                         self._small_write(conn, f"{self.run_id}-d{tick}-{slot}", board)
                 finally:
                     self.close(conn)
-            self.dispatcher_ticks = tick
+            self.tally.dispatcher_ticks = tick
             try:
                 self.wal_size_high = max(self.wal_size_high, os.stat(wal).st_size)
             except FileNotFoundError:
@@ -243,7 +228,7 @@ class Soak(SoakChecks):
                     pass
                 finally:
                     self.counter.end()
-            self.stray_closes += 1
+            self.tally.stray_closes += 1
             self.stop.wait(0.25)
 
     # -- other processes
@@ -260,16 +245,16 @@ class Soak(SoakChecks):
 
     def verifier_launcher(self):
         while not self.stop.is_set():
-            proc = self.spawn("verifier", self.verifiers_run, 0.0)
+            proc = self.spawn("verifier", self.tally.verifiers_run, 0.0)
             try:
                 code = proc.wait(timeout=300)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
                 code = "hung"
-            self.verifiers_run += 1
+            self.tally.verifiers_run += 1
             if code != 0:
-                self.child_failed("verifier", self.verifiers_run - 1, code)
+                self.child_failed("verifier", self.tally.verifiers_run - 1, code)
             self.stop.wait(0.5)
 
     def child_failed(self, role, index, code):
@@ -292,7 +277,7 @@ class Soak(SoakChecks):
             f"\r\x1b[Ksoak {self.factory_name}: {self.elapsed():6.1f}/{self.args.seconds:g}s "
             f"open {self.counter.open} (unclosed {self.counter.unclosed_open}) "
             f"fds db {counts.get('db', '-')} wal {counts.get('wal', '-')} "
-            f"shm {counts.get('shm', '-')}  rows {self.rows_verified}  "
+            f"shm {counts.get('shm', '-')}  rows {self.tally.rows_verified}  "
             f"violations {len(self.violations)}")
         sys.stderr.flush()
         self.progress_shown = True
@@ -301,7 +286,7 @@ class Soak(SoakChecks):
 
     def warning_hook(self, message, category, filename, lineno, file=None, line=None):
         if issubclass(category, ResourceWarning):
-            self.resource_warnings += 1
+            self.tally.resource_warnings += 1
         elif len(self.other_warnings) < 20:
             self.other_warnings.append(f"{category.__name__}: {message}")
 
@@ -384,8 +369,8 @@ class Soak(SoakChecks):
         self.interval_check(long_lived, "final")
         self.check_integrity(long_lived)
         self.check_wal_truncates(long_lived)
-        self.main_rows_verified = self.verify_main_rows(long_lived)
-        self.archive_rows_logged, self.archive_rows_verified = \
+        self.tally.main_rows_verified = self.verify_main_rows(long_lived)
+        self.tally.archive_rows_logged, self.tally.archive_rows_verified = \
             self.verify_archive_rows(long_lived)
         if self.counter.unclosed_open:
             self.violation("unclosed", f"{self.counter.unclosed_open} connections survived "
@@ -430,30 +415,30 @@ class Soak(SoakChecks):
             "unclosed_total": self.counter.unclosed_total,
             "unclosed_high_water": self.counter.unclosed_peak,
             "unclosed_collected": self.counter.collected,
-            "resource_warnings": self.resource_warnings,
-            "gc_runs": self.gc_runs,
-            "dispatcher_ticks": self.dispatcher_ticks,
-            "main_transactions": self.main_transactions,
-            "main_rows_verified": self.main_rows_verified,
-            "archive_rows_logged": self.archive_rows_logged,
-            "archive_rows_verified": self.archive_rows_verified,
-            "rows_logged": self.rows_logged,
-            "rows_verified": self.rows_verified,
+            "resource_warnings": self.tally.resource_warnings,
+            "gc_runs": self.tally.gc_runs,
+            "dispatcher_ticks": self.tally.dispatcher_ticks,
+            "main_transactions": self.tally.main_transactions,
+            "main_rows_verified": self.tally.main_rows_verified,
+            "archive_rows_logged": self.tally.archive_rows_logged,
+            "archive_rows_verified": self.tally.archive_rows_verified,
+            "rows_logged": self.tally.rows_logged,
+            "rows_verified": self.tally.rows_verified,
             "rows_missing": len(self.missing_rows),
-            "verifiers_run": self.verifiers_run,
+            "verifiers_run": self.tally.verifiers_run,
             "child_failures": len(self.child_failures),
             "wal_size_high_water": self.wal_size_high,
             "wal_size_bound": self.wal_size_limit,
             "wal_size_final": self.wal_size_final,
             "integrity_check": self.integrity,
-            "integrity_checks": self.integrity_checks,
-            "stale_seen": self.stale_seen,
-            "locks_lost_seen": self.locks_lost_seen,
-            "stray_closes": self.stray_closes,
+            "integrity_checks": self.tally.integrity_checks,
+            "stale_seen": self.tally.stale_seen,
+            "locks_lost_seen": self.tally.locks_lost_seen,
+            "stray_closes": self.tally.stray_closes,
             "close_ms_max": round(self.closes.close_max * 1e3, 3),
             "close_ms_mean": round(self.closes.close_total * 1e3 / max(1, self.closes.closes), 3),
             "closes": self.closes.closes,
-            "checks": self.checks,
+            "checks": self.tally.checks,
             "walsafe_stats": native,
             "other_warnings": self.other_warnings,
             "violation_kinds": sorted(self.violation_kinds),
