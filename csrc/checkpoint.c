@@ -117,7 +117,8 @@ hkn_describe_error(const hkn_sqlite_api *api, sqlite3 *db, hkn_outcome *out)
  * connection mutex so that no other thread steps a statement between the
  * reset and the checkpoint.  Touches no Python object. */
 static void
-hkn_native_close_checkpoint(const hkn_sqlite_api *api, sqlite3 *db, int mode, hkn_outcome *out)
+hkn_native_close_checkpoint(const hkn_sqlite_api *api, const hkn_conn *conn, sqlite3 *db,
+                            int mode, long threshold, hkn_outcome *out)
 {
     sqlite3_mutex *mutex = sqlite3_db_mutex(db);
     sqlite3_mutex_enter(mutex);
@@ -136,6 +137,7 @@ hkn_native_close_checkpoint(const hkn_sqlite_api *api, sqlite3 *db, int mode, hk
      * that some transaction is open, which may only be a read. */
     int write_txn = txn >= 0 ? txn == SQLITE_TXN_WRITE : !sqlite3_get_autocommit(db);
     int wrote = 0, high = 0;
+    long pending = -1;
     if (sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0) != SQLITE_OK) {
         wrote = 1;              /* unknown: checkpoint rather than skip */
     }
@@ -153,6 +155,14 @@ hkn_native_close_checkpoint(const hkn_sqlite_api *api, sqlite3 *db, int mode, hk
         /* A connection that wrote nothing added no frames; copying other
          * connections' frames is their autocheckpoint's job. */
         out->skipped = HKN_SKIP_UNCHANGED;
+    }
+    else if (mode == SQLITE_CHECKPOINT_PASSIVE && threshold > 0
+             && (pending = hkn_guard_pending_frames(conn)) >= 0 && pending < threshold) {
+        /* What bounds the WAL is a checkpoint once enough frames wait, not
+         * one after every write: most closes would pay ~3 fsyncs to copy a
+         * page or two (docs/sqlite-internals.md, "The close-time policy"). */
+        out->log_frames = (int)pending;
+        out->skipped = HKN_SKIP_BELOW_THRESHOLD;
     }
     else {
         /* Stepped statements hold a read transaction that would make the
@@ -376,9 +386,35 @@ sqlite_error:
 
 /* ------------------------------------------------------ close-time policy */
 
+static int hkn_checkpoint_outcome(hkn_state *state, hkn_conn *conn, PyObject *self,
+                                  int mode, long threshold);
+
+/* checkpoint_threshold read the ordinary way (instance, class, subclass):
+ * an int >= 0 (not a bool) into *threshold, or -1 with ValueError naming
+ * the value (or the lookup's own exception). */
+static int
+hkn_threshold(hkn_state *state, PyObject *self, long *threshold)
+{
+    PyObject *value = PyObject_GetAttr(self, state->str_checkpoint_threshold);
+    if (value == NULL) {
+        return -1;
+    }
+    *threshold = PyLong_Check(value) && !PyBool_Check(value) ? PyLong_AsLong(value) : -1;
+    if (*threshold < 0) {
+        PyErr_Clear();          /* a too-large int is as wrong as any other */
+        PyErr_Format(PyExc_ValueError,
+                     "checkpoint_threshold must be an int >= 0 (frames), not %R", value);
+    }
+    Py_DECREF(value);
+    return *threshold < 0 ? -1 : 0;
+}
+
 /* Runs the close-time checkpoint of `self` in the given mode and records
  * it.  Every failure is reported as a warning, never raised, except that a
- * warning turned into an error by the warning filters propagates (-1). */
+ * warning turned into an error by the warning filters propagates (-1), and
+ * an invalid checkpoint_threshold: the checkpoint then runs as if it were
+ * 0 (a bad setting never leaves the WAL unbounded) and the ValueError
+ * propagates. */
 int
 hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
 {
@@ -387,8 +423,45 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
         state->stats.checkpoints_skipped++;
         return 0;
     }
+    long threshold = 0;
+    hkn_saved_error bad_threshold = {0};
+    if (mode == SQLITE_CHECKPOINT_PASSIVE && hkn_threshold(state, self, &threshold) < 0) {
+        threshold = 0;
+        hkn_error_save(&bad_threshold);
+    }
+    if (threshold > 0 && state->api.native && conn->guard != NULL) {
+        /* The frame count is read through the -shm descriptor the guard
+         * knows; a connection's -shm opens at its first read, after the
+         * guard was claimed, so a connection that wrote looks for it now. */
+        const hkn_sqlite_api *api = &state->api;
+        sqlite3 *db = hkn_connection_handle(self);
+        int wrote = 0, high = 0;
+        if (db != NULL
+            && (sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0)
+                != SQLITE_OK || wrote > 0)) {
+            hkn_guard_refresh(state, conn, db);
+        }
+    }
+    int status = hkn_checkpoint_outcome(state, conn, self, mode, threshold);
+    if (hkn_error_saved(&bad_threshold)) {
+        if (status < 0) {
+            hkn_error_drop(&bad_threshold);     /* the report's own error wins */
+        }
+        else {
+            hkn_error_restore(&bad_threshold);
+            status = -1;
+        }
+    }
+    return status;
+}
+
+/* hkn_close_checkpoint's run and report. */
+static int
+hkn_checkpoint_outcome(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
+                       long threshold)
+{
     hkn_outcome out;
-    if (hkn_checkpoint_run(state, conn, self, mode, HKN_CKPT_CLOSE, &out) < 0) {
+    if (hkn_checkpoint_run(state, conn, self, mode, threshold, HKN_CKPT_CLOSE, &out) < 0) {
         /* Not SQLite's doing (memory, a broken subclass attribute): report
          * it like a checkpoint error; the close must still happen. */
         PyObject *exc = hkn_error_take();
@@ -523,7 +596,7 @@ hkn_native_explicit_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self,
 
 int
 hkn_checkpoint_run(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
-                   hkn_ckpt_how how, hkn_outcome *out)
+                   long threshold, hkn_ckpt_how how, hkn_outcome *out)
 {
     memset(out, 0, sizeof(*out));
     out->log_frames = out->checkpointed_frames = -1;
@@ -535,7 +608,7 @@ hkn_checkpoint_run(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
         sqlite3 *db = hkn_connection_handle(self);
         const hkn_sqlite_api *api = &state->api;
         Py_BEGIN_ALLOW_THREADS
-        hkn_native_close_checkpoint(api, db, mode, out);
+        hkn_native_close_checkpoint(api, conn, db, mode, threshold, out);
         Py_END_ALLOW_THREADS
         return 0;
     }

@@ -188,8 +188,10 @@ PyDoc_STRVAR(hkn_close_doc,
 "in last_checkpoint and stats() and the close goes on.  It is skipped for\n"
 "in-memory, temporary, read-only and non-WAL databases, when a write\n"
 "transaction is open (the close discards it, as sqlite3 does), and under\n"
-"the default 'passive' policy when this connection wrote nothing.  A failed\n"
-"checkpoint is reported with warnings.warn and never stops the close.\n"
+"the default 'passive' policy when this connection wrote nothing or fewer\n"
+"than checkpoint_threshold frames wait in the WAL.  A failed checkpoint is\n"
+"reported with warnings.warn and never stops the close; an invalid\n"
+"checkpoint_on_close or checkpoint_threshold raises ValueError after it.\n"
 "Closing twice is a no-op; from a thread other than the opener's (with\n"
 "check_same_thread) it raises sqlite3.ProgrammingError and does nothing.");
 
@@ -331,7 +333,7 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
     }
 
     hkn_outcome out;
-    int failed = hkn_checkpoint_run(state, conn, self, mode,
+    int failed = hkn_checkpoint_run(state, conn, self, mode, 0,
                                     wait ? HKN_CKPT_WAIT : HKN_CKPT_NOWAIT, &out) < 0;
     hkn_unlock(conn);
 
@@ -742,7 +744,10 @@ PyDoc_STRVAR(hkn_connection_doc,
 "Use it as sqlite3.connect(path, factory=WalSafeConnection, ...).  Apart from\n"
 "close-time behaviour it is sqlite3.Connection.  The class attribute\n"
 "checkpoint_on_close ('passive' by default; 'off', 'passive', 'full',\n"
-"'restart' or 'truncate') may be overridden on a subclass or an instance.\n\n"
+"'restart' or 'truncate') may be overridden on a subclass or an instance.\n"
+"Under 'passive', a close checkpoints only once checkpoint_threshold frames\n"
+"(default 256; 0: after every write) wait in the WAL, where the guard can\n"
+"read the count; the other modes checkpoint at every close.\n\n"
 "max_live_per_database (default 64; None or 0 turns it off) bounds leaks:\n"
 "when opening one more connection to a database would exceed it, the\n"
 "garbage collector runs once so that abandoned connections are finalized;\n"
@@ -797,6 +802,13 @@ hkn_connection_exec(PyObject *module, hkn_state *state)
                                state->mode_names[SQLITE_CHECKPOINT_PASSIVE]) < 0) {
         return -1;
     }
+    PyObject *threshold = PyLong_FromLong(HKN_DEFAULT_THRESHOLD);
+    if (threshold == NULL
+        || PyObject_SetAttr(type, state->str_checkpoint_threshold, threshold) < 0) {
+        Py_XDECREF(threshold);
+        return -1;
+    }
+    Py_DECREF(threshold);
     PyObject *bound = PyLong_FromLong(HKN_DEFAULT_MAX_LIVE);
     if (bound == NULL
         || PyObject_SetAttr(type, state->str_max_live, bound) < 0) {

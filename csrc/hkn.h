@@ -96,6 +96,7 @@ typedef struct hkn_state {
     PyObject *stdlib_prefixes;      /* tuple of str: the standard library's files */
     PyObject *install_prefixes;     /* tuple of str: sys.prefix and friends */
     PyObject *str_checkpoint_on_close;
+    PyObject *str_checkpoint_threshold;
     PyObject *str_off;
     PyObject *str_max_live;         /* "max_live_per_database" */
     PyObject *bound_exceeded;       /* set: databases over the bound since the last
@@ -195,6 +196,10 @@ hkn_same_process(hkn_state *state, hkn_conn *conn)
 /* guard.c: the WAL-generation guard (OFD locks); see the file's comment. */
 int hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db);
 void hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db);
+/* Frames in the WAL not yet copied into the database, read from the
+ * wal-index header through SQLite's own -shm descriptor; -1 when unknown
+ * (no guard, no -shm known, or a header being written).  No GIL needed. */
+long hkn_guard_pending_frames(const hkn_conn *conn);
 /* `opt_out`: the connection asked to be unguarded (_guard(conn, False)), so
  * the fcntl wrapper must not keep the locks either. */
 void hkn_guard_release(hkn_state *state, hkn_conn *conn, int opt_out);
@@ -255,6 +260,8 @@ typedef enum {
     HKN_SKIP_READONLY,
     HKN_SKIP_TRANSACTION,   /* a transaction is open: the base discards it */
     HKN_SKIP_UNCHANGED,     /* passive policy and this connection wrote nothing */
+    HKN_SKIP_BELOW_THRESHOLD, /* passive policy and fewer frames wait than the
+                               * checkpoint_threshold */
     HKN_SKIP_NOT_WAL,
 } hkn_skip;
 
@@ -275,7 +282,10 @@ typedef enum { HKN_CKPT_CLOSE, HKN_CKPT_WAIT, HKN_CKPT_NOWAIT } hkn_ckpt_how;
 /* Fills *out; -1 with a Python exception only for failures that are not
  * SQLite's (SQL mode: memory, a broken subclass attribute). */
 int hkn_checkpoint_run(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
-                       hkn_ckpt_how how, hkn_outcome *out);
+                       long threshold, hkn_ckpt_how how, hkn_outcome *out);
+/* Default of WalSafeConnection.checkpoint_threshold (docs/sqlite-internals.md
+ * and README's "What close() does" give the numbers behind it). */
+#define HKN_DEFAULT_THRESHOLD 256
 /* The close-time checkpoint in `mode`, recorded; failures are warnings (-1
  * only when a warnings filter made one an error). */
 int hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode);

@@ -777,6 +777,7 @@ hkn_module_exec(PyObject *module)
     }
     if (hkn_intern("off", &state->str_off) < 0
         || hkn_intern("checkpoint_on_close", &state->str_checkpoint_on_close) < 0
+        || hkn_intern("checkpoint_threshold", &state->str_checkpoint_threshold) < 0
         || hkn_intern("max_live_per_database", &state->str_max_live) < 0
         || hkn_intern("guard_wal", &state->str_guard_wal) < 0
         || hkn_intern("check_same_thread", &state->str_check_same_thread) < 0
@@ -818,7 +819,8 @@ hkn_module_exec(PyObject *module)
     X(Error) X(InterfaceError) X(DatabaseError) X(DataError) X(OperationalError) \
     X(IntegrityError) X(InternalError) X(ProgrammingError) X(NotSupportedError)  \
     X(package_dir) X(stdlib_prefixes) X(install_prefixes)                       \
-    X(str_checkpoint_on_close) X(str_off) X(str_max_live) X(str_guard_wal)      \
+    X(str_checkpoint_on_close) X(str_checkpoint_threshold) X(str_off)           \
+    X(str_max_live) X(str_guard_wal)                                            \
     X(str_check_same_thread) X(base_close) X(bound_exceeded)                    \
     X(mode_names[0]) X(mode_names[1]) X(mode_names[2]) X(mode_names[3])         \
     X(api_library) X(api_reason) X(api_routes_not_taken) X(opened_paths)         \

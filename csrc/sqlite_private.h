@@ -54,4 +54,25 @@
 #define HKN_NODE_ZNAME_OFFSET  (2 * sizeof(void *))
 #define HKN_NODE_HSHM_OFFSET   (3 * sizeof(void *))
 
+/* ------------------------------------------------------ wal-index header
+ *
+ * The first 136 bytes of the -shm, in the native byte order, as SQLite's
+ * WAL-index format document describes them: the 48-byte header twice
+ * (SQLite writes the second copy, then the first; a reader that finds them
+ * different is looking at a header being written), then the checkpoint
+ * information.  In each header copy:
+ *     u32 iVersion                         0   3007000
+ *     u32 unused, iChange                  4, 8
+ *     u8  isInit                          12   1 once initialised
+ *     u8  bigEndCksum; u16 szPage         13, 14
+ *     u32 mxFrame                         16   the last valid frame
+ * and after the two copies:
+ *     u32 nBackfill                       96   frames copied into the database
+ * mxFrame - nBackfill is the number of frames a checkpoint would copy. */
+#define HKN_WALINDEX_HDR_SIZE     48
+#define HKN_WALINDEX_VERSION      3007000u
+#define HKN_WALINDEX_ISINIT       12
+#define HKN_WALINDEX_MXFRAME      16
+#define HKN_WALINDEX_NBACKFILL    96
+
 #endif

@@ -5,6 +5,7 @@ import contextlib
 import gc
 import inspect
 import os
+import re
 import sqlite3
 import sys
 import threading
@@ -20,9 +21,15 @@ from conftest import fds_on, is_native, reader_process
 # SQL mode (conftest.py), so each runs in both.
 
 
-def open_wal(hkn, path, **kwargs):
+def open_wal(hkn, path, *, threshold=0, **kwargs):
+    """A WalSafeConnection in autocommit.  Its close checkpoints after any
+    write (checkpoint_threshold 0), which is what most tests here look at;
+    the default threshold has tests of its own."""
     kwargs.setdefault("isolation_level", None)
-    return sqlite3.connect(path, factory=hkn.WalSafeConnection, **kwargs)
+    conn = sqlite3.connect(path, factory=hkn.WalSafeConnection, **kwargs)
+    if threshold is not None:
+        conn.checkpoint_threshold = threshold
+    return conn
 
 
 # ------------------------------------------------------------------ close
@@ -43,6 +50,77 @@ def test_close_checkpoints_what_this_connection_wrote(hkn, db):
     assert after["checkpoints"] == before["checkpoints"] + 1
     assert after["closed"] == before["closed"] + 1
     assert after["frames_checkpointed"] >= before["frames_checkpointed"] + result.log_frames
+
+
+def _wal_frames(db):
+    size = os.path.getsize(db + "-wal") if os.path.exists(db + "-wal") else 0
+    return max(0, (size - 32) // (4096 + 24))
+
+
+def _write_ticks(factory, db, ticks):
+    """Gateway write ticks: connect, one INSERT, close.  Which closes
+    checkpointed, and the most frames the WAL file held."""
+    ran, most = [], 0
+    for tick in range(ticks):
+        conn = sqlite3.connect(db, factory=factory, isolation_level=None)
+        conn.execute("INSERT INTO t VALUES (?)", (tick,))
+        conn.close()
+        ran.append(conn.last_checkpoint is not None)
+        most = max(most, _wal_frames(db))
+    return ran, most
+
+
+def test_passive_close_checkpoints_once_the_threshold_of_frames_waits(hkn, db):
+    assert hkn.WalSafeConnection.checkpoint_threshold == 256
+    Small = type("Small", (hkn.WalSafeConnection,), {"checkpoint_threshold": 10})
+    keeper = sqlite3.connect(db)        # keeps the WAL from SQLite's last-close checkpoint
+    keeper.execute("SELECT count(*) FROM t").fetchone()
+    before = hkn.stats()
+    ran, most = _write_ticks(Small, db, 35)
+    keeper.close()
+    after = hkn.stats()
+    if is_native(hkn) and hkn.sqlite_api()["guard"] == "available":
+        # A frame or two per tick: the close that finds 10 waiting copies
+        # them, the others leave the WAL alone, and it never grows past the
+        # threshold and one tick's frames.
+        assert 2 <= ran.count(True) <= 4, ran
+        assert most <= 10 + 2, most
+        assert after["checkpoints_skipped"] - before["checkpoints_skipped"] == ran.count(False)
+    else:
+        # No frame count without the guard's -shm descriptor: every close
+        # that wrote checkpoints, as with a threshold of 0.
+        assert all(ran), ran
+
+
+def test_without_the_guard_every_write_close_checkpoints(hkn, db):
+    Unguarded = type("Unguarded", (hkn.WalSafeConnection,), {"guard_wal": False})
+    keeper = sqlite3.connect(db)
+    keeper.execute("SELECT count(*) FROM t").fetchone()
+    ran, _ = _write_ticks(Unguarded, db, 5)
+    keeper.close()
+    assert all(ran), ran
+
+
+@pytest.mark.parametrize("bad", [-1, "10", 2.5, True, None, 10**30])
+def test_invalid_threshold_still_checkpoints_and_closes_then_raises(hkn, db, bad):
+    conn = open_wal(hkn, db, threshold=None)
+    conn.checkpoint_threshold = bad
+    conn.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(ValueError, match=re.escape(repr(bad))):
+        conn.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT 1")
+    assert conn.last_checkpoint is not None     # run as with a threshold of 0
+    conn.close()                                # closing again: a no-op
+
+
+def test_threshold_only_concerns_the_passive_policy(hkn, db):
+    conn = open_wal(hkn, db, threshold=None)
+    conn.checkpoint_on_close = "truncate"
+    conn.checkpoint_threshold = "not read"
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.close()
+    assert conn.last_checkpoint.mode == "truncate"
 
 
 def test_reader_close_skips_the_passive_checkpoint(hkn, db):
@@ -400,6 +478,7 @@ def test_uninitialized_instance(hkn, db):
 
 def _leak(hkn, path):
     conn = sqlite3.connect(path, factory=hkn.WalSafeConnection, isolation_level=None)
+    conn.checkpoint_threshold = 0       # its one write is then checkpointed
     conn.execute("INSERT INTO t VALUES (1)")
     return conn
 
@@ -517,6 +596,7 @@ def test_accepts_every_connect_argument(hkn, db, args, kwargs):
     assert ours.isolation_level == plain.isolation_level
     if sys.version_info >= (3, 12):
         assert ours.autocommit == plain.autocommit
+    ours.checkpoint_threshold = 0       # checkpoint after any write
     ours.execute("INSERT INTO t VALUES (1)")
     ours.commit()
     plain.close()
@@ -526,6 +606,7 @@ def test_accepts_every_connect_argument(hkn, db, args, kwargs):
 
 def test_uri_argument(hkn, db):
     conn = sqlite3.connect(f"file:{db}?cache=private", uri=True, factory=hkn.WalSafeConnection)
+    conn.checkpoint_threshold = 0
     conn.execute("INSERT INTO t VALUES (1)")
     conn.commit()
     conn.close()
@@ -586,7 +667,8 @@ def test_python_mixin_subclass_and_class_swap(hkn, db):
             self.closed_by_mixin = True
             super().close()
 
-    Tracked = type("TrackedWalSafeConnection", (Mixin, hkn.WalSafeConnection), {})
+    Tracked = type("TrackedWalSafeConnection", (Mixin, hkn.WalSafeConnection),
+                   {"checkpoint_threshold": 0})
     conn = sqlite3.connect(db, factory=Tracked, isolation_level=None)
     assert conn.tracked and isinstance(conn, hkn.WalSafeConnection)
     conn.execute("INSERT INTO t VALUES (1)")
@@ -594,7 +676,7 @@ def test_python_mixin_subclass_and_class_swap(hkn, db):
     assert conn.closed_by_mixin and conn.last_checkpoint is not None
 
     plain = sqlite3.connect(db, factory=hkn.WalSafeConnection, isolation_level=None)
-    plain.__class__ = Tracked
+    plain.__class__ = Tracked           # and with it checkpoint_threshold 0
     plain.execute("INSERT INTO t VALUES (2)")
     plain.close()
     assert plain.closed_by_mixin and plain.last_checkpoint is not None
@@ -605,6 +687,7 @@ def test_python_mixin_subclass_and_class_swap(hkn, db):
 
 def test_closing_subclass_closes_on_with(hkn, db):
     with sqlite3.connect(db, factory=hkn.ClosingWalSafeConnection) as conn:
+        conn.checkpoint_threshold = 0
         conn.execute("INSERT INTO t VALUES (1)")
     with pytest.raises(sqlite3.ProgrammingError):
         conn.execute("SELECT 1")

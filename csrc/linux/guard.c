@@ -414,6 +414,32 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
     return 0;
 }
 
+long
+hkn_guard_pending_frames(const hkn_conn *conn)
+{
+    const hkn_guard *guard = conn->guard;
+    if (guard == NULL || guard->shm_fd < 0) {
+        return -1;
+    }
+    /* The descriptor is SQLite's and stays open as long as its shared
+     * memory node, which outlives this still-open connection: reading it
+     * (never opening the file) cancels no lock. */
+    unsigned char head[HKN_WALINDEX_NBACKFILL + 4];
+    if (pread(guard->shm_fd, head, sizeof(head), 0) != (ssize_t)sizeof(head)
+        || memcmp(head, head + HKN_WALINDEX_HDR_SIZE, HKN_WALINDEX_HDR_SIZE) != 0) {
+        return -1;
+    }
+    uint32_t version, max_frame, backfilled;
+    memcpy(&version, head, sizeof(version));
+    memcpy(&max_frame, head + HKN_WALINDEX_MXFRAME, sizeof(max_frame));
+    memcpy(&backfilled, head + HKN_WALINDEX_NBACKFILL, sizeof(backfilled));
+    if (version != HKN_WALINDEX_VERSION || head[HKN_WALINDEX_ISINIT] != 1
+        || backfilled > max_frame) {
+        return -1;
+    }
+    return (long)(max_frame - backfilled);
+}
+
 void
 hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db)
 {

@@ -20,6 +20,13 @@ hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db)
     (void)db;
 }
 
+long
+hkn_guard_pending_frames(const hkn_conn *conn)
+{
+    (void)conn;
+    return -1;
+}
+
 void
 hkn_guard_release(hkn_state *state, hkn_conn *conn, int opt_out)
 {

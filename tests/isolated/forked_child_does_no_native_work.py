@@ -14,6 +14,7 @@ import hermes_kanban_native as hkn
 
 warnings.simplefilter("error")
 conn = sqlite3.connect(sys.argv[1], factory=hkn.WalSafeConnection, isolation_level=None)
+conn.checkpoint_threshold = 0          # a close after a write checkpoints
 conn.execute("INSERT INTO t VALUES (1)")
 pid = os.fork()
 if pid == 0:
