@@ -587,12 +587,49 @@ hkn_expect(const char *p, const char *end, char c)
     return (p != NULL && p < end && *p == c) ? p + 1 : NULL;
 }
 
+/* Parses one line (without its newline) into a record; -1 to skip it.
+ * `base` is the start of the text, for records that point into it. */
+typedef int (*hkn_line_fn)(const char *p, const char *end, const char *base, void *record);
+
+/* Appends a record of `elem` bytes to *records* for every line of *text*
+ * that starts with *prefix* ("" for all) and parses; -1 out of memory. */
+static int
+hkn_parse_lines(const hkn_text *text, const char *prefix, hkn_line_fn parse, size_t elem,
+                hkn_array *records)
+{
+    size_t prefix_len = strlen(prefix);
+    const char *p = text->data;
+    const char *stop = text->data + text->len;
+    while (p < stop) {
+        const char *eol = memchr(p, '\n', (size_t)(stop - p));
+        if (eol == NULL) {
+            eol = stop;
+        }
+        union {
+            hkn_map_record map;
+            hkn_lock_record lock;
+        } parsed;
+        memset(&parsed, 0, sizeof(parsed));
+        if ((size_t)(eol - p) > prefix_len && memcmp(p, prefix, prefix_len) == 0
+            && parse(p + prefix_len, eol, text->data, &parsed) == 0) {
+            void *record = hkn_append(records, elem);
+            if (record == NULL) {
+                return -1;
+            }
+            memcpy(record, &parsed, elem);
+        }
+        p = eol + 1;
+    }
+    return 0;
+}
+
 /* One line of /proc/<pid>/maps: "start-end perms offset maj:min inode  path".
  * The kernel prints the device as major:minor in hex; st_dev uses makedev()'s
  * encoding, so convert here to make the two comparable. */
 static int
-hkn_parse_map_line(const char *p, const char *end, const char *base, hkn_map_record *r)
+hkn_parse_map_line(const char *p, const char *end, const char *base, void *record)
 {
+    hkn_map_record *r = record;
     unsigned long long major, minor;
     p = hkn_parse_unsigned(p, end, 16, &r->start);
     p = hkn_expect(p, end, '-');
@@ -635,23 +672,9 @@ hkn_collect_maps(int pid, hkn_array *records, hkn_text *text, hkn_failure *failu
     if (hkn_read_file(path, text, failure) < 0) {
         return -1;
     }
-    const char *p = text->data;
-    const char *stop = text->data + text->len;
-    while (p < stop) {
-        const char *eol = memchr(p, '\n', (size_t)(stop - p));
-        if (eol == NULL) {
-            eol = stop;
-        }
-        hkn_map_record parsed = {0};
-        if (hkn_parse_map_line(p, eol, text->data, &parsed) == 0) {
-            hkn_map_record *record = hkn_append(records, sizeof(*record));
-            if (record == NULL) {
-                hkn_fail(failure, ENOMEM, "read", path);
-                return -1;
-            }
-            *record = parsed;
-        }
-        p = eol + 1;
+    if (hkn_parse_lines(text, "", hkn_parse_map_line, sizeof(hkn_map_record), records) < 0) {
+        hkn_fail(failure, ENOMEM, "read", path);
+        return -1;
     }
     return 0;
 }
@@ -741,8 +764,9 @@ hkn_parse_signed(const char *p, const char *end, long long *out)
  * Leases print no range of their own ("0 EOF"), and a lock without an inode
  * prints "<none>:0"; both still parse. */
 static int
-hkn_parse_lock_line(const char *p, const char *end, hkn_lock_record *r)
+hkn_parse_lock_line(const char *p, const char *end, const char *Py_UNUSED(base), void *record)
 {
+    hkn_lock_record *r = record;
     const char *token;
     size_t len;
     unsigned long long major, minor;
@@ -804,32 +828,6 @@ hkn_parse_lock_line(const char *p, const char *end, hkn_lock_record *r)
     return 0;
 }
 
-/* Parses every line of *text* that starts with *prefix* ("" for all). */
-static int
-hkn_parse_lock_lines(const hkn_text *text, const char *prefix, hkn_array *records)
-{
-    size_t prefix_len = strlen(prefix);
-    const char *p = text->data;
-    const char *stop = text->data + text->len;
-    while (p < stop) {
-        const char *eol = memchr(p, '\n', (size_t)(stop - p));
-        if (eol == NULL) {
-            eol = stop;
-        }
-        if ((size_t)(eol - p) > prefix_len && memcmp(p, prefix, prefix_len) == 0) {
-            hkn_lock_record parsed = {0};
-            if (hkn_parse_lock_line(p + prefix_len, eol, &parsed) == 0) {
-                hkn_lock_record *record = hkn_append(records, sizeof(*record));
-                if (record == NULL) {
-                    return -1;
-                }
-                *record = parsed;
-            }
-        }
-        p = eol + 1;
-    }
-    return 0;
-}
 
 static PyObject *
 hkn_lock_row(const void *record, const void *Py_UNUSED(context))
@@ -868,7 +866,8 @@ hkn_scan_locks(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = hkn_read_file("/proc/locks", &scan.text, &scan.failure);
-    if (rc == 0 && hkn_parse_lock_lines(&scan.text, "", &scan.records) < 0) {
+    if (rc == 0 && hkn_parse_lines(&scan.text, "", hkn_parse_lock_line, sizeof(hkn_lock_record),
+                                    &scan.records) < 0) {
         hkn_fail(&scan.failure, ENOMEM, "read", "/proc/locks");
         rc = -1;
     }
@@ -906,7 +905,8 @@ hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
     if (rc < 0 && scan.failure.err == ENOENT && access(proc_dir, F_OK) == 0) {
         rc = 0;                 /* the fd was closed: it holds nothing */
     }
-    else if (rc == 0 && hkn_parse_lock_lines(&scan.text, "lock:", &scan.records) < 0) {
+    else if (rc == 0 && hkn_parse_lines(&scan.text, "lock:", hkn_parse_lock_line,
+                                         sizeof(hkn_lock_record), &scan.records) < 0) {
         hkn_fail(&scan.failure, ENOMEM, "read", path);
         rc = -1;
     }

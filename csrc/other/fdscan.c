@@ -29,55 +29,25 @@ hkn_unsupported(const char *name)
     return NULL;
 }
 
-const char hkn_scan_fds_doc[] = PyDoc_STR(
-"_scan_fds($module, pid, /, links=True, only=None)\n--\n\n"
-"Open descriptors of process *pid*; needs /proc (Linux).");
-
-PyObject *
-hkn_scan_fds(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
-{
-    static char *keywords[] = {"", "links", "only", NULL};
-    PyObject *pid, *only = Py_None;
-    int links = 1;
-    /* Wrong arguments still fail as TypeError, as on Linux. */
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|pO:_scan_fds", keywords, &pid, &links,
-                                     &only)) {
-        return NULL;
+/* Each scanner: its docstring, with the signature it has on Linux so that
+ * inspect.signature() agrees everywhere, and a function that raises
+ * NotImplementedError whatever its arguments.  They differ in nothing else. */
+#define HKN_UNSUPPORTED(name, signature, what, parameters)                          \
+    const char hkn_##name##_doc[] = PyDoc_STR(                                      \
+        "_" #name signature "\n--\n\n" what "; needs /proc (Linux).");             \
+    PyObject *hkn_##name parameters                                                 \
+    {                                                                               \
+        return hkn_unsupported("_" #name);                                          \
     }
-    return hkn_unsupported("_scan_fds");
-}
 
-const char hkn_scan_maps_doc[] = PyDoc_STR(
-"_scan_maps($module, pid, /)\n--\n\n"
-"Memory mappings of process *pid*; needs /proc (Linux).");
-
-PyObject *
-hkn_scan_maps(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(pid))
-{
-    return hkn_unsupported("_scan_maps");
-}
-
-const char hkn_scan_locks_doc[] = PyDoc_STR(
-"_scan_locks($module, /)\n--\n\n"
-"Every lock record of /proc/locks; needs /proc (Linux).");
-
-PyObject *
-hkn_scan_locks(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
-{
-    return hkn_unsupported("_scan_locks");
-}
-
-const char hkn_scan_fd_locks_doc[] = PyDoc_STR(
-"_scan_fd_locks($module, pid, fd, /)\n--\n\n"
-"The locks taken through descriptor *fd* of process *pid*; needs /proc (Linux).");
-
-PyObject *
-hkn_scan_fd_locks(PyObject *Py_UNUSED(module), PyObject *args)
-{
-    int pid, fd;
-    /* Wrong arguments still fail as TypeError, as on Linux. */
-    if (!PyArg_ParseTuple(args, "ii:_scan_fd_locks", &pid, &fd)) {
-        return NULL;
-    }
-    return hkn_unsupported("_scan_fd_locks");
-}
+HKN_UNSUPPORTED(scan_fds, "($module, pid, /, links=True, only=None)",
+                "Open descriptors of process *pid*",
+                (PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(args),
+                 PyObject *Py_UNUSED(kwargs)))
+HKN_UNSUPPORTED(scan_maps, "($module, pid, /)", "Memory mappings of process *pid*",
+                (PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(pid)))
+HKN_UNSUPPORTED(scan_locks, "($module, /)", "Every lock record of /proc/locks",
+                (PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored)))
+HKN_UNSUPPORTED(scan_fd_locks, "($module, pid, fd, /)",
+                "The locks taken through descriptor *fd* of process *pid*",
+                (PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(args)))
