@@ -117,18 +117,23 @@ hkn_describe_error(const hkn_sqlite_api *api, sqlite3 *db, hkn_outcome *out)
  * connection mutex so that no other thread steps a statement between the
  * reset and the checkpoint.  Touches no Python object. */
 static void
-hkn_native_close_checkpoint(const hkn_sqlite_api *api, const hkn_conn *conn, sqlite3 *db,
-                            int mode, long threshold, hkn_outcome *out)
+hkn_count_busy_statements(const hkn_sqlite_api *api, sqlite3 *db, hkn_outcome *out)
 {
-    sqlite3_mutex *mutex = sqlite3_db_mutex(db);
-    sqlite3_mutex_enter(mutex);
-
     for (sqlite3_stmt *stmt = sqlite3_next_stmt(db, NULL); stmt != NULL;
          stmt = sqlite3_next_stmt(db, stmt)) {
         if (sqlite3_stmt_busy(stmt)) {
             out->busy_statements++;
         }
     }
+}
+
+static void
+hkn_native_close_checkpoint(const hkn_sqlite_api *api, const hkn_conn *conn, sqlite3 *db,
+                            int mode, const hkn_close_plan *plan, hkn_outcome *out)
+{
+    sqlite3_mutex *mutex = sqlite3_db_mutex(db);
+    sqlite3_mutex_enter(mutex);
+    hkn_count_busy_statements(api, db, out);
 
     const char *file = sqlite3_db_filename(db, "main");
     int txn = api->txn_state == NULL ? -1
@@ -136,11 +141,8 @@ hkn_native_close_checkpoint(const hkn_sqlite_api *api, const hkn_conn *conn, sql
     /* Without txn_state (before 3.34, or if it fails) get_autocommit tells
      * that some transaction is open, which may only be a read. */
     int write_txn = txn >= 0 ? txn == SQLITE_TXN_WRITE : !sqlite3_get_autocommit(db);
-    int wrote = 0, high = 0;
-    long pending = -1;
-    if (sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0) != SQLITE_OK) {
-        wrote = 1;              /* unknown: checkpoint rather than skip */
-    }
+    int wrote = plan->wrote != 0;           /* unknown: checkpoint rather than skip */
+    long threshold = plan->threshold, pending = -1;
 
     if (file == NULL || file[0] == '\0') {
         out->skipped = HKN_SKIP_NOT_FILE;
@@ -387,7 +389,7 @@ sqlite_error:
 /* ------------------------------------------------------ close-time policy */
 
 static int hkn_checkpoint_outcome(hkn_state *state, hkn_conn *conn, PyObject *self,
-                                  int mode, long threshold);
+                                  int mode, const hkn_close_plan *plan);
 
 /* checkpoint_threshold read the ordinary way (instance, class, subclass):
  * an int >= 0 (not a bool) into *threshold, or -1 with ValueError naming
@@ -400,6 +402,10 @@ hkn_threshold(hkn_state *state, PyObject *self, long *threshold)
         return -1;
     }
     *threshold = PyLong_Check(value) && !PyBool_Check(value) ? PyLong_AsLong(value) : -1;
+    if (*threshold < 0 && PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_OverflowError)) {
+        Py_DECREF(value);       /* not about the value (memory): as it is */
+        return -1;
+    }
     if (*threshold < 0) {
         PyErr_Clear();          /* a too-large int is as wrong as any other */
         PyErr_Format(PyExc_ValueError,
@@ -407,6 +413,22 @@ hkn_threshold(hkn_state *state, PyObject *self, long *threshold)
     }
     Py_DECREF(value);
     return *threshold < 0 ? -1 : 0;
+}
+
+/* Whether the connection wrote to the database since it opened: 1, 0, or
+ * -1 when that cannot be told (SQL mode).  No GIL release needed: SQLite
+ * takes the connection's mutex only for the copy of one counter. */
+static int
+hkn_wrote(hkn_state *state, PyObject *self)
+{
+    const hkn_sqlite_api *api = &state->api;
+    sqlite3 *db = state->api.native ? hkn_connection_handle(self) : NULL;
+    int wrote = 0, high = 0;
+    if (db == NULL
+        || sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0) != SQLITE_OK) {
+        return -1;
+    }
+    return wrote > 0;
 }
 
 /* Runs the close-time checkpoint of `self` in the given mode and records
@@ -423,26 +445,22 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
         state->stats.checkpoints_skipped++;
         return 0;
     }
-    long threshold = 0;
+    hkn_close_plan plan = {0, hkn_wrote(state, self)};
     hkn_saved_error bad_threshold = {0};
-    if (mode == SQLITE_CHECKPOINT_PASSIVE && hkn_threshold(state, self, &threshold) < 0) {
-        threshold = 0;
+    /* The threshold matters, and is read, only for a passive close after a
+     * write (or when that cannot be told). */
+    if (mode == SQLITE_CHECKPOINT_PASSIVE && plan.wrote != 0
+        && hkn_threshold(state, self, &plan.threshold) < 0) {
+        plan.threshold = 0;
         hkn_error_save(&bad_threshold);
     }
-    if (threshold > 0 && state->api.native && conn->guard != NULL) {
+    if (plan.threshold > 0 && plan.wrote != 0 && state->api.native && conn->guard != NULL) {
         /* The frame count is read through the -shm descriptor the guard
          * knows; a connection's -shm opens at its first read, after the
          * guard was claimed, so a connection that wrote looks for it now. */
-        const hkn_sqlite_api *api = &state->api;
-        sqlite3 *db = hkn_connection_handle(self);
-        int wrote = 0, high = 0;
-        if (db != NULL
-            && (sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0)
-                != SQLITE_OK || wrote > 0)) {
-            hkn_guard_refresh(state, conn, db);
-        }
+        hkn_guard_refresh(state, conn, hkn_connection_handle(self));
     }
-    int status = hkn_checkpoint_outcome(state, conn, self, mode, threshold);
+    int status = hkn_checkpoint_outcome(state, conn, self, mode, &plan);
     if (hkn_error_saved(&bad_threshold)) {
         if (status < 0) {
             hkn_error_drop(&bad_threshold);     /* the report's own error wins */
@@ -458,10 +476,10 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
 /* hkn_close_checkpoint's run and report. */
 static int
 hkn_checkpoint_outcome(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
-                       long threshold)
+                       const hkn_close_plan *plan)
 {
     hkn_outcome out;
-    if (hkn_checkpoint_run(state, conn, self, mode, threshold, HKN_CKPT_CLOSE, &out) < 0) {
+    if (hkn_checkpoint_run(state, conn, self, mode, HKN_CKPT_CLOSE, plan, &out) < 0) {
         /* Not SQLite's doing (memory, a broken subclass attribute): report
          * it like a checkpoint error; the close must still happen. */
         PyObject *exc = hkn_error_take();
@@ -596,7 +614,7 @@ hkn_native_explicit_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self,
 
 int
 hkn_checkpoint_run(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
-                   long threshold, hkn_ckpt_how how, hkn_outcome *out)
+                   hkn_ckpt_how how, const hkn_close_plan *plan, hkn_outcome *out)
 {
     memset(out, 0, sizeof(*out));
     out->log_frames = out->checkpointed_frames = -1;
@@ -607,8 +625,15 @@ hkn_checkpoint_run(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
     if (how == HKN_CKPT_CLOSE) {
         sqlite3 *db = hkn_connection_handle(self);
         const hkn_sqlite_api *api = &state->api;
+        if (mode == SQLITE_CHECKPOINT_PASSIVE && plan->wrote == 0) {
+            /* A reader's close: nothing to copy and nothing that could
+             * wait, so the GIL stays (the read tick's whole cost here). */
+            hkn_count_busy_statements(api, db, out);
+            out->skipped = HKN_SKIP_UNCHANGED;
+            return 0;
+        }
         Py_BEGIN_ALLOW_THREADS
-        hkn_native_close_checkpoint(api, conn, db, mode, threshold, out);
+        hkn_native_close_checkpoint(api, conn, db, mode, plan, out);
         Py_END_ALLOW_THREADS
         return 0;
     }

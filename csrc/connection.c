@@ -333,8 +333,8 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
     }
 
     hkn_outcome out;
-    int failed = hkn_checkpoint_run(state, conn, self, mode, 0,
-                                    wait ? HKN_CKPT_WAIT : HKN_CKPT_NOWAIT, &out) < 0;
+    int failed = hkn_checkpoint_run(state, conn, self, mode,
+                                    wait ? HKN_CKPT_WAIT : HKN_CKPT_NOWAIT, NULL, &out) < 0;
     hkn_unlock(conn);
 
     if (failed) {
@@ -759,6 +759,19 @@ PyDoc_STRVAR(hkn_connection_doc,
 "the live -wal/-shm unlinked by another process.  Set it on a subclass, or\n"
 "on the instance before the base __init__ runs.");
 
+/* type.name = value, for the class attributes' defaults. */
+static int
+hkn_set_int(PyObject *type, PyObject *name, long value)
+{
+    PyObject *number = PyLong_FromLong(value);
+    if (number == NULL) {
+        return -1;
+    }
+    int status = PyObject_SetAttr(type, name, number);
+    Py_DECREF(number);
+    return status;
+}
+
 int
 hkn_connection_exec(PyObject *module, hkn_state *state)
 {
@@ -802,20 +815,10 @@ hkn_connection_exec(PyObject *module, hkn_state *state)
                                state->mode_names[SQLITE_CHECKPOINT_PASSIVE]) < 0) {
         return -1;
     }
-    PyObject *threshold = PyLong_FromLong(HKN_DEFAULT_THRESHOLD);
-    if (threshold == NULL
-        || PyObject_SetAttr(type, state->str_checkpoint_threshold, threshold) < 0) {
-        Py_XDECREF(threshold);
+    if (hkn_set_int(type, state->str_checkpoint_threshold, HKN_DEFAULT_THRESHOLD) < 0
+        || hkn_set_int(type, state->str_max_live, HKN_DEFAULT_MAX_LIVE) < 0) {
         return -1;
     }
-    Py_DECREF(threshold);
-    PyObject *bound = PyLong_FromLong(HKN_DEFAULT_MAX_LIVE);
-    if (bound == NULL
-        || PyObject_SetAttr(type, state->str_max_live, bound) < 0) {
-        Py_XDECREF(bound);
-        return -1;
-    }
-    Py_DECREF(bound);
     if (PyObject_SetAttr(type, state->str_guard_wal,
                          hkn_guard_unavailable() == NULL ? Py_True
                                                          : Py_False) < 0) {

@@ -281,8 +281,16 @@ typedef enum { HKN_CKPT_CLOSE, HKN_CKPT_WAIT, HKN_CKPT_NOWAIT } hkn_ckpt_how;
 
 /* Fills *out; -1 with a Python exception only for failures that are not
  * SQLite's (SQL mode: memory, a broken subclass attribute). */
+/* What a close knows before its checkpoint: checkpoint_threshold (0 when
+ * not read), and whether the connection wrote (1, 0, or -1 unknown). */
+typedef struct {
+    long threshold;
+    int wrote;
+} hkn_close_plan;
+
+/* `plan` is used with HKN_CKPT_CLOSE only. */
 int hkn_checkpoint_run(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
-                       long threshold, hkn_ckpt_how how, hkn_outcome *out);
+                       hkn_ckpt_how how, const hkn_close_plan *plan, hkn_outcome *out);
 /* Default of WalSafeConnection.checkpoint_threshold (docs/sqlite-internals.md
  * and README's "What close() does" give the numbers behind it). */
 #define HKN_DEFAULT_THRESHOLD 256
@@ -340,6 +348,24 @@ void hkn_close_at_exit(hkn_state *state, PyObject *self);
                      realloc((items), sizeof(*(items))                                \
                                       * (size_t)HKN_NEXT_CAPACITY(capacity, first)),  \
                      &(capacity), HKN_NEXT_CAPACITY(capacity, first)))
+
+/* Adds `fd` to the int array `fds` (`count` used of `capacity`) unless it
+ * is there already: 0, or -1 out of memory.  A macro for HKN_MAKE_ROOM's
+ * reason. */
+#define HKN_ADD_FD(fds, count, capacity, fd)                                          \
+    (hkn_has_fd((fds), (count), (fd)) ? 0                                             \
+     : HKN_MAKE_ROOM(fds, count, capacity, 4) < 0 ? -1 : ((fds)[(count)++] = (fd), 0))
+
+static inline int
+hkn_has_fd(const int *fds, int count, int fd)
+{
+    for (int i = 0; i < count; i++) {
+        if (fds[i] == fd) {
+            return 1;
+        }
+    }
+    return 0;
+}
 
 /* HKN_MAKE_ROOM's second half: adopts `grown` (the new block, or NULL) into
  * the array pointer at `where`. */

@@ -222,6 +222,7 @@ class Workload:
 
     def step_stepping_cursor(self):
         conn = self.connect()
+        conn.checkpoint_threshold = 0               # the close checkpoints: resets the cursor
         conn.execute("INSERT INTO t VALUES (6)")
         cursor = conn.execute("SELECT x FROM t")
         cursor.fetchone()                           # still stepping
@@ -251,6 +252,17 @@ class Workload:
         self._expect((sqlite3.ProgrammingError,), uninitialised.checkpoint)
         self._expect((TypeError,), self.mod._guard, 42, True)
         self._expect((TypeError,), self.mod._guard, conn)
+
+    def step_bad_threshold(self):
+        conn = self.connect()
+        conn.execute("INSERT INTO t VALUES (7)")
+        conn.checkpoint_threshold = "many"
+        try:
+            conn.close()        # checkpoints as with 0, closes, then raises ValueError
+        except ValueError:      # (not when a failure left no database path to check)
+            pass
+        finally:
+            conn.checkpoint_threshold = 0               # for finish(), if still open
 
     def step_other_thread(self):
         # Opened in a thread without a Python frame (the opener is then
@@ -425,6 +437,7 @@ class Workload:
     def steps(self):
         both = [self.step_connect, self.step_factory, self.step_transactions,
                 self.step_stepping_cursor, self.step_read_only, self.step_bad_input,
+                self.step_bad_threshold,
                 self.step_other_thread, self.step_contention, self.step_garbage,
                 self.step_bound, self.step_introspection, self.step_at_exit]
         if self.api is not None:

@@ -436,12 +436,19 @@ def _wrapped_functions():
     functions = {row[0]: row[0] for row in rows if row}
     # A function-like macro of ours whose body calls a listed function
     # (HKN_MAKE_ROOM: realloc) makes that call where it is used.
+    # (HKN_ADD_FD uses HKN_MAKE_ROOM: the macros are resolved until none is added).
+    macros = {}
     for header in CSRC.glob("*.h"):
         text = header.read_text().replace("\\\n", " ")
-        for name, body in re.findall(r"^#define (HKN_\w+)\([^)]*\)(.*)$", text, re.M):
-            called = [f for f in re.findall(r"\b(\w+)\s*\(", body) if f in functions]
-            if called:
+        macros.update(re.findall(r"^#define (HKN_\w+)\([^)]*\)(.*)$", text, re.M))
+    added = True
+    while added:
+        added = False
+        for name, body in macros.items():
+            called = [functions[f] for f in re.findall(r"\b(\w+)\s*\(", body) if f in functions]
+            if called and name not in functions:
                 functions[name] = called[0]
+                added = True
     return functions
 
 

@@ -171,11 +171,12 @@ hkn_db_fd(hkn_state *state, sqlite3 *db, const char **zpath, const char **why)
     return fd;
 }
 
-/* SQLite's -shm descriptor for `db`, checked against `shm_path`; -1 when
- * the connection has no shared memory open (yet), or is busy elsewhere (it
- * is looked at again at the next claim or checkpoint). */
+/* SQLite's -shm descriptor for `db`, whose node must name `path` + "-shm";
+ * -1 when the connection has no shared memory open (yet: a connection's
+ * opens at its first read), or is busy elsewhere (it is looked at again at
+ * the next claim, checkpoint or close that wrote). */
 static int
-hkn_shm_fd(hkn_state *state, sqlite3 *db, int own, const char *shm_path)
+hkn_shm_fd(hkn_state *state, sqlite3 *db, int own, const char *path)
 {
     void *file = NULL, *shm = NULL, *node = NULL;
     char *zname = NULL;
@@ -200,12 +201,14 @@ hkn_shm_fd(hkn_state *state, sqlite3 *db, int own, const char *shm_path)
         || fd < 0) {
         return -1;
     }
-    size_t length = strlen(shm_path) + 1;
-    char *copy = malloc(length);
+    size_t length = strlen(path);
+    char *copy = malloc(length + sizeof("-shm"));
     if (copy == NULL) {
         return -1;
     }
-    int same = hkn_peek(zname, copy, length) == 0 && memcmp(copy, shm_path, length) == 0;
+    int same = hkn_peek(zname, copy, length + sizeof("-shm")) == 0
+               && memcmp(copy, path, length) == 0
+               && memcmp(copy + length, "-shm", sizeof("-shm")) == 0;
     free(copy);
     return same ? fd : -1;
 }
@@ -224,16 +227,7 @@ hkn_guard_find(hkn_state *state, dev_t dev, ino_t ino)
 static int
 hkn_guard_remember(hkn_guard *guard, int fd)
 {
-    for (int i = 0; i < guard->nfds; i++) {
-        if (guard->fds[i] == fd) {
-            return 0;
-        }
-    }
-    if (HKN_MAKE_ROOM(guard->fds, guard->nfds, guard->capacity, 4) < 0) {
-        return -1;
-    }
-    guard->fds[guard->nfds++] = fd;
-    return 0;
+    return HKN_ADD_FD(guard->fds, guard->nfds, guard->capacity, fd);
 }
 
 /* Locks the -shm descriptor if SQLite has one and it is not locked yet. */
@@ -243,13 +237,16 @@ hkn_guard_shm(hkn_state *state, hkn_guard *guard, sqlite3 *db, int own, const ch
     if (guard->shm_fd >= 0 && hkn_same_file(guard->shm_fd, guard->shm_dev, guard->shm_ino)) {
         return;
     }
+    int fd = hkn_shm_fd(state, db, own, path);
     char shm_path[4096];
-    if (snprintf(shm_path, sizeof(shm_path), "%s-shm", path) >= (int)sizeof(shm_path)) {
+    size_t length = strlen(path);
+    if (fd < 0 || length + sizeof("-shm") > sizeof(shm_path)) {
         return;
     }
-    int fd = hkn_shm_fd(state, db, own, shm_path);
+    memcpy(shm_path, path, length);
+    memcpy(shm_path + length, "-shm", sizeof("-shm"));
     struct stat st;
-    if (fd < 0 || stat(shm_path, &st) != 0
+    if (stat(shm_path, &st) != 0
         || !hkn_same_file(fd, st.st_dev, st.st_ino)) {
         return;
     }
@@ -299,14 +296,14 @@ hkn_guard_worth_taking(int fd, const char *path, const struct stat *st)
 /* The -shm is opened by a connection's first read, not at open: look for
  * any live connection of this guard that has it. */
 static void
-hkn_guard_shm_any(hkn_state *state, hkn_guard *guard, const char *path)
+hkn_guard_shm_any(hkn_state *state, hkn_guard *guard, sqlite3 *db, const char *path)
 {
     for (hkn_conn *c = state->registry.next; c != &state->registry; c = c->next) {
         if (guard->shm_fd >= 0 && hkn_same_file(guard->shm_fd, guard->shm_dev, guard->shm_ino)) {
             return;
         }
         sqlite3 *other = c->guard == guard ? hkn_connection_handle(c->owner) : NULL;
-        if (other != NULL) {
+        if (other != NULL && other != db) {     /* `db` was just looked at */
             hkn_guard_shm(state, guard, other, 0, path);
         }
     }
@@ -409,7 +406,7 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
     conn->guard = guard;
     if (guard->shm_fd < 0) {
         hkn_guard_shm(state, guard, db, 1, path);
-        hkn_guard_shm_any(state, guard, path);
+        hkn_guard_shm_any(state, guard, db, path);
     }
     return 0;
 }
@@ -454,7 +451,7 @@ hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db)
     const char *path = sqlite3_db_filename(db, "main");
     if (path != NULL) {
         hkn_guard_shm(state, guard, db, 1, path);
-        hkn_guard_shm_any(state, guard, path);
+        hkn_guard_shm_any(state, guard, db, path);
     }
 }
 

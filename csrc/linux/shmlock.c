@@ -126,6 +126,35 @@ hkn_shm_index(int fd)
     return -1;
 }
 
+/* Which descriptor numbers are in the table, for the fcntl wrapper: SQLite
+ * takes and drops -shm locks a dozen times per transaction, and asking the
+ * table each time under the mutex cost more than the rest of the wrapper.
+ * Written under the mutex with the table, read without it; numbers past
+ * the array are looked up in the table. */
+#define HKN_SHM_FAST_FDS 4096
+static atomic_uchar hkn_shm_fast[HKN_SHM_FAST_FDS];
+
+static void
+hkn_shm_mark(int fd, int ours)
+{
+    if (fd >= 0 && fd < HKN_SHM_FAST_FDS) {
+        atomic_store_explicit(&hkn_shm_fast[fd], (unsigned char)ours, memory_order_release);
+    }
+}
+
+/* Whether `fd` is a -shm descriptor the wrappers translate. */
+static int
+hkn_shm_is_ours(int fd)
+{
+    if (fd >= 0 && fd < HKN_SHM_FAST_FDS) {
+        return atomic_load_explicit(&hkn_shm_fast[fd], memory_order_acquire);
+    }
+    pthread_mutex_lock(&hkn_shm_mutex);
+    int ours = hkn_shm_index(fd) >= 0;
+    pthread_mutex_unlock(&hkn_shm_mutex);
+    return ours;
+}
+
 static int
 hkn_is_shm_path(const char *path)
 {
@@ -211,16 +240,7 @@ hkn_db_get(dev_t dev, ino_t ino)
 static int
 hkn_db_add_fd(hkn_db_entry *entry, int fd)
 {
-    for (int i = 0; i < entry->nfds; i++) {
-        if (entry->fds[i] == fd) {
-            return 0;
-        }
-    }
-    if (HKN_MAKE_ROOM(entry->fds, entry->nfds, entry->cfds, 4) < 0) {
-        return -1;
-    }
-    entry->fds[entry->nfds++] = fd;
-    return 0;
+    return HKN_ADD_FD(entry->fds, entry->nfds, entry->cfds, fd);
 }
 
 /* Sets (F_RDLCK) or releases (F_UNLCK) our lock on every descriptor of
@@ -465,6 +485,7 @@ hkn_hook_open(const char *path, int flags, int mode)
         if (HKN_MAKE_ROOM(hkn_shm_table, hkn_shm_count, hkn_shm_capacity, 8) == 0) {
             hkn_shm_table[hkn_shm_count++] = (hkn_shm_entry){fd, flags, copy, NULL, 0, 0};
             hkn_shm_opened++;
+            hkn_shm_mark(fd, 1);
             copy = NULL;
         }
     }
@@ -483,6 +504,7 @@ hkn_hook_close(int fd)
     if (index >= 0) {
         gone = hkn_shm_table[index];
         hkn_shm_table[index] = hkn_shm_table[--hkn_shm_count];
+        hkn_shm_mark(fd, 0);
     }
     else if (hkn_db_count > 0) {
         hkn_db_closed(fd);
@@ -554,10 +576,7 @@ hkn_hook_fcntl(int fd, int op, ...)
     if (lock->l_start >= HKN_PENDING_BYTE) {
         return HKN_REAL(fcntl)(fd, op, arg);
     }
-    pthread_mutex_lock(&hkn_shm_mutex);
-    int ours = hkn_shm_index(fd) >= 0;
-    pthread_mutex_unlock(&hkn_shm_mutex);
-    if (!ours) {
+    if (!hkn_shm_is_ours(fd)) {
         return HKN_REAL(fcntl)(fd, op, arg);
     }
     /* OFD requests must have l_pid 0; SQLite leaves it uninitialised. */
@@ -628,6 +647,7 @@ hkn_shm_child_fork(void)
      * inherited description stays (as it would without this). */
     for (int i = 0; i < hkn_shm_count; i++) {
         hkn_shm_entry *entry = &hkn_shm_table[i];
+        hkn_shm_mark(entry->fd, 0);     /* the child forgets the table below */
         int fresh = (open)(entry->path, (entry->flags & (O_ACCMODE | O_NOFOLLOW)) | O_CLOEXEC);
         if (fresh < 0) {
             continue;
@@ -764,13 +784,7 @@ hkn_shm_still_wrapped(void)
 int
 hkn_shmlock_owns(int fd)
 {
-    if (!hkn_shm_installed) {
-        return 0;
-    }
-    pthread_mutex_lock(&hkn_shm_mutex);
-    int ours = hkn_shm_index(fd) >= 0;
-    pthread_mutex_unlock(&hkn_shm_mutex);
-    return ours;
+    return hkn_shm_installed && hkn_shm_is_ours(fd);
 }
 
 const char *
