@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import numbers
+import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -21,6 +23,7 @@ SCENARIOS = {
     "fd_scan": {"native", "python_fd_scan", "python_full"},     # lsof when installed
 }
 CONNECT_VARIANTS = {":memory:", "file"}
+THREAD_VARIANTS = {"1 thread", "16 threads", "64 threads"}
 GC_CONTENDERS = {"plain", "python_truncate", "walsafe", "walsafe_truncate", "closing_walsafe"}
 MACHINE_KEYS = {"date", "cpu_count", "cpu_model", "python", "sqlite_version",
                 "sqlite_api_mode", "filesystem"}
@@ -59,6 +62,49 @@ def test_every_timed_scenario_has_every_contender_with_numeric_medians(report):
     for rows in variants.values():
         assert set(SCENARIOS["read_tick"]) == set(rows)
         assert all(_is_number(row["median_us"]) for row in rows.values())
+
+
+def test_gateway_threads_and_commit_ticks_are_measured(report):
+    variants = report["scenarios"]["gateway_threads"]["variants"]
+    assert set(variants) == THREAD_VARIANTS
+    for rows in variants.values():
+        assert set(rows) == {"plain", "walsafe", "walsafe_truncate"}
+        assert all(_is_number(row["median_us"]) and row["median_us"] > 0 for row in rows.values())
+    rows = report["scenarios"]["write_commit"]["contenders"]
+    assert set(rows) == SCENARIOS["write_tick"]
+
+
+def test_every_tick_target_is_checked_for_both_policies(report):
+    targets = [t["target"] for t in report["targets"]]
+    for policy in ("default policy", "truncate"):
+        for kind in ("connect+close (file)", "connect+close (:memory:)", "read tick",
+                     "gateway read tick, 64 threads", "write tick (autocommit)",
+                     "write tick (commit())"):
+            assert any(t.startswith(f"{kind}, {policy} <=") for t in targets), (kind, policy)
+
+
+def test_quick_runs_leave_out_instruction_counts(report):
+    scenario = report["scenarios"]["instructions"]
+    assert scenario["skipped"] and scenario["operations"] == {}
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
+@pytest.mark.skipif("asan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="valgrind cannot run a process with AddressSanitizer preloaded")
+def test_instruction_counts_per_tick(tmp_path):
+    from hermes_kanban_native.commands.bench import load
+    from hermes_kanban_native.commands.bench.measure import Plan
+
+    plan = Plan(quick=True, instructions=True)
+    plan.instruction_ticks = 20
+    result = load.scenario_instructions(str(tmp_path), plan, lambda message: None)
+    assert set(result["operations"]) == {"connect_close", "read_tick", "write_tick"}
+    for rows in result["operations"].values():
+        assert set(rows) == {"plain", "walsafe", "walsafe_truncate"}
+        # Deterministic counts: a tick costs tens of thousands of instructions
+        # or more, and ours at least what plain sqlite3's does.
+        assert rows["plain"]["instructions"] > 10_000
+        assert rows["walsafe"]["ratio"] >= 1.0 and rows["plain"]["ratio"] == 1.0
 
 
 def test_latency_scenarios_report_p99(report):
@@ -125,7 +171,8 @@ def test_plugin_scenario_runs_both_suites_and_every_test_passes(report):
         assert row["failures"] == 0
         assert all(_is_number(row[key]) and row[key] > 0
                    for key in ("without_s", "with_s", "ratio"))
-    names = [t["target"] for t in report["targets"] if t["target"].startswith("8:")]
+    names = [t["target"] for t in report["targets"] if "generated test" in t["target"]
+             or "sqlite-fd-check" in t["target"]]
     assert len(names) == 3
 
 

@@ -25,9 +25,16 @@ import sys
 import tempfile
 import time
 
+from . import load
 from .measure import Plan
 from .report import evaluate_targets, machine, render
-from .scenarios import SCENARIOS
+from .scenarios import SCENARIOS as _BASE
+
+# In the order printed: the gateway's threads after the read tick, the
+# commit() write tick after the autocommit one, instruction counts last.
+SCENARIOS = (_BASE[:1] + (("gateway_threads", load.scenario_gateway_threads),)
+             + _BASE[1:2] + (("write_commit", load.scenario_write_commit),)
+             + _BASE[2:] + (("instructions", load.scenario_instructions),))
 
 __all__ = ["Plan", "SCENARIOS", "evaluate_targets", "machine", "register", "render", "run"]
 
@@ -52,6 +59,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="print machine-readable results instead of the table")
     parser.add_argument("--output", metavar="FILE",
                         help="also write the JSON results to FILE")
+    parser.add_argument("--instructions", action=argparse.BooleanOptionalAction, default=None,
+                        help="count instructions per tick under callgrind (needs valgrind; "
+                             "about a minute; default: in full runs, not with --quick)")
     parser.add_argument("--dir", metavar="DIR",
                         help="make the temporary databases under DIR (its filesystem "
                              "matters for writes; default: the system temp dir)")
@@ -61,7 +71,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     """Run the benchmark for parsed *args*; returns the exit status."""
-    plan = Plan(args.quick)
+    plan = Plan(args.quick, args.instructions)
 
     def log(message):
         print(message, file=sys.stderr, flush=True)

@@ -13,8 +13,10 @@ BLOCKS = 5                  # noise estimate: ratio per block of rounds
 class Plan:
     """Iteration counts: rounds are interleaved passes over all contenders."""
 
-    def __init__(self, quick: bool):
+    def __init__(self, quick: bool, instructions=None):
         self.quick = quick
+        # callgrind runs take a minute: in full runs, or when asked for
+        self.instructions = not quick if instructions is None else instructions
 
         def pick(full, fast):
             return fast if quick else full
@@ -29,6 +31,8 @@ class Plan:
         self.scan_rounds, self.scan_repeat = pick(60, 8), 5
         self.plugin_files, self.plugin_per_file = pick(4, 2), pick(75, 25)
         self.plugin_rounds = pick(5, 1)
+        self.burst_rounds = pick(30, 4)
+        self.instruction_ticks = pick(300, 100)
 
 
 
