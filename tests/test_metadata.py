@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 import hermes_kanban_native as hkn
 
 CHANGELOG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -30,6 +32,7 @@ def test_the_changelog_names_this_version_first():
     assert versions and versions[0] == hkn.__version__
 
 
+@pytest.mark.isolated
 def test_info_prints_the_package_version_beside_sqlites():
     done = _info()
     assert done.returncode == 0, done.stderr
