@@ -46,6 +46,14 @@ NEEDS_NATIVE = "needs native access to SQLite"
 SQL_RUN_OF_NATIVE_TEST = "marked native: not run against the package in sql mode"
 
 
+def pytest_report_header(config):
+    """Which copy of the package this run imports (CI's wheel stage checks
+    that it is the installed wheel's, not the checkout's)."""
+    return [f"hermes_kanban_native {hkn.__version__}: {hkn.__file__}",
+            f"hermes_kanban_native._native: {hkn._native.__file__} "
+            f"(route {hkn.sqlite_api()['route']})"]
+
+
 # What makes a test `isolated`: it starts a fresh interpreter (directly, or
 # through the helpers below that run the package in another process).
 _FRESH_INTERPRETER = ("run_python(", "runpytest_subprocess(", "sys.executable", "Holder(",

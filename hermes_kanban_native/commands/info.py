@@ -102,6 +102,7 @@ def run(args) -> int:
             print(line)
         print(f"  self-check      {api['self_check']}")
         print(f"  SQLite library  {api['library'] or '(through the sqlite3 module)'}")
+        print(f"  package version {__version__}")
         print(f"  SQLite version  {api['sqlite_version']}")
         print(f"  WAL guard       {api['guard']}")
         print(f"  -shm locks      {api['shm_locks']}")
