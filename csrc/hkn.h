@@ -211,6 +211,16 @@ void hkn_guard_free_all(hkn_state *state);
 void hkn_guard_after_fork(hkn_state *state);
 const char *hkn_guard_unavailable(void);   /* NULL when available */
 #ifdef __linux__
+#include <fcntl.h>
+/* The open-file-description lock commands are the kernel's (Linux 3.15+),
+ * whatever the C library's headers say: glibc before 2.20 (manylinux2014's
+ * build image) lacks the names, not the feature.  A kernel without them
+ * refuses with EINVAL, which the guard and shmlock.c's probe handle. */
+#ifndef F_OFD_GETLK
+#define F_OFD_GETLK  36
+#define F_OFD_SETLK  37
+#define F_OFD_SETLKW 38
+#endif
 /* F_OFD_SETLK of `type` (F_RDLCK, F_UNLCK) on [start, start + len) of `fd`:
  * 0, or -1 with errno.  Safe without the GIL. */
 int hkn_ofd_setlk(int fd, short type, off_t start, off_t len);
