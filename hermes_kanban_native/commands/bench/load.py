@@ -133,9 +133,10 @@ def _collected(valgrind, operation, contender, ticks, path):
     return int(found.group(1))
 
 
-def scenario_instructions(tmp, plan, log):
+def scenario_instructions(tmp, plan, log, operations=OPERATIONS, contenders=LOAD_CONTENDERS):
     """Instructions per tick (callgrind): the difference between a run of
-    `ticks` ticks and a run of none, divided by `ticks`."""
+    `ticks` ticks and a run of none, divided by `ticks`.  The first of
+    `contenders` is the baseline of the ratios."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         return {"title": "instructions per tick (callgrind)", "unit": "per tick",
@@ -144,18 +145,18 @@ def scenario_instructions(tmp, plan, log):
         return {"title": "instructions per tick (callgrind)", "unit": "per tick",
                 "skipped": "not in --quick runs (--instructions to add it)", "operations": {}}
     path = _make_db(os.path.join(tmp, "instructions.db"))
-    operations = {}
-    for operation in OPERATIONS:
+    results = {}
+    for operation in operations:
         rows = {}
-        for contender in LOAD_CONTENDERS:
+        for contender in contenders:
             log(f"  callgrind: {operation}, {contender}")
             base = _collected(valgrind, operation, contender, 0, path)
             full = _collected(valgrind, operation, contender, plan.instruction_ticks, path)
             rows[contender] = {"label": CONTENDERS[contender][1],
                                "instructions": (full - base) / plan.instruction_ticks}
         for row in rows.values():
-            row["ratio"] = row["instructions"] / rows["plain"]["instructions"]
-        operations[operation] = rows
+            row["ratio"] = row["instructions"] / rows[contenders[0]]["instructions"]
+        results[operation] = rows
     return {"title": "instructions per tick (callgrind)",
             "unit": f"per tick ({plan.instruction_ticks} ticks minus none)",
-            "operations": operations}
+            "operations": results}
