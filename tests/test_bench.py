@@ -103,10 +103,13 @@ def test_instruction_counts_per_tick(tmp_path):
                                         contenders=("plain", "walsafe"))
     rows = result["operations"]["read_tick"]
     assert set(rows) == {"plain", "walsafe"}
-    # A read tick costs a few hundred thousand instructions; ours at least
-    # what plain sqlite3's does.
-    assert rows["plain"]["instructions"] > 10_000
-    assert rows["walsafe"]["ratio"] >= 1.0 and rows["plain"]["ratio"] == 1.0
+    # Counts, not a comparison: a read tick is a few hundred thousand
+    # instructions, and over 20 ticks warm-up and collection move either
+    # side by several percent (the benchmark's full runs use 300).
+    assert all(_is_number(row["instructions"]) and row["instructions"] > 10_000
+               for row in rows.values())
+    assert rows["plain"]["ratio"] == 1.0
+    assert rows["walsafe"]["ratio"] == rows["walsafe"]["instructions"] / rows["plain"]["instructions"]
 
 
 def test_latency_scenarios_report_p99(report):
