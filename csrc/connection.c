@@ -479,7 +479,7 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
         && PySet_Add(state->opened_paths, path) < 0) {
         goto fail;
     }
-    conn->pid = getpid();
+    conn->pid = state->pid;     /* a connection opened after fork(): the hook ran first */
     conn->fork_generation = state->fork_generation;
     if (first_open && PyUnicode_GetLength(path) > 0 && hkn_enforce_bound(state, self, path) < 0) {
         goto fail;

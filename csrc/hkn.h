@@ -117,6 +117,8 @@ typedef struct hkn_state {
     PyObject *base_close;           /* sqlite3.Connection.close, the descriptor */
     unsigned long fork_generation;  /* bumped in every forked child (os.register_at_fork) */
     void *guard_methods;            /* io-methods table of a verified unix VFS file */
+    int guard_inode_ok;             /* its inode record's (dev, ino) matched fstat() once */
+    pid_t pid;                      /* getpid(), kept current by the at-fork hook */
     PyObject *guard_failure;        /* why the guard could not be taken last, or NULL */
     int guard_warned;               /* that RuntimeWarning was issued (once) */
     hkn_counters stats;
@@ -245,10 +247,17 @@ int hkn_shmlock_owns(int fd);
  * (guard_fd(): -1 out of memory) and forgets an inode at its last claim:
  * forget() returns 1 when the wrapper keeps the locks (SQLite still holds
  * its read lock), and then guard.c must not unlock them; with `opt_out` it
- * never keeps them.  opt_out() counts (+1/-1) connections opened with
+ * never keeps them.  When it does not keep them it sets *unlocked if it
+ * released them itself (its lists are exact, or SQLite's write lock had them
+ * aside already); otherwise guard.c unlocks each descriptor still on the
+ * inode.  opt_out() counts (+1/-1) connections opened with
  * guard_wal=False, whose databases the wrapper leaves alone. */
 int hkn_shmlock_guard_fd(dev_t dev, ino_t ino, int fd);
-int hkn_shmlock_guard_forget(dev_t dev, ino_t ino, int opt_out);
+/* Whether `fd` holds our lock on (dev, ino) already: listed, the lists
+ * exact, and not stepped aside (a parked descriptor SQLite hands to a new
+ * connection keeps its open file description, and with it the lock). */
+int hkn_shmlock_holds(dev_t dev, ino_t ino, int fd);
+int hkn_shmlock_guard_forget(dev_t dev, ino_t ino, int opt_out, int *unlocked);
 int hkn_shmlock_opt_out(dev_t dev, ino_t ino, int delta);
 /* stats(): guard_stepped_aside, guard_shadowed (databases covered from
  * SQLite's read lock alone: attached ones, plain connections'). */

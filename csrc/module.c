@@ -479,6 +479,7 @@ hkn_after_fork_in_child(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     hkn_state *state = hkn_module_state(module);
     state->fork_generation++;
+    state->pid = getpid();
     hkn_guard_after_fork(state);
     Py_RETURN_NONE;
 }
@@ -487,12 +488,14 @@ hkn_after_fork_in_child(PyObject *module, PyObject *Py_UNUSED(ignored))
 PyDoc_STRVAR(hkn_fault_reset_once_doc,
 "_fault_reset_once($module, /)\n--\n\n"
 "Fault-injection builds only: forget that the once-per-module warnings were\n"
-"issued, so that each fault test can reach the points on their path.");
+"issued and that SQLite's inode record was checked, so that each fault test\n"
+"can reach the points on their path.");
 
 static PyObject *
 hkn_fault_reset_once(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     hkn_module_state(module)->guard_warned = 0;
+    hkn_module_state(module)->guard_inode_ok = 0;
     Py_RETURN_NONE;
 }
 #endif
@@ -738,6 +741,7 @@ hkn_module_exec(PyObject *module)
 {
     hkn_state *state = hkn_module_state(module);
     state->registry.prev = state->registry.next = &state->registry;
+    state->pid = getpid();
 
     state->sqlite3_module = hkn_import("sqlite3");
     if (state->sqlite3_module == NULL) {

@@ -47,7 +47,14 @@
  *     sqlite3_mutex *pShmMutex;            8
  *     char *zFilename;                    16   the -shm path
  *     int hShm;                           24   the -shm descriptor
+ * unixInodeInfo starts with its lookup key, unixFileId:
+ *     dev_t dev;                           0
+ *     u64 ino;                             sizeof(dev_t)
+ * SQLite fills it from its own fstat() of the descriptor when it opens the
+ * file; the guard reads it instead of a second fstat() once one comparison
+ * has matched (guard.c, hkn_db_identity).
  * Elsewhere than LP64 the zPath check fails and no guard is taken. */
+#define HKN_FILE_PINODE_OFFSET (2 * sizeof(void *))
 #define HKN_FILE_H_OFFSET      (3 * sizeof(void *))
 #define HKN_FILE_ZPATH_OFFSET  (3 * sizeof(void *) + 4 * sizeof(int) + 2 * sizeof(void *))
 #define HKN_FILE_PSHM_OFFSET   (HKN_FILE_ZPATH_OFFSET + sizeof(void *))

@@ -128,7 +128,8 @@ hkn_file_pointer(hkn_state *state, sqlite3 *db, int own, void **file)
  * checks, others with the same io-methods table are the same C type, and
  * their fields are read directly (the common, per-open path). */
 static int
-hkn_db_fd(hkn_state *state, sqlite3 *db, const char **zpath, const char **why)
+hkn_db_fd(hkn_state *state, sqlite3 *db, const char **zpath, void **file_out,
+          const char **why)
 {
     const hkn_sqlite_api *api = &state->api;
     void *file = NULL;
@@ -168,7 +169,41 @@ hkn_db_fd(hkn_state *state, sqlite3 *db, const char **zpath, const char **why)
     }
     state->guard_methods = methods;
     *zpath = name;
+    *file_out = file;
     return fd;
+}
+
+/* The inode of SQLite's database descriptor `fd`, whose file object is
+ * `file` (accepted by hkn_db_fd): SQLite's own record of it once that has
+ * matched an fstat() (sqlite_private.h, unixInodeInfo), else fstat().
+ * 0, or -1 when fstat() fails. */
+static int
+hkn_db_identity(hkn_state *state, void *file, int fd, dev_t *dev, ino_t *ino)
+{
+    void *inode = NULL;
+    memcpy(&inode, (char *)file + HKN_FILE_PINODE_OFFSET, sizeof(inode));
+    dev_t seen_dev;
+    uint64_t seen_ino;
+    if (state->guard_inode_ok && inode != NULL) {
+        memcpy(&seen_dev, inode, sizeof(seen_dev));
+        memcpy(&seen_ino, (char *)inode + sizeof(dev_t), sizeof(seen_ino));
+        *dev = seen_dev;
+        *ino = (ino_t)seen_ino;
+        return 0;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        return -1;
+    }
+    *dev = st.st_dev;
+    *ino = st.st_ino;
+    if (inode != NULL
+        && hkn_peek(inode, &seen_dev, sizeof(seen_dev)) == 0
+        && hkn_peek((char *)inode + sizeof(dev_t), &seen_ino, sizeof(seen_ino)) == 0
+        && seen_dev == st.st_dev && seen_ino == (uint64_t)st.st_ino) {
+        state->guard_inode_ok = 1;
+    }
+    return 0;
 }
 
 /* SQLite's -shm descriptor for `db`, whose node must name `path` + "-shm";
@@ -268,7 +303,7 @@ hkn_guard_shm(hkn_state *state, hkn_guard *guard, sqlite3 *db, int own, const ch
  * and the path still names the inode.  The header is read through SQLite's
  * own descriptor: opening the file would itself cancel our locks. */
 static int
-hkn_guard_worth_taking(int fd, const char *path, const struct stat *st)
+hkn_guard_worth_taking(int fd, const char *path, dev_t dev, ino_t ino)
 {
     unsigned char header[20];
     ssize_t got = pread(fd, header, sizeof(header), 0);
@@ -289,8 +324,8 @@ hkn_guard_worth_taking(int fd, const char *path, const struct stat *st)
     }
     struct stat at_path;
     return stat(path, &at_path) == 0
-           && at_path.st_dev == st->st_dev
-           && at_path.st_ino == st->st_ino;
+           && at_path.st_dev == dev
+           && at_path.st_ino == ino;
 }
 
 /* The -shm is opened by a connection's first read, not at open: look for
@@ -339,9 +374,11 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
         return 0;
     }
     const char *path = NULL, *why = NULL;
-    int fd = hkn_db_fd(state, db, &path, &why);
-    struct stat st;
-    if (fd >= 0 && fstat(fd, &st) != 0) {
+    void *file = NULL;
+    int fd = hkn_db_fd(state, db, &path, &file, &why);
+    dev_t dev = 0;
+    ino_t ino = 0;
+    if (fd >= 0 && hkn_db_identity(state, file, fd, &dev, &ino) < 0) {
         why = "fstat() of SQLite's database descriptor failed";
         fd = -1;
     }
@@ -352,9 +389,9 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
     /* Before SQLite opens this database's -shm (at the first read), so that
      * its wal-index locks are OFD locks from the start. */
     (void)hkn_shmlock_install(state, fd);
-    hkn_guard *guard = hkn_guard_find(state, st.st_dev, st.st_ino);
+    hkn_guard *guard = hkn_guard_find(state, dev, ino);
     int fresh = guard == NULL;
-    if (fresh && hkn_guard_worth_taking(fd, path, &st) <= 0) {
+    if (fresh && hkn_guard_worth_taking(fd, path, dev, ino) <= 0) {
         return 0;
     }
     if (fresh) {
@@ -363,13 +400,15 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
             PyErr_NoMemory();
             return -1;
         }
-        guard->dev = st.st_dev;
-        guard->ino = st.st_ino;
+        guard->dev = dev;
+        guard->ino = ino;
         guard->shm_fd = -1;
     }
     /* The same open file description may already hold it (a parked
-     * descriptor reused by SQLite): OFD re-locking is idempotent. */
-    if (hkn_ofd_setlk(fd, F_RDLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE) != 0) {
+     * descriptor reused by SQLite): then no system call at all, and where
+     * the wrapper cannot tell, OFD re-locking is idempotent. */
+    if (!hkn_shmlock_holds(dev, ino, fd)
+        && hkn_ofd_setlk(fd, F_RDLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE) != 0) {
         /* Another process holds EXCLUSIVE (its last-close checkpoint, or a
          * journal-mode change): no generation to protect right now. */
         state->stats.guard_failures++;
@@ -471,8 +510,9 @@ hkn_guard_release(hkn_state *state, hkn_conn *conn, int opt_out)
      * fcntl wrapper has forgotten them, so it cannot lock them again.
      * Unless the wrapper keeps them: SQLite still holds its read lock (other
      * connections), and the locks then go when it lets go. */
-    int kept = hkn_shmlock_guard_forget(guard->dev, guard->ino, opt_out);
-    for (int i = 0; i < guard->nfds && !kept; i++) {
+    int unlocked = 0;
+    int kept = hkn_shmlock_guard_forget(guard->dev, guard->ino, opt_out, &unlocked);
+    for (int i = 0; i < guard->nfds && !kept && !unlocked; i++) {
         if (hkn_same_file(guard->fds[i], guard->dev, guard->ino)) {
             (void)hkn_ofd_setlk(guard->fds[i], F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
         }

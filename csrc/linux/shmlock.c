@@ -107,8 +107,12 @@ static _Atomic(hkn_mmap_fn) hkn_real_mmap;
 static _Atomic(hkn_munmap_fn) hkn_real_munmap;
 #define HKN_REAL(name) atomic_load_explicit(&hkn_real_##name, memory_order_acquire)
 
-/* The VFS whose table holds the hooks, to see whether they are still there. */
-static hkn_sqlite3_vfs *hkn_shm_vfs;
+/* The VFS whose table holds the hooks, to see whether they are still there.
+ * Published by the install once every hook is in place; read by the hooks
+ * in any thread. */
+static _Atomic(hkn_sqlite3_vfs *) hkn_shm_vfs;
+
+static int hkn_hook_close(int fd);
 
 /* Set once, with the GIL held, by the first guarded open.  hkn_shm_reason
  * says why the wrappers are not in place (NULL once they are). */
@@ -243,28 +247,65 @@ hkn_db_add_fd(hkn_db_entry *entry, int fd)
     return HKN_ADD_FD(entry->fds, entry->nfds, entry->cfds, fd);
 }
 
+/* Whether the descriptor lists can be trusted without an fstat(): a
+ * descriptor enters a list after an fstat() proved its inode, and leaves it
+ * when SQLite closes it through the close wrapper, so while that wrapper is
+ * SQLite's close every listed number still names its inode.  Anyone may put
+ * SQLite's own close back (xSetSystemCall); from then on each descriptor is
+ * checked again.  Two string compares in SQLite's table, no system call. */
+static int
+hkn_db_lists_exact(void)
+{
+    hkn_sqlite3_vfs *vfs = atomic_load_explicit(&hkn_shm_vfs, memory_order_acquire);
+    return vfs != NULL
+           && vfs->xGetSystemCall(vfs, "close") == (hkn_syscall_ptr)hkn_hook_close;
+}
+
 /* Sets (F_RDLCK) or releases (F_UNLCK) our lock on every descriptor of
  * `entry` that still names its inode. */
 static void
 hkn_db_set(hkn_db_entry *entry, short type)
 {
+    int exact = hkn_db_lists_exact();
     for (int i = 0; i < entry->nfds; i++) {
         struct stat st;
-        if ((fstat)(entry->fds[i], &st) != 0 || st.st_dev != entry->dev
-            || st.st_ino != entry->ino) {
+        if (!exact
+            && ((fstat)(entry->fds[i], &st) != 0 || st.st_dev != entry->dev
+                || st.st_ino != entry->ino)) {
             continue;
         }
         (void)hkn_ofd_setlk(entry->fds[i], type, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
     }
 }
 
-/* Releases every lock of `entry` and removes it. */
+/* Releases every lock of `entry` (unless they are aside already: SQLite
+ * holds or held its write lock) and removes it. */
 static void
 hkn_db_drop(hkn_db_entry *entry)
 {
-    hkn_db_set(entry, F_UNLCK);
+    if (!entry->aside) {
+        hkn_db_set(entry, F_UNLCK);
+    }
     free(entry->fds);
     *entry = hkn_db_table[--hkn_db_count];
+}
+
+/* The entry that lists `fd`, when the lists are exact; NULL otherwise. */
+static hkn_db_entry *
+hkn_db_listing(int fd)
+{
+    if (hkn_db_count == 0 || !hkn_db_lists_exact()) {
+        return NULL;
+    }
+    for (int i = 0; i < hkn_db_count; i++) {
+        hkn_db_entry *entry = &hkn_db_table[i];
+        for (int j = 0; j < entry->nfds; j++) {
+            if (entry->fds[j] == fd) {
+                return entry;
+            }
+        }
+    }
+    return NULL;
 }
 
 static int
@@ -295,16 +336,33 @@ hkn_overlaps_shared(const struct flock *lock)
            && (lock->l_len == 0 || lock->l_start + lock->l_len > HKN_SHARED_FIRST);
 }
 
-/* SQLite's F_SETLK/F_SETLKW touching the SHARED range of a database. */
+/* SQLite's F_SETLK/F_SETLKW touching the SHARED range of a database.
+ * The descriptor's inode comes from the lists when they name it (every
+ * connection after the first, and every lock after a connection's first),
+ * otherwise from one fstat(). */
 static int
 hkn_db_lock(int fd, int op, struct flock *lock)
 {
-    struct stat st;
-    if ((fstat)(fd, &st) != 0) {
-        return HKN_REAL(fcntl)(fd, op, lock);
+    dev_t dev = 0;
+    ino_t ino = 0;
+    pthread_mutex_lock(&hkn_shm_mutex);
+    hkn_db_entry *entry = hkn_db_listing(fd);
+    int listed = entry != NULL;
+    if (listed) {
+        dev = entry->dev;
+        ino = entry->ino;
+    }
+    pthread_mutex_unlock(&hkn_shm_mutex);
+    if (!listed) {
+        struct stat st;
+        if ((fstat)(fd, &st) != 0) {
+            return HKN_REAL(fcntl)(fd, op, lock);
+        }
+        dev = st.st_dev;
+        ino = st.st_ino;
     }
     pthread_mutex_lock(&hkn_shm_mutex);
-    hkn_db_entry *entry = hkn_db_find(st.st_dev, st.st_ino);
+    entry = hkn_db_find(dev, ino);
     if (entry != NULL && !entry->aside && lock->l_type == F_WRLCK) {
         hkn_db_set(entry, F_UNLCK);
         entry->aside = 1;
@@ -318,7 +376,7 @@ hkn_db_lock(int fd, int op, struct flock *lock)
     }
     int saved = errno;
     pthread_mutex_lock(&hkn_shm_mutex);
-    entry = hkn_db_find(st.st_dev, st.st_ino);
+    entry = hkn_db_find(dev, ino);
     if (lock->l_type == F_UNLCK) {
         /* SQLite's last read lock on the inode is gone: so is ours, unless
          * guard.c still claims it for a connection that has not read yet
@@ -336,12 +394,18 @@ hkn_db_lock(int fd, int op, struct flock *lock)
             }
         }
     }
+    else if (entry != NULL && !entry->aside && listed && lock->l_type == F_RDLCK) {
+        /* This descriptor already holds our lock (a guarded connection's
+         * first read: the claim locked it), and nothing has written since:
+         * still WAL, still locked. */
+        entry->shared = 1;
+    }
     else if (lock->l_type == F_RDLCK || (rc != 0 && entry != NULL)) {
         /* A read lock granted (the first in this process, or back from a
          * write lock), or a write lock refused (still the read lock). */
         int wal = hkn_db_is_wal(fd);
-        if (entry == NULL && wal && !hkn_db_opted_out(st.st_dev, st.st_ino)
-            && (entry = hkn_db_get(st.st_dev, st.st_ino)) != NULL) {
+        if (entry == NULL && wal && !hkn_db_opted_out(dev, ino)
+            && (entry = hkn_db_get(dev, ino)) != NULL) {
             hkn_db_shadowed++;
         }
         if (entry != NULL) {
@@ -385,9 +449,20 @@ hkn_shmlock_guard_fd(dev_t dev, ino_t ino, int fd)
 }
 
 int
-hkn_shmlock_guard_forget(dev_t dev, ino_t ino, int opt_out)
+hkn_shmlock_holds(dev_t dev, ino_t ino, int fd)
+{
+    pthread_mutex_lock(&hkn_shm_mutex);
+    hkn_db_entry *entry = hkn_db_listing(fd);
+    int holds = entry != NULL && entry->dev == dev && entry->ino == ino && !entry->aside;
+    pthread_mutex_unlock(&hkn_shm_mutex);
+    return holds;
+}
+
+int
+hkn_shmlock_guard_forget(dev_t dev, ino_t ino, int opt_out, int *unlocked)
 {
     int kept = 0;
+    *unlocked = 0;
     pthread_mutex_lock(&hkn_shm_mutex);
     hkn_db_entry *entry = hkn_db_find(dev, ino);
     if (entry != NULL) {
@@ -398,6 +473,15 @@ hkn_shmlock_guard_forget(dev_t dev, ino_t ino, int opt_out)
             kept = 1;
         }
         else {
+            /* With exact lists every listed descriptor is released here,
+             * without an fstat() each; otherwise the caller checks its own. */
+            if (entry->aside) {
+                *unlocked = 1;
+            }
+            else if (hkn_db_lists_exact()) {
+                hkn_db_set(entry, F_UNLCK);
+                *unlocked = 1;
+            }
             free(entry->fds);
             *entry = hkn_db_table[--hkn_db_count];
         }
@@ -755,7 +839,7 @@ hkn_shmlock_install(hkn_state *state, int db_fd)
         hkn_shm_reason = "SQLite refused to replace a system call";
         return 0;
     }
-    hkn_shm_vfs = vfs;
+    atomic_store_explicit(&hkn_shm_vfs, vfs, memory_order_release);
     hkn_shm_installed = 1;
     hkn_shm_reason = NULL;
     return 1;
@@ -773,8 +857,9 @@ hkn_shm_still_wrapped(void)
         (hkn_syscall_ptr)hkn_hook_fcntl, (hkn_syscall_ptr)hkn_hook_mmap,
         (hkn_syscall_ptr)hkn_hook_munmap,
     };
+    hkn_sqlite3_vfs *vfs = atomic_load_explicit(&hkn_shm_vfs, memory_order_acquire);
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (hkn_shm_vfs->xGetSystemCall(hkn_shm_vfs, names[i]) != hooks[i]) {
+        if (vfs->xGetSystemCall(vfs, names[i]) != hooks[i]) {
             return 0;
         }
     }

@@ -13,11 +13,21 @@ hkn_shmlock_guard_fd(dev_t dev, ino_t ino, int fd)
 }
 
 int
-hkn_shmlock_guard_forget(dev_t dev, ino_t ino, int opt_out)
+hkn_shmlock_holds(dev_t dev, ino_t ino, int fd)
+{
+    (void)dev;
+    (void)ino;
+    (void)fd;
+    return 0;
+}
+
+int
+hkn_shmlock_guard_forget(dev_t dev, ino_t ino, int opt_out, int *unlocked)
 {
     (void)dev;
     (void)ino;
     (void)opt_out;
+    *unlocked = 0;
     return 0;
 }
 
