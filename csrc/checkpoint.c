@@ -397,7 +397,7 @@ static int hkn_checkpoint_outcome(hkn_state *state, hkn_conn *conn, PyObject *se
 static int
 hkn_threshold(hkn_state *state, PyObject *self, long *threshold)
 {
-    PyObject *value = PyObject_GetAttr(self, state->str_checkpoint_threshold);
+    PyObject *value = hkn_setting(state, self, HKN_SETTING_THRESHOLD);
     if (value == NULL) {
         return -1;
     }
@@ -533,7 +533,7 @@ hkn_checkpoint_outcome(hkn_state *state, hkn_conn *conn, PyObject *self, int mod
 int
 hkn_policy(hkn_state *state, PyObject *self, PyObject **value)
 {
-    *value = PyObject_GetAttr(self, state->str_checkpoint_on_close);
+    *value = hkn_setting(state, self, HKN_SETTING_POLICY);
     if (*value == NULL) {
         return HKN_POLICY_INVALID;
     }

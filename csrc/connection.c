@@ -19,6 +19,7 @@
 
 #include "structmember.h"       /* PyMemberDef, T_PYSSIZET on 3.10/3.11 */
 
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -74,6 +75,99 @@ hkn_state_get(PyObject *self)
         return NULL;
     }
     return state;
+}
+
+/* ------------------------------------------------------------- settings */
+
+static PyObject *
+hkn_setting_name(hkn_state *state, hkn_setting_id which)
+{
+    switch (which) {
+    case HKN_SETTING_POLICY:
+        return state->str_checkpoint_on_close;
+    case HKN_SETTING_THRESHOLD:
+        return state->str_checkpoint_threshold;
+    case HKN_SETTING_GUARD:
+        return state->str_guard_wal;
+    default:
+        return state->str_max_live;
+    }
+}
+
+/* Whether `self`'s attribute lookup is the ordinary one and finds nothing
+ * on the instance: no __getattribute__/__getattr__ of a subclass, and an
+ * empty instance dict (subclasses share our dict slot). */
+static int
+hkn_class_decides(PyObject *self)
+{
+    PyObject *dict = hkn_conn_get(self)->dict;
+    return Py_TYPE(self)->tp_getattro == PyObject_GenericGetAttr
+           && (dict == NULL || (PyDict_CheckExact(dict) && PyDict_GET_SIZE(dict) == 0));
+}
+
+/* Whether the version tag of `type` is current.  Up to 3.12 CPython also
+ * clears a flag when a type changes (3.10 keeps the stale tag meanwhile);
+ * later versions reset the tag to 0 instead. */
+static int
+hkn_tag_valid(PyTypeObject *type)
+{
+#ifdef Py_TPFLAGS_VALID_VERSION_TAG
+    if (!PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)) {
+        return 0;
+    }
+#endif
+    return type->tp_version_tag != 0;
+}
+
+/* Whether the first class along `type`'s MRO that defines `name` holds
+ * `value` itself (so that the value is the class's, not a descriptor's
+ * result or an instance's). */
+static int
+hkn_class_holds(PyTypeObject *type, PyObject *name, PyObject *value)
+{
+    PyObject *mro = type->tp_mro;
+    if (mro == NULL || !PyTuple_Check(mro) || Py_TYPE(value)->tp_descr_get != NULL) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+        PyObject *dict = ((PyTypeObject *)PyTuple_GET_ITEM(mro, i))->tp_dict;
+        if (dict == NULL) {
+            return 0;           /* a static builtin type (3.12+): not ours */
+        }
+        PyObject *found = PyDict_GetItemWithError(dict, name);
+        if (found != NULL) {
+            return found == value;
+        }
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    return 0;
+}
+
+PyObject *
+hkn_setting(hkn_state *state, PyObject *self, hkn_setting_id which)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    hkn_setting_cache *cache = &state->settings[which];
+    int ordinary = hkn_class_decides(self);
+    if (ordinary && cache->tag != 0 && cache->type == type && hkn_tag_valid(type)
+        && type->tp_version_tag == cache->tag) {
+        return Py_NewRef(cache->value);
+    }
+    PyObject *name = hkn_setting_name(state, which);
+    PyObject *value = PyObject_GetAttr(self, name);
+    /* The lookup gave the type a tag if it had none; the instance could
+     * have gained an attribute meanwhile only through a descriptor, which
+     * hkn_class_holds() refuses. */
+    if (value != NULL && ordinary && hkn_class_decides(self) && hkn_tag_valid(type)
+        && hkn_class_holds(type, name, value)) {
+        cache->type = type;
+        cache->tag = type->tp_version_tag;
+        cache->value = value;
+    }
+    return value;
 }
 
 /* ------------------------------------------------------ small predicates */
@@ -379,6 +473,27 @@ hkn_close_handle(hkn_state *state, PyObject *self)
     }
 }
 
+/* The str of a database file name, the very object of the previous open
+ * when it named the same file: decoding and hashing the name anew on every
+ * open cost more than the rest of __init__'s own bookkeeping, and the leak
+ * bound then compares the names of a database's connections by identity.
+ * Without memory for the copy the name is simply not remembered. */
+static PyObject *
+hkn_path_str(hkn_state *state, const char *file)
+{
+    if (state->last_path != NULL && strcmp(state->last_path_bytes, file) == 0) {
+        return Py_NewRef(state->last_path);
+    }
+    PyObject *path = PyUnicode_DecodeFSDefault(file);
+    char *copy = path == NULL ? NULL : strdup(file);
+    if (copy != NULL) {
+        free(state->last_path_bytes);
+        state->last_path_bytes = copy;
+        Py_XSETREF(state->last_path, Py_NewRef(path));
+    }
+    return path;
+}
+
 static int
 hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
 {
@@ -441,7 +556,7 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
     if (state->api.native) {
         const hkn_sqlite_api *api = &state->api;
         const char *file = sqlite3_db_filename(hkn_connection_handle(self), "main");
-        path = PyUnicode_DecodeFSDefault(file ? file : "");
+        path = hkn_path_str(state, file ? file : "");
     }
     else {
         PyObject *row = hkn_sql_first_row(state, self, "PRAGMA database_list");
@@ -485,7 +600,7 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
         goto fail;
     }
     if (state->api.native && conn->guard == NULL && PyUnicode_GetLength(path) > 0) {
-        PyObject *wanted = PyObject_GetAttr(self, state->str_guard_wal);
+        PyObject *wanted = hkn_setting(state, self, HKN_SETTING_GUARD);
         int guard = wanted == NULL ? -1
                     : PyObject_IsTrue(wanted);
         Py_XDECREF(wanted);
@@ -548,11 +663,15 @@ hkn_log_finalized(hkn_state *state, hkn_conn *conn)
 static void
 hkn_connection_finalize(PyObject *self)
 {
+    hkn_conn *conn = hkn_conn_get(self);
+    if (conn->prev == NULL && conn->guard == NULL && !conn->opted_out
+        && hkn_connection_handle(self) == NULL) {
+        return;                 /* closed and unregistered (every closed tick) */
+    }
     hkn_saved_error saved;
     hkn_error_save(&saved);
 
     hkn_state *state = PyType_GetModuleState(hkn_root_type(Py_TYPE(self)));
-    hkn_conn *conn = hkn_conn_get(self);
     if (state == NULL || state->base_type == NULL) {
         PyErr_Clear();
         goto done;

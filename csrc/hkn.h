@@ -78,6 +78,26 @@ typedef struct hkn_counters {
     Py_ssize_t peak_live;
 } hkn_counters;
 
+/* The class attributes a connection reads as settings (hkn_setting). */
+typedef enum {
+    HKN_SETTING_POLICY,         /* checkpoint_on_close */
+    HKN_SETTING_THRESHOLD,      /* checkpoint_threshold */
+    HKN_SETTING_GUARD,          /* guard_wal */
+    HKN_SETTING_MAX_LIVE,       /* max_live_per_database */
+    HKN_SETTINGS
+} hkn_setting_id;
+
+/* A setting's value as the class holds it: valid while `type` keeps the
+ * version tag `tag` (CPython gives a type a new tag whenever an attribute
+ * of it or of a base changes, and never the same tag to two types).
+ * `value` is borrowed from the class's namespace, which holds it at least
+ * as long as the tag stays. */
+typedef struct {
+    PyTypeObject *type;         /* not a reference: only compared */
+    unsigned int tag;           /* 0: empty */
+    PyObject *value;
+} hkn_setting_cache;
+
 typedef struct hkn_state {
     PyTypeObject *base_type;        /* sqlite3.Connection */
     PyTypeObject *walsafe_type;     /* WalSafeConnection */
@@ -120,6 +140,9 @@ typedef struct hkn_state {
     int guard_inode_ok;             /* its inode record's (dev, ino) matched fstat() once */
     pid_t pid;                      /* getpid(), kept current by the at-fork hook */
     PyObject *guard_failure;        /* why the guard could not be taken last, or NULL */
+    hkn_setting_cache settings[HKN_SETTINGS];
+    char *last_path_bytes;          /* the file name last decoded by __init__ (malloc) */
+    PyObject *last_path;            /* ... and its str, shared by connections to it */
     int guard_warned;               /* that RuntimeWarning was issued (once) */
     hkn_counters stats;
 } hkn_state;
@@ -168,6 +191,13 @@ static inline PyObject *hkn_error_take(void)
 #define HKN_CONN_ALIGN ((Py_ssize_t)_Alignof(hkn_conn))
 #define HKN_CONN_OFFSET(base_size) \
     ((((Py_ssize_t)(base_size)) + HKN_CONN_ALIGN - 1) & ~(HKN_CONN_ALIGN - 1))
+
+/* connection.c: a setting of `self` (a new reference, or NULL with the
+ * lookup's exception), as PyObject_GetAttr gives it.  Without the lookup
+ * when the instance has no attributes of its own, its type looks attributes
+ * up the ordinary way, and the class's value (not a descriptor) was read
+ * before under the type's current version tag. */
+PyObject *hkn_setting(hkn_state *state, PyObject *self, hkn_setting_id which);
 
 /* registry.c: the live WalSafeConnections of this process.  All
  * run with the GIL held and never call into Python while the list is

@@ -488,14 +488,17 @@ hkn_after_fork_in_child(PyObject *module, PyObject *Py_UNUSED(ignored))
 PyDoc_STRVAR(hkn_fault_reset_once_doc,
 "_fault_reset_once($module, /)\n--\n\n"
 "Fault-injection builds only: forget that the once-per-module warnings were\n"
-"issued and that SQLite's inode record was checked, so that each fault test\n"
-"can reach the points on their path.");
+"issued, that SQLite's inode record was checked, the class settings read\n"
+"and the last file name decoded, so that each fault test can reach the\n"
+"points on their path.");
 
 static PyObject *
 hkn_fault_reset_once(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     hkn_module_state(module)->guard_warned = 0;
     hkn_module_state(module)->guard_inode_ok = 0;
+    memset(hkn_module_state(module)->settings, 0, sizeof(hkn_module_state(module)->settings));
+    Py_CLEAR(hkn_module_state(module)->last_path);
     Py_RETURN_NONE;
 }
 #endif
@@ -828,7 +831,7 @@ hkn_module_exec(PyObject *module)
     X(str_check_same_thread) X(base_close) X(bound_exceeded)                    \
     X(mode_names[0]) X(mode_names[1]) X(mode_names[2]) X(mode_names[3])         \
     X(api_library) X(api_reason) X(api_routes_not_taken) X(opened_paths)         \
-    X(finalized_log) X(guard_failure)
+    X(finalized_log) X(guard_failure) X(last_path)
 
 static int
 hkn_module_traverse(PyObject *module, visitproc visit, void *arg)
@@ -854,6 +857,8 @@ static void
 hkn_module_free(void *module)
 {
     hkn_module_clear((PyObject *)module);
+    free(hkn_module_state((PyObject *)module)->last_path_bytes);
+    hkn_module_state((PyObject *)module)->last_path_bytes = NULL;
     hkn_guard_free_all(hkn_module_state((PyObject *)module));
     hkn_sqlite_api_free(hkn_module_state((PyObject *)module));
 }

@@ -182,7 +182,7 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
     if (live == 0) {
         return 0;
     }
-    PyObject *limit_obj = PyObject_GetAttr(self, state->str_max_live);
+    PyObject *limit_obj = hkn_setting(state, self, HKN_SETTING_MAX_LIVE);
     if (limit_obj == NULL) {
         return -1;
     }
@@ -213,7 +213,9 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
     if (limit == 0) {
         return 0;
     }
-    int contains = PySet_Contains(state->bound_exceeded, path);
+    /* Empty unless a bound was exceeded: no hashing of the path then. */
+    int contains = PySet_GET_SIZE(state->bound_exceeded) == 0 ? 0
+                   : PySet_Contains(state->bound_exceeded, path);
     if (contains < 0) {
         return -1;
     }

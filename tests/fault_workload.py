@@ -61,7 +61,7 @@ PREREQUISITES = {
 COMBINATIONS = [
     # __init__ fails after the base opened the database, then its cleanup
     # close fails too: the handle must still be closed.
-    ("connection.base_close.PyObject_CallOneArg", ("connection.init.PyObject_GetAttr",)),
+    ("connection.base_close.PyObject_CallOneArg", ("connection.path_str.PyUnicode_DecodeFSDefault",)),
     # the same in SQL mode, where nothing can close natively
     ("connection.base_close.PyObject_CallOneArg", ("connection.init.PySequence_GetItem",)),
 ]

@@ -201,6 +201,46 @@ def test_policy_on_subclass_and_instance(hkn, db):
     assert conn.last_checkpoint.mode == "full"
 
 
+def test_settings_follow_every_change_of_the_classes(hkn, db):
+    # The class's settings are read once per type version: a change to the
+    # class, to a base of it, or a descriptor in between must still show at
+    # the very next close.
+    class Base(hkn.WalSafeConnection):
+        checkpoint_threshold = 0
+
+    class Child(Base):
+        checkpoint_on_close = "full"
+
+    def close_after_a_write(factory=Child):
+        conn = sqlite3.connect(db, factory=factory, isolation_level=None)
+        conn.execute("INSERT INTO t VALUES (1)")
+        conn.close()
+        return conn.last_checkpoint.mode
+
+    assert close_after_a_write() == "full"
+    assert close_after_a_write() == "full"
+    Child.checkpoint_on_close = "truncate"
+    assert close_after_a_write() == "truncate"
+    del Child.checkpoint_on_close                # back to WalSafeConnection's
+    assert close_after_a_write() == "passive"
+    Base.checkpoint_on_close = "restart"         # a base changes under the subclass
+    assert close_after_a_write() == "restart"
+    Base.checkpoint_threshold = 10 ** 6          # a passive close now waits for more frames
+    Base.checkpoint_on_close = "passive"
+    conn = sqlite3.connect(db, factory=Child, isolation_level=None)
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.close()
+    if is_native(hkn):
+        assert conn.last_checkpoint is None     # the guard counts the frames: too few
+    else:
+        assert conn.last_checkpoint.mode == "passive"   # no count without the guard
+
+    modes = iter(["full", "truncate", "full"])
+    Child.checkpoint_on_close = property(lambda self: next(modes))
+    Child.checkpoint_threshold = 0
+    assert [close_after_a_write() for _ in range(3)] == ["full", "truncate", "full"]
+
+
 @pytest.mark.parametrize("bad", ["sometimes", 3, None, b"passive"])
 def test_invalid_policy_still_closes_then_raises(hkn, db, bad):
     conn = open_wal(hkn, db)

@@ -32,7 +32,7 @@ class Plan:
         self.plugin_files, self.plugin_per_file = pick(4, 2), pick(75, 25)
         self.plugin_rounds = pick(5, 1)
         self.burst_rounds = pick(30, 4)
-        self.instruction_ticks = pick(300, 100)
+        self.instruction_ticks = pick(1000, 100)
 
 
 
