@@ -14,7 +14,7 @@
  * _scan_fd_locks and their docstrings, defined by each platform's file with
  * these signatures; module.c's method table lists them once for all. */
 PyObject *hkn_scan_fds(PyObject *module, PyObject *args, PyObject *kwargs);
-PyObject *hkn_scan_maps(PyObject *module, PyObject *pid);
+PyObject *hkn_scan_maps(PyObject *module, PyObject *args, PyObject *kwargs);
 PyObject *hkn_scan_locks(PyObject *module, PyObject *ignored);
 PyObject *hkn_scan_fd_locks(PyObject *module, PyObject *args);
 extern const char hkn_scan_fds_doc[];

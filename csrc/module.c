@@ -525,7 +525,8 @@ static PyMethodDef hkn_module_methods[] = {
     /* the raw scanners: csrc/linux/fdscan.c, or csrc/other/fdscan.c */
     {"_scan_fds", (PyCFunction)(void (*)(void))hkn_scan_fds, METH_VARARGS | METH_KEYWORDS,
      hkn_scan_fds_doc},
-    {"_scan_maps", hkn_scan_maps, METH_O, hkn_scan_maps_doc},
+    {"_scan_maps", (PyCFunction)(void (*)(void))hkn_scan_maps, METH_VARARGS | METH_KEYWORDS,
+     hkn_scan_maps_doc},
     {"_scan_locks", hkn_scan_locks, METH_NOARGS, hkn_scan_locks_doc},
     {"_scan_fd_locks", hkn_scan_fd_locks, METH_VARARGS, hkn_scan_fd_locks_doc},
 #ifdef HKN_FAULTS

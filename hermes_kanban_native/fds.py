@@ -457,8 +457,9 @@ def sqlite_fds(database: PathArg, pid: Optional[int] = None) -> SqliteFds:
     """
     target = _Target(database)
     pid = _pid_or_self(pid)
-    fd_rows = _native._scan_fds(pid, links=False, only=tuple(target.by_identity))
-    map_rows = _native._scan_maps(pid)
+    only = tuple(target.by_identity)
+    fd_rows = _native._scan_fds(pid, links=False, only=only)
+    map_rows = _native._scan_maps(pid, only=only, prefix=target.path)
     return _classify(target, pid, fd_rows, map_rows, _native._scan_locks())
 
 
@@ -475,7 +476,7 @@ def holders(database: PathArg) -> Holders:
     for pid in pids:
         try:
             fd_rows = _native._scan_fds(pid, links=False, only=only)
-            map_rows = _native._scan_maps(pid)
+            map_rows = _native._scan_maps(pid, only=only, prefix=target.path)
             result = _classify(target, pid, fd_rows, map_rows, lock_rows)
         except ProcessLookupError:
             continue

@@ -76,6 +76,23 @@ def _pid_nobody_has():
         return int(f.read())        # pids are always below pid_max
 
 
+def _crowded_scan(mod):
+    """_scan_fds of this process with enough descriptors open that they are
+    tried number by number instead of listed (fdscan.c: where the descriptor
+    table is at most about twice as large as their count)."""
+    with open("/proc/self/status") as status:
+        table = next(int(line.split()[1]) for line in status if line.startswith("FDSize:"))
+    base = os.open(os.devnull, os.O_RDONLY)
+    crowd = [base]
+    try:
+        missing = (table - 64) // 2 + 1 - (len(os.listdir("/proc/self/fd")) - 1)
+        crowd += [os.dup(base) for _ in range(max(0, missing))]
+        mod._scan_fds(os.getpid(), links=False)
+    finally:
+        for fd in crowd:
+            os.close(fd)
+
+
 def _without_frames(function, *args):
     """function(*args) in a new thread that runs no Python code (so it has
     no frame), waiting until that thread is gone, its thread state included:
@@ -375,6 +392,7 @@ class Workload:
             self._expect((ProcessLookupError,), mod._scan_fd_locks, nobody, 0)
             self._expect((ValueError,), mod._scan_maps, -5)
             mod._scan_fds(os.getpid(), links=False)
+            _crowded_scan(mod)
             mod._scan_fd_locks(os.getpid(), 1 << 20)      # not open: no locks
             mod._scan_locks()
         conn.close()

@@ -414,6 +414,50 @@ def test_a_scan_limited_to_identities_keeps_those_and_the_unlinked(tmp_path):
             [row for row in _native._scan_fds(os.getpid(), links=False) if row[4] == 0]
 
 
+def test_a_scan_without_link_texts_finds_the_same_descriptors_as_the_listing(tmp_path):
+    # Without link texts our own descriptors are found by trying each number
+    # below the descriptor table's size, when /proc/self/fd gives their
+    # count (Linux 6.2+) and the table is at most about twice as large;
+    # with link texts, by listing /proc/self/fd.  Both must find the same
+    # ones.  300 descriptors and one at 400 make a table of 512 numbers:
+    # tried one by one, the highest one included.
+    high = 400
+    files = [open(tmp_path / f"f{i}", "w") for i in range(10)]
+    dups = [os.dup(files[i % 10].fileno()) for i in range(290)]
+    try:
+        os.dup2(files[0].fileno(), high)
+        listed = {row[0]: row[2:] for row in _native._scan_fds(os.getpid())}
+        probed = {row[0]: row[2:] for row in _native._scan_fds(os.getpid(), links=False)}
+        assert high in probed and dups[-1] in probed
+        assert probed == listed
+    finally:
+        os.close(high)
+        for fd in dups:
+            os.close(fd)
+        for f in files:
+            f.close()
+
+
+def test_a_map_scan_limited_to_identities_or_a_name(tmp_path):
+    path = tmp_path / "mapped.bin"
+    path.write_bytes(b"x" * 4096)
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mapped:
+        st = os.fstat(f.fileno())
+        everything = _native._scan_maps(os.getpid())
+        ours = [row for row in everything if (row[4], row[5]) == (st.st_dev, st.st_ino)]
+        assert ours and len(everything) > len(ours)
+        assert _native._scan_maps(os.getpid(), only=[(st.st_dev, st.st_ino)]) == ours
+        assert _native._scan_maps(os.getpid(), prefix=str(path)) == ours
+        assert _native._scan_maps(os.getpid(), prefix=os.fsencode(tmp_path)) == ours
+        assert _native._scan_maps(os.getpid(), only=[], prefix=str(path) + "-shm") == []
+        assert _native._scan_maps(os.getpid(), only=[]) == []
+        mapped[0] = 1
+    with pytest.raises(TypeError):
+        _native._scan_maps(os.getpid(), prefix=5)
+    with pytest.raises(TypeError, match="only must"):
+        _native._scan_maps(os.getpid(), only=[(1,)])
+
+
 @pytest.mark.parametrize("only", [5, [(1,)], [(1, "2")], ["ab"]])
 def test_a_bad_identity_filter_is_a_type_error_naming_it(only):
     with pytest.raises(TypeError, match="only must"):

@@ -262,12 +262,103 @@ hkn_wanted(const struct stat *st, const hkn_identity *only, Py_ssize_t n_only)
     return 0;
 }
 
+/* Appends the record of descriptor `fd` (its stat in *st unless stat_errno);
+ * its link text, if any, is the last `link_len` bytes of the arena. */
+static int
+hkn_add_fd_record(hkn_array *records, const hkn_text *links, int fd, int stat_errno,
+                  const struct stat *st, int has_link, size_t link_len)
+{
+    hkn_fd_record *record = hkn_append(records, sizeof(*record));
+    if (record == NULL) {
+        return -1;
+    }
+    record->fd = fd;
+    record->stat_errno = stat_errno;
+    if (stat_errno == 0) {
+        record->dev = (unsigned long long)st->st_dev;
+        record->ino = (unsigned long long)st->st_ino;
+        record->nlink = (unsigned long long)st->st_nlink;
+        record->size = (unsigned long long)st->st_size;
+        record->mode = (unsigned int)st->st_mode;
+    }
+    record->has_link = has_link;
+    record->path_off = links->len;
+    record->path_len = link_len;
+    return 0;
+}
+
+/* How many descriptor numbers to try one by one in our own process instead
+ * of listing /proc/self/fd, or -1 to list it.  Listing costs the kernel a
+ * dentry per open descriptor (about half of a scan of 1,000 descriptors);
+ * trying a number that is not open costs one failed fstat.  So the numbers
+ * below the descriptor table's size (FDSize in /proc/self/status; no open
+ * descriptor lies beyond it) are tried when the table is not much larger
+ * than the number of open descriptors, which Linux 6.2+ gives as the size
+ * of /proc/self/fd (older kernels say 0: list). */
+static int
+hkn_own_fd_numbers(void)
+{
+    struct stat dir;
+    if (stat("/proc/self/fd", &dir) != 0 || dir.st_size <= 0) {
+        return -1;
+    }
+    char text[4096];
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return -1;
+    }
+    ssize_t got = read(fd, text, sizeof(text) - 1);
+    (void)close(fd);
+    if (got <= 0) {
+        return -1;
+    }
+    text[got] = '\0';
+    const char *line = strstr(text, "\nFDSize:");
+    long table = line == NULL ? -1 : strtol(line + sizeof("\nFDSize:") - 1, NULL, 10);
+    if (table <= 0 || table > 2 * (long)dir.st_size + 64) {
+        return -1;
+    }
+    return (int)table;
+}
+
+/* The records of our own descriptors below `numbers` (see above); link
+ * texts are not read this way. */
+static int
+hkn_probe_own_fds(int numbers, const hkn_identity *only, Py_ssize_t n_only,
+                  hkn_array *records, hkn_text *links, hkn_failure *failure)
+{
+    for (int fd = 0; fd < numbers; fd++) {
+        struct stat st;
+        int stat_errno = 0;
+        if (fstat(fd, &st) != 0) {
+            stat_errno = errno;
+            if (stat_errno == EBADF) {
+                continue;       /* not open */
+            }
+        }
+        else if (!hkn_wanted(&st, only, n_only)) {
+            continue;
+        }
+        if (hkn_add_fd_record(records, links, fd, stat_errno, &st, 0, 0) < 0) {
+            hkn_fail(failure, ENOMEM, "fstat", "/proc/self/fd");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* n_only < 0: every descriptor; else only those on the n_only identities
  * of `only` and those whose inode is unlinked or cannot be stat()ed. */
 static int
 hkn_collect_fds(int pid, int want_links, const hkn_identity *only, Py_ssize_t n_only,
                 hkn_array *records, hkn_text *links, hkn_failure *failure)
 {
+    if (!want_links && pid == (int)getpid()) {
+        int numbers = hkn_own_fd_numbers();
+        if (numbers > 0) {
+            return hkn_probe_own_fds(numbers, only, n_only, records, links, failure);
+        }
+    }
     char path[HKN_PROC_PATH_MAX];
     snprintf(path, sizeof(path), "/proc/%d/fd", pid);
     DIR *dir = opendir(path);
@@ -348,23 +439,10 @@ hkn_collect_fds(int pid, int want_links, const hkn_identity *only, Py_ssize_t n_
                 got = 0;
             }
         }
-        hkn_fd_record *record = hkn_append(records, sizeof(*record));
-        if (record == NULL) {
+        if (hkn_add_fd_record(records, links, fd, stat_errno, &st, has_link, (size_t)got) < 0) {
             hkn_fail(failure, ENOMEM, "readdir", path);
             goto done;
         }
-        record->fd = fd;
-        record->stat_errno = stat_errno;
-        if (stat_errno == 0) {
-            record->dev = (unsigned long long)st.st_dev;
-            record->ino = (unsigned long long)st.st_ino;
-            record->nlink = (unsigned long long)st.st_nlink;
-            record->size = (unsigned long long)st.st_size;
-            record->mode = (unsigned int)st.st_mode;
-        }
-        record->has_link = has_link;
-        record->path_off = links->len;
-        record->path_len = (size_t)got;
         links->len += (size_t)got;
     }
     result = 0;
@@ -664,8 +742,36 @@ hkn_parse_map_line(const char *p, const char *end, const char *base, void *recor
     return 0;
 }
 
+/* Which mappings a scan keeps: all (n_only < 0 and no prefix), or those of
+ * a file (inode not 0) among the identities or named from the prefix on. */
+typedef struct {
+    const hkn_identity *only;
+    Py_ssize_t n_only;
+    const char *prefix;
+    size_t prefix_len;
+} hkn_map_filter;
+
 static int
-hkn_collect_maps(int pid, hkn_array *records, hkn_text *text, hkn_failure *failure)
+hkn_map_wanted(const hkn_map_record *r, const hkn_text *text, const hkn_map_filter *filter)
+{
+    if (filter->n_only < 0 && filter->prefix == NULL) {
+        return 1;
+    }
+    if (r->ino == 0) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < filter->n_only; i++) {
+        if (filter->only[i].dev == r->dev && filter->only[i].ino == r->ino) {
+            return 1;
+        }
+    }
+    return filter->prefix != NULL && r->path_len >= filter->prefix_len
+           && memcmp(text->data + r->path_off, filter->prefix, filter->prefix_len) == 0;
+}
+
+static int
+hkn_collect_maps(int pid, const hkn_map_filter *filter, hkn_array *records, hkn_text *text,
+                 hkn_failure *failure)
 {
     char path[HKN_PROC_PATH_MAX];
     snprintf(path, sizeof(path), "/proc/%d/maps", pid);
@@ -676,16 +782,30 @@ hkn_collect_maps(int pid, hkn_array *records, hkn_text *text, hkn_failure *failu
         hkn_fail(failure, ENOMEM, "read", path);
         return -1;
     }
+    /* Filtered in place: a process maps hundreds of libraries, and each
+     * left out here is a row never made. */
+    hkn_map_record *maps = records->items;
+    size_t kept = 0;
+    for (size_t i = 0; i < records->count; i++) {
+        if (hkn_map_wanted(&maps[i], text, filter)) {
+            maps[kept++] = maps[i];
+        }
+    }
+    records->count = kept;
     return 0;
 }
 
 const char hkn_scan_maps_doc[] = PyDoc_STR(
-"_scan_maps($module, pid, /)\n--\n\n"
+"_scan_maps($module, pid, /, only=None, prefix=None)\n--\n\n"
 "Memory mappings of process *pid* from /proc/<pid>/maps.\n\n"
 "Returns a list of (start, end, perms, offset, st_dev, st_ino, path)\n"
 "tuples, one per line.  The device is converted from the kernel's\n"
 "major:minor to the st_dev encoding of os.stat().  path is '' for\n"
 "anonymous mappings and the text as the kernel prints it otherwise.\n"
+"With *only* (a sequence of (st_dev, st_ino) pairs) or *prefix* (a path,\n"
+"str or bytes), only mappings of files are returned whose identity is\n"
+"among *only* or whose path starts with *prefix* (a deleted file's, or one\n"
+"seen under another device number, is known by its name alone).\n"
 "Raises ProcessLookupError or PermissionError.");
 
 static PyObject *
@@ -703,17 +823,43 @@ hkn_map_row(const void *record, const void *context)
 }
 
 PyObject *
-hkn_scan_maps(PyObject *Py_UNUSED(module), PyObject *arg)
+hkn_scan_maps(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
+    static char *keywords[] = {"", "only", "prefix", NULL};
+    PyObject *pid_obj, *only_obj = Py_None, *prefix_obj = Py_None;
     int pid;
-    if (hkn_pid_from(arg, &pid) < 0) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO:_scan_maps", keywords,
+                                     &pid_obj, &only_obj, &prefix_obj)) {
         return NULL;
     }
+    if (hkn_pid_from(pid_obj, &pid) < 0) {
+        return NULL;
+    }
+    hkn_map_filter filter = {NULL, -1, NULL, 0};
+    PyObject *prefix_bytes = NULL;
+    if (prefix_obj != Py_None) {
+        if (!PyUnicode_FSConverter(prefix_obj, &prefix_bytes)) {
+            return NULL;
+        }
+        filter.prefix = PyBytes_AS_STRING(prefix_bytes);
+        filter.prefix_len = (size_t)PyBytes_GET_SIZE(prefix_bytes);
+    }
+    hkn_identity *only = NULL;
+    if (only_obj != Py_None && hkn_identities(only_obj, &only, &filter.n_only) < 0) {
+        Py_XDECREF(prefix_bytes);
+        return NULL;
+    }
+    if (filter.n_only < 0 && filter.prefix != NULL) {
+        filter.n_only = 0;          /* a prefix alone: no identity matches */
+    }
+    filter.only = only;
     hkn_scan scan = {0};
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = hkn_collect_maps(pid, &scan.records, &scan.text, &scan.failure);
+    rc = hkn_collect_maps(pid, &filter, &scan.records, &scan.text, &scan.failure);
     Py_END_ALLOW_THREADS
+    PyMem_Free(only);
+    Py_XDECREF(prefix_bytes);
     return hkn_finish_scan(&scan, rc, pid, sizeof(hkn_map_record), hkn_map_row);
 }
 

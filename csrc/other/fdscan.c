@@ -44,8 +44,10 @@ HKN_UNSUPPORTED(scan_fds, "($module, pid, /, links=True, only=None)",
                 "Open descriptors of process *pid*",
                 (PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(args),
                  PyObject *Py_UNUSED(kwargs)))
-HKN_UNSUPPORTED(scan_maps, "($module, pid, /)", "Memory mappings of process *pid*",
-                (PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(pid)))
+HKN_UNSUPPORTED(scan_maps, "($module, pid, /, only=None, prefix=None)",
+                "Memory mappings of process *pid*",
+                (PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(args),
+                 PyObject *Py_UNUSED(kwargs)))
 HKN_UNSUPPORTED(scan_locks, "($module, /)", "Every lock record of /proc/locks",
                 (PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored)))
 HKN_UNSUPPORTED(scan_fd_locks, "($module, pid, fd, /)",
