@@ -494,6 +494,31 @@ hkn_path_str(hkn_state *state, const char *file)
     return path;
 }
 
+/* The base's tp_new is object.__new__, which on 3.10-3.12 gives every
+ * instance of a type with a dict slot an empty dict at once, and every
+ * attribute lookup on the connection then searches it (about 450
+ * instructions per open and close, a tenth of our whole cost).  Instance
+ * attributes are rare here, so the dict is made when the first one is set,
+ * as 3.13 does.  Anything else object.__new__ would say (an abstract
+ * subclass) it still says; a base with its own tp_new keeps it. */
+static PyObject *
+hkn_connection_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    newfunc base_new = hkn_root_type(type)->tp_base->tp_new;
+    if (base_new != PyBaseObject_Type.tp_new) {
+        return base_new(type, args, kwds);
+    }
+    if (PyType_HasFeature(type, Py_TPFLAGS_IS_ABSTRACT)) {
+        /* Without arguments: object.__new__ refuses those first when the
+         * type's tp_new is not its own, and the error is about abstractness. */
+        PyObject *none = PyTuple_New(0);
+        PyObject *refused = none == NULL ? NULL : base_new(type, none, NULL);
+        Py_XDECREF(none);
+        return refused;
+    }
+    return type->tp_alloc(type, 0);
+}
+
 static int
 hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
 {
@@ -903,6 +928,7 @@ hkn_connection_exec(PyObject *module, hkn_state *state)
     };
     PyType_Slot slots[] = {
         {Py_tp_doc, (void *)hkn_connection_doc},
+        {Py_tp_new, (void *)hkn_connection_new},
         {Py_tp_init, (void *)hkn_connection_init},
         {Py_tp_finalize, (void *)hkn_connection_finalize},
         {Py_tp_dealloc, (void *)hkn_connection_dealloc},

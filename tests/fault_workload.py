@@ -14,6 +14,7 @@ alive.
 from __future__ import annotations
 
 import _thread
+import abc
 import atexit
 import collections
 import functools
@@ -267,6 +268,9 @@ class Workload:
                 self._expect((sqlite3.ProgrammingError,), self.mod.set_persist_wal, conn, True)
         uninitialised = self.mod.WalSafeConnection.__new__(self.mod.WalSafeConnection)
         self._expect((sqlite3.ProgrammingError,), uninitialised.checkpoint)
+        abstract = abc.ABCMeta("Abstract", (self.mod.WalSafeConnection,),
+                               {"f": abc.abstractmethod(lambda self: None)})
+        self._expect((TypeError,), sqlite3.connect, self.db, factory=abstract)
         self._expect((TypeError,), self.mod._guard, 42, True)
         self._expect((TypeError,), self.mod._guard, conn)
 

@@ -1,6 +1,7 @@
 """WalSafeConnection: close-time checkpoint, drop-in behaviour, errors."""
 from __future__ import annotations
 
+import abc
 import contextlib
 import gc
 import inspect
@@ -723,6 +724,25 @@ def test_python_mixin_subclass_and_class_swap(hkn, db):
     back = sqlite3.connect(db, factory=Tracked)
     back.__class__ = hkn.WalSafeConnection
     back.close()
+
+
+def test_subclasses_with_new_or_abstract_methods_behave_like_sqlite3(hkn, db):
+    class Made(hkn.WalSafeConnection):
+        def __new__(cls, *args, **kwargs):
+            made = super().__new__(cls, *args, **kwargs)
+            made.note = "made"          # the instance dict, made when first needed
+            return made
+
+    conn = sqlite3.connect(db, factory=Made)
+    assert conn.note == "made"
+    conn.checkpoint_on_close = "off"
+    conn.close()
+    assert conn.last_checkpoint is None
+
+    for base in (sqlite3.Connection, hkn.WalSafeConnection):
+        abstract = abc.ABCMeta("Abstract", (base,), {"f": abc.abstractmethod(lambda self: None)})
+        with pytest.raises(TypeError, match="abstract"):
+            sqlite3.connect(db, factory=abstract)
 
 
 def test_closing_subclass_closes_on_with(hkn, db):
