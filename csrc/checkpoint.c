@@ -24,6 +24,11 @@ static int
 hkn_match_mode(hkn_state *state, PyObject *value, int allow_off)
 {
     for (int mode = 0; mode < 4; mode++) {
+        if (value == state->mode_names[mode]) {
+            return mode;        /* the class default is this very object */
+        }
+    }
+    for (int mode = 0; mode < 4; mode++) {
         if (PyUnicode_Compare(value, state->mode_names[mode]) == 0) {
             return mode;
         }
@@ -135,7 +140,7 @@ hkn_native_close_checkpoint(const hkn_sqlite_api *api, const hkn_conn *conn, sql
     sqlite3_mutex_enter(mutex);
     hkn_count_busy_statements(api, db, out);
 
-    const char *file = sqlite3_db_filename(db, "main");
+    const char *file = sqlite3_db_filename(db, HKN_MAIN_DB);
     int txn = api->txn_state == NULL ? -1
               : sqlite3_txn_state(db, "main");
     /* Without txn_state (before 3.34, or if it fails) get_autocommit tells
@@ -616,7 +621,10 @@ int
 hkn_checkpoint_run(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
                    hkn_ckpt_how how, const hkn_close_plan *plan, hkn_outcome *out)
 {
-    memset(out, 0, sizeof(*out));
+    /* Field by field: the message buffer is written only with an error. */
+    out->rc = out->extended = out->busy_statements = 0;
+    out->skipped = HKN_RAN;
+    out->message[0] = '\0';
     out->log_frames = out->checkpointed_frames = -1;
     if (!state->api.native) {
         return hkn_sql_checkpoint(state, conn, self, mode, how != HKN_CKPT_WAIT,

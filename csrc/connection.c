@@ -151,12 +151,12 @@ hkn_setting(hkn_state *state, PyObject *self, hkn_setting_id which)
 {
     PyTypeObject *type = Py_TYPE(self);
     hkn_setting_cache *cache = &state->settings[which];
-    int ordinary = hkn_class_decides(self);
-    if (ordinary && cache->tag != 0 && cache->type == type && hkn_tag_valid(type)
-        && type->tp_version_tag == cache->tag) {
+    if (cache->tag != 0 && cache->type == type && type->tp_version_tag == cache->tag
+        && hkn_tag_valid(type) && hkn_class_decides(self)) {
         return Py_NewRef(cache->value);
     }
     PyObject *name = hkn_setting_name(state, which);
+    int ordinary = hkn_class_decides(self);
     PyObject *value = PyObject_GetAttr(self, name);
     /* The lookup gave the type a tag if it had none; the instance could
      * have gained an attribute meanwhile only through a descriptor, which
@@ -578,9 +578,10 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
     }
 
     PyObject *path = NULL;
+    const char *file = NULL;
     if (state->api.native) {
         const hkn_sqlite_api *api = &state->api;
-        const char *file = sqlite3_db_filename(hkn_connection_handle(self), "main");
+        file = sqlite3_db_filename(hkn_connection_handle(self), HKN_MAIN_DB);
         path = hkn_path_str(state, file ? file : "");
     }
     else {
@@ -630,7 +631,7 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
                     : PyObject_IsTrue(wanted);
         Py_XDECREF(wanted);
         if (guard < 0
-            || (guard ? hkn_guard_claim(state, conn, hkn_connection_handle(self))
+            || (guard ? hkn_guard_claim(state, conn, hkn_connection_handle(self), file)
                       : hkn_guard_opt_out(state, conn, hkn_connection_handle(self), 1)) < 0) {
             goto fail;
         }

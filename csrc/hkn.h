@@ -226,7 +226,9 @@ hkn_same_process(hkn_state *state, hkn_conn *conn)
 }
 
 /* guard.c: the WAL-generation guard (OFD locks); see the file's comment. */
-int hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db);
+/* `name`: what sqlite3_db_filename(db, "main") returned, when the caller
+ * has it already; NULL to ask. */
+int hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db, const char *name);
 void hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db);
 /* Frames in the WAL not yet copied into the database, read from the
  * wal-index header through SQLite's own -shm descriptor; -1 when unknown
@@ -285,7 +287,9 @@ int hkn_shmlock_owns(int fd);
 int hkn_shmlock_guard_fd(dev_t dev, ino_t ino, int fd);
 /* Whether `fd` holds our lock on (dev, ino) already: listed, the lists
  * exact, and not stepped aside (a parked descriptor SQLite hands to a new
- * connection keeps its open file description, and with it the lock). */
+ * connection keeps its open file description, and with it the lock): 0 if
+ * not, 2 if the inode is claimed already (guard_fd() has nothing to add), 1
+ * otherwise. */
 int hkn_shmlock_holds(dev_t dev, ino_t ino, int fd);
 int hkn_shmlock_guard_forget(dev_t dev, ino_t ino, int opt_out, int *unlocked);
 int hkn_shmlock_opt_out(dev_t dev, ino_t ino, int delta);

@@ -315,7 +315,7 @@ hkn_set_persist_wal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int rc;
     Py_BEGIN_ALLOW_THREADS
     /* SQLITE_NOTFOUND is what a VFS without persistent WAL answers. */
-    rc = sqlite3_file_control(db, "main", SQLITE_FCNTL_PERSIST_WAL, &enabled);
+    rc = sqlite3_file_control(db, HKN_MAIN_DB, SQLITE_FCNTL_PERSIST_WAL, &enabled);
     Py_END_ALLOW_THREADS
     if (rc != SQLITE_OK) {
         hkn_set_sqlite_error(state, rc, rc, sqlite3_errstr(rc));
@@ -452,7 +452,7 @@ hkn_guard_switch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (enabled) {
         (void)hkn_guard_opt_out(state, conn, db, 0);
         if (conn->guard == NULL) {
-            if (hkn_guard_claim(state, conn, db) < 0) {
+            if (hkn_guard_claim(state, conn, db, NULL) < 0) {
                 return NULL;
             }
         }

@@ -17,6 +17,16 @@
 
 #include <stddef.h>
 
+/* ------------------------------------------------------- the main database
+ *
+ * sqlite3_db_filename() and sqlite3_file_control() find the schema by name
+ * (sqlite3DbNameToBtree): a NULL name is schema 0, the main database, with
+ * no case-insensitive compare against each attached schema's name ("main"
+ * costs about 140 instructions per call).  Undocumented; a SQLite that did
+ * otherwise would give no file name and no file object, and the guard would
+ * not be taken (the tests would say so on every build CI makes). */
+#define HKN_MAIN_DB NULL
+
 /* -------------------------------------------------------------- lock bytes
  *
  * The database file's locks all lie at PENDING_BYTE (1 GiB) and above:

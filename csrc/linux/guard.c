@@ -114,7 +114,7 @@ hkn_file_pointer(hkn_state *state, sqlite3 *db, int own, void **file)
         return SQLITE_BUSY;
     }
     *file = NULL;
-    int rc = sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, file);
+    int rc = sqlite3_file_control(db, HKN_MAIN_DB, SQLITE_FCNTL_FILE_POINTER, file);
     if (mutex != NULL) {
         sqlite3_mutex_leave(mutex);
     }
@@ -126,10 +126,11 @@ hkn_file_pointer(hkn_state *state, sqlite3 *db, int own, void **file)
  * VFS we know, its objects unreadable) and NULL when it passes (the
  * connection busy in another thread).  Once one file object has passed the
  * checks, others with the same io-methods table are the same C type, and
- * their fields are read directly (the common, per-open path). */
+ * their fields are read directly (the common, per-open path).  `name` is
+ * the main database's sqlite3_db_filename() when the caller has it, else NULL. */
 static int
-hkn_db_fd(hkn_state *state, sqlite3 *db, const char **zpath, void **file_out,
-          const char **why)
+hkn_db_fd(hkn_state *state, sqlite3 *db, const char *name, const char **zpath,
+          void **file_out, const char **why)
 {
     const hkn_sqlite_api *api = &state->api;
     void *file = NULL;
@@ -142,7 +143,9 @@ hkn_db_fd(hkn_state *state, sqlite3 *db, const char **zpath, void **file_out,
         *why = "SQLite gave no file object for the database (SQLITE_FCNTL_FILE_POINTER)";
         return -1;
     }
-    const char *name = sqlite3_db_filename(db, "main");
+    if (name == NULL) {
+        name = sqlite3_db_filename(db, HKN_MAIN_DB);
+    }
     if (name == NULL) {
         *why = "sqlite3_db_filename() gave no name for the database";
         return -1;
@@ -368,14 +371,14 @@ hkn_guard_cannot(hkn_state *state, hkn_conn *conn, const char *why)
 }
 
 int
-hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
+hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db, const char *name)
 {
     if (conn->guard != NULL) {
         return 0;
     }
     const char *path = NULL, *why = NULL;
     void *file = NULL;
-    int fd = hkn_db_fd(state, db, &path, &file, &why);
+    int fd = hkn_db_fd(state, db, name, &path, &file, &why);
     dev_t dev = 0;
     ino_t ino = 0;
     if (fd >= 0 && hkn_db_identity(state, file, fd, &dev, &ino) < 0) {
@@ -407,8 +410,8 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
     /* The same open file description may already hold it (a parked
      * descriptor reused by SQLite): then no system call at all, and where
      * the wrapper cannot tell, OFD re-locking is idempotent. */
-    if (!hkn_shmlock_holds(dev, ino, fd)
-        && hkn_ofd_setlk(fd, F_RDLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE) != 0) {
+    int held = hkn_shmlock_holds(dev, ino, fd);
+    if (!held && hkn_ofd_setlk(fd, F_RDLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE) != 0) {
         /* Another process holds EXCLUSIVE (its last-close checkpoint, or a
          * journal-mode change): no generation to protect right now. */
         state->stats.guard_failures++;
@@ -420,8 +423,11 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
     if (hkn_guard_remember(guard, fd) < 0) {
         /* Not remembered, so the last release would not unlock it: a lock
          * left on a parked descriptor would outlive every connection.
-         * (remember() fails only for a descriptor it does not hold yet.) */
-        (void)hkn_ofd_setlk(fd, F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
+         * (remember() fails only for a descriptor it does not hold yet.)
+         * A lock the wrapper held already is the wrapper's to release. */
+        if (!held) {
+            (void)hkn_ofd_setlk(fd, F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
+        }
         if (fresh) {
             free(guard->fds);
             free(guard);
@@ -432,7 +438,9 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
     /* So that this process's own write lock can make the guard step aside
      * (shmlock.c).  Out of memory, this descriptor's lock would refuse it
      * (busy), as it did before; nothing worse. */
-    (void)hkn_shmlock_guard_fd(guard->dev, guard->ino, fd);
+    if (held != 2) {
+        (void)hkn_shmlock_guard_fd(guard->dev, guard->ino, fd);
+    }
     if (fresh) {
         guard->next = state->guards;
         state->guards = guard;
@@ -487,7 +495,7 @@ hkn_guard_refresh(hkn_state *state, hkn_conn *conn, sqlite3 *db)
         return;
     }
     const hkn_sqlite_api *api = &state->api;
-    const char *path = sqlite3_db_filename(db, "main");
+    const char *path = sqlite3_db_filename(db, HKN_MAIN_DB);
     if (path != NULL) {
         hkn_guard_shm(state, guard, db, 1, path);
         hkn_guard_shm_any(state, guard, db, path);
@@ -547,7 +555,7 @@ hkn_guard_opt_out(hkn_state *state, hkn_conn *conn, sqlite3 *db, int enable)
         return 0;
     }
     const hkn_sqlite_api *api = &state->api;
-    const char *name = sqlite3_db_filename(db, "main");
+    const char *name = sqlite3_db_filename(db, HKN_MAIN_DB);
     struct stat st;
     if (name == NULL || name[0] == '\0'
         || stat(name, &st) != 0) {

@@ -453,7 +453,8 @@ hkn_shmlock_holds(dev_t dev, ino_t ino, int fd)
 {
     pthread_mutex_lock(&hkn_shm_mutex);
     hkn_db_entry *entry = hkn_db_listing(fd);
-    int holds = entry != NULL && entry->dev == dev && entry->ino == ino && !entry->aside;
+    int holds = entry == NULL || entry->dev != dev || entry->ino != ino || entry->aside ? 0
+                : entry->claimed ? 2 : 1;
     pthread_mutex_unlock(&hkn_shm_mutex);
     return holds;
 }

@@ -4,11 +4,12 @@
 #include "hkn.h"
 
 int
-hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db)
+hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db, const char *name)
 {
     (void)state;
     (void)conn;
     (void)db;
+    (void)name;
     return 0;
 }
 
