@@ -61,7 +61,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="also write the JSON results to FILE")
     parser.add_argument("--instructions", action=argparse.BooleanOptionalAction, default=None,
                         help="count instructions per tick under callgrind (needs valgrind; "
-                             "about a minute; default: in full runs, not with --quick)")
+                             "about 1.5 minutes; default: in full runs, not with --quick)")
     parser.add_argument("--dir", metavar="DIR",
                         help="make the temporary databases under DIR (its filesystem "
                              "matters for writes; default: the system temp dir)")
