@@ -137,7 +137,8 @@ typedef struct hkn_state {
     PyObject *base_close;           /* sqlite3.Connection.close, the descriptor */
     unsigned long fork_generation;  /* bumped in every forked child (os.register_at_fork) */
     void *guard_methods;            /* io-methods table of a verified unix VFS file */
-    int guard_inode_ok;             /* its inode record's (dev, ino) matched fstat() once */
+    void *guard_inode_methods;      /* the io-methods table of a file whose inode record
+                                     * (dev, ino) matched fstat() once, or NULL */
     pid_t pid;                      /* getpid(), kept current by the at-fork hook */
     PyObject *guard_failure;        /* why the guard could not be taken last, or NULL */
     hkn_setting_cache settings[HKN_SETTINGS];

@@ -496,7 +496,7 @@ static PyObject *
 hkn_fault_reset_once(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     hkn_module_state(module)->guard_warned = 0;
-    hkn_module_state(module)->guard_inode_ok = 0;
+    hkn_module_state(module)->guard_inode_methods = NULL;
     memset(hkn_module_state(module)->settings, 0, sizeof(hkn_module_state(module)->settings));
     Py_CLEAR(hkn_module_state(module)->last_path);
     Py_RETURN_NONE;

@@ -177,17 +177,19 @@ hkn_db_fd(hkn_state *state, sqlite3 *db, const char *name, const char **zpath,
 }
 
 /* The inode of SQLite's database descriptor `fd`, whose file object is
- * `file` (accepted by hkn_db_fd): SQLite's own record of it once that has
- * matched an fstat() (sqlite_private.h, unixInodeInfo), else fstat().
- * 0, or -1 when fstat() fails. */
+ * `file` (accepted by hkn_db_fd): SQLite's own record of it once a file
+ * object with the same io-methods table has had its record match an
+ * fstat() (sqlite_private.h, unixInodeInfo), else fstat().  0, or -1 when
+ * fstat() fails. */
 static int
 hkn_db_identity(hkn_state *state, void *file, int fd, dev_t *dev, ino_t *ino)
 {
+    void *methods = *(void **)file;
     void *inode = NULL;
     memcpy(&inode, (char *)file + HKN_FILE_PINODE_OFFSET, sizeof(inode));
     dev_t seen_dev;
     uint64_t seen_ino;
-    if (state->guard_inode_ok && inode != NULL) {
+    if (methods != NULL && methods == state->guard_inode_methods && inode != NULL) {
         memcpy(&seen_dev, inode, sizeof(seen_dev));
         memcpy(&seen_ino, (char *)inode + sizeof(dev_t), sizeof(seen_ino));
         *dev = seen_dev;
@@ -204,7 +206,7 @@ hkn_db_identity(hkn_state *state, void *file, int fd, dev_t *dev, ino_t *ino)
         && hkn_peek(inode, &seen_dev, sizeof(seen_dev)) == 0
         && hkn_peek((char *)inode + sizeof(dev_t), &seen_ino, sizeof(seen_ino)) == 0
         && seen_dev == st.st_dev && seen_ino == (uint64_t)st.st_ino) {
-        state->guard_inode_ok = 1;
+        state->guard_inode_methods = methods;
     }
     return 0;
 }
