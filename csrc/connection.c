@@ -106,12 +106,13 @@ hkn_class_decides(PyObject *self)
 }
 
 /* Whether the version tag of `type` is current.  Up to 3.12 CPython also
- * clears a flag when a type changes (3.10 keeps the stale tag meanwhile);
- * later versions reset the tag to 0 instead. */
+ * clears Py_TPFLAGS_VALID_VERSION_TAG when a type changes (3.10 keeps the
+ * stale tag meanwhile); from 3.13 the flag is never set, and a change
+ * resets the tag to 0. */
 static int
 hkn_tag_valid(PyTypeObject *type)
 {
-#ifdef Py_TPFLAGS_VALID_VERSION_TAG
+#if PY_VERSION_HEX < 0x030D0000
     if (!PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)) {
         return 0;
     }
