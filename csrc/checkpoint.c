@@ -420,17 +420,42 @@ hkn_threshold(hkn_state *state, PyObject *self, long *threshold)
     return *threshold < 0 ? -1 : 0;
 }
 
+/* Takes `db`'s mutex if nobody holds it; with the GIL held it must never
+ * be waited for: its holder (another thread using the connection, or the
+ * owner of a connection closed at exit) may be waiting for the GIL, or for a
+ * lock that a third thread releases only once it has the GIL.  1 when taken
+ * (or there is none), 0 when busy. */
+static int
+hkn_db_mutex_try(const hkn_sqlite_api *api, sqlite3 *db)
+{
+    sqlite3_mutex *mutex = sqlite3_db_mutex(db);
+    return mutex == NULL || sqlite3_mutex_try(mutex) == SQLITE_OK;
+}
+
+static void
+hkn_db_mutex_leave(const hkn_sqlite_api *api, sqlite3 *db)
+{
+    sqlite3_mutex *mutex = sqlite3_db_mutex(db);
+    if (mutex != NULL) {
+        sqlite3_mutex_leave(mutex);
+    }
+}
+
 /* Whether the connection wrote to the database since it opened: 1, 0, or
- * -1 when that cannot be told (SQL mode).  No GIL release needed: SQLite
- * takes the connection's mutex only for the copy of one counter. */
+ * -1 when that cannot be told (SQL mode, or the connection busy in another
+ * thread: the close then checkpoints without the GIL, as if it wrote). */
 static int
 hkn_wrote(hkn_state *state, PyObject *self)
 {
     const hkn_sqlite_api *api = &state->api;
     sqlite3 *db = state->api.native ? hkn_connection_handle(self) : NULL;
     int wrote = 0, high = 0;
-    if (db == NULL
-        || sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0) != SQLITE_OK) {
+    if (db == NULL || !hkn_db_mutex_try(api, db)) {
+        return -1;
+    }
+    int rc = sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0);
+    hkn_db_mutex_leave(api, db);
+    if (rc != SQLITE_OK) {
         return -1;
     }
     return wrote > 0;
@@ -633,10 +658,14 @@ hkn_checkpoint_run(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
     if (how == HKN_CKPT_CLOSE) {
         sqlite3 *db = hkn_connection_handle(self);
         const hkn_sqlite_api *api = &state->api;
-        if (mode == SQLITE_CHECKPOINT_PASSIVE && plan->wrote == 0) {
+        if (mode == SQLITE_CHECKPOINT_PASSIVE && plan->wrote == 0
+            && hkn_db_mutex_try(api, db)) {
             /* A reader's close: nothing to copy and nothing that could
-             * wait, so the GIL stays (the read tick's whole cost here). */
+             * wait, so the GIL stays (the read tick's whole cost here).
+             * Busy in another thread, the connection is waited for below,
+             * without the GIL. */
             hkn_count_busy_statements(api, db, out);
+            hkn_db_mutex_leave(api, db);
             out->skipped = HKN_SKIP_UNCHANGED;
             return 0;
         }
