@@ -307,6 +307,28 @@ def test_forked_child_leaves_the_parents_guard_alone(tmp_path):
     assert result.stdout.split() == ["True", "False"]
 
 
+@pytest.mark.isolated
+@pytest.mark.native       # the guard
+def test_a_forked_childs_own_connection_is_guarded_its_inherited_ones_are_not(tmp_path):
+    # POSIX locks are not inherited, so a child holding only its parent's
+    # connections (which SQLite forbids it to use) is lockless, and is
+    # reported so, with plain sqlite3 as with the guard.  Its own connection
+    # believes the process holds SQLite's read lock and takes none: the
+    # guard locks it for that connection's life.
+    seen = {}
+    for kind in ("walsafe", "plain"):
+        path = make_wal_db(tmp_path / f"{kind}.db")
+        result = run_isolated("forked_child_seen_from_its_parent", path, kind)
+        assert result.returncode == 0, result.stderr
+        seen[kind] = result.stdout.split("\n")[:3]
+    assert seen["walsafe"] == ["before locks_lost=True guarded=False",
+                               "open locks_lost=True guarded=True",
+                               "closed locks_lost=True guarded=False"]
+    assert seen["plain"] == ["before locks_lost=True guarded=False",
+                             "open locks_lost=True guarded=False",
+                             "closed locks_lost=True guarded=False"]
+
+
 def test_connect_refuses_a_stranded_generation(tmp_path):
     path = make_wal_db(tmp_path / "stranded.db", rows=1)
     holder = sqlite3.connect(path, factory=Unguarded, isolation_level=None)

@@ -108,6 +108,22 @@ def test_stray_closes_of_the_database_and_shm_under_the_guard_are_clean():
     assert report["integrity_check"] == "ok"
 
 
+def test_forked_workers_of_plain_sqlite3_are_reported_with_lost_locks():
+    # A forked worker's own connection inherits SQLite's belief that the
+    # process holds the database's read lock, so it takes none: the worker
+    # finds that itself while its connection is open.  (The inherited
+    # descriptors it holds before and after are not judged: see the soak's
+    # children._check_own_health.)
+    status, report, stderr = soak("--factory", "sqlite3", "--seconds", "4", "--processes", "0",
+                                  "--fork-workers")
+    assert report is not None, stderr
+    assert status == 1
+    lost = [v for v in report["violations"] if "lost locks: worker forked by forker 0" in v]
+    assert lost, report["violations"]
+    assert report["locks_lost_seen"] >= len(lost)
+    assert report["rows_verified"] == report["rows_logged"] > 0
+
+
 def test_usage_errors():
     proc = subprocess.run([sys.executable, "-m", "hermes_kanban_native", "soak",
                            "--factory", "nope"], capture_output=True, text=True, cwd="/")

@@ -19,7 +19,10 @@ per job, which opens its own, commits a row and exits without cleanup.  A
 forked child inherits SQLite's in-memory state, so the worker's connection
 takes no POSIX lock of its own (SQLite believes the process holds one): with
 plain sqlite3 that shows as lost locks, while walsafe's guard gives the
-child's connection its own OFD lock.
+child's connection its own OFD lock.  Each worker checks itself while its
+connection is open; the checks from outside leave forked workers alone, since
+before their open and after their close they hold only the forker's inherited
+descriptors, lockless in every build.
 
 A second database, the archive (``kanban.db`` -> ``kanban-archive.db``), is
 used the way attached databases are: the long-lived connection keeps it

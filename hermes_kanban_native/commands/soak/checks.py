@@ -14,6 +14,18 @@ from .counting import _present
 INTEGRITY_EVERY = 30.0
 
 
+def _parent_of(pid):
+    """The parent process id of `pid` (from /proc), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    fields = text[text.rfind(b")") + 2:].split()
+    return int(fields[1]) if len(fields) > 1 else None
+
+
 class SoakChecks:
     """The checks of :class:`~.runner.Soak`, which inherits them: they read
     and update its state (counter, high-water marks, logs, violations)."""
@@ -76,13 +88,28 @@ class SoakChecks:
             self.violation("lost locks", f"{who} (pid {result.pid}) uses the WAL but holds "
                                          f"no lock on the database")
 
+    def child_name(self, pid):
+        """What the soak's process `pid` is, for a violation's text; None for
+        a worker the forker forked (which checks itself, see
+        ``children._check_own_health``)."""
+        for role, index, proc in self.children:
+            if proc.pid == pid:
+                return f"{role} {index}"
+        forkers = {proc.pid for role, _, proc in self.children if role == "forker"}
+        if forkers and _parent_of(pid) in forkers:
+            return None
+        return "another process"
+
     def check_other_processes(self):
         from ... import holders, sqlite_fds
         for pid, result in holders(self.database).items():
             if pid == os.getpid():
                 continue
+            who = self.child_name(pid)
+            if who is None:
+                continue
             if result.stale:
-                self.check_health(result, "another process")
+                self.check_health(result, who)
             elif result.locks_lost and not result.guarded:
                 # /proc/locks and the fds are read at different moments; a
                 # child opening or closing in between looks lockless.  Real
@@ -98,7 +125,7 @@ class SoakChecks:
                         confirmed = False
                         break
                 if confirmed:
-                    self.check_health(result, "another process")
+                    self.check_health(result, who)
 
     def check_wal_size(self):
         try:
@@ -182,6 +209,18 @@ class SoakChecks:
                 with open(os.path.join(self.log_dir, name)) as report:
                     first = report.readline().strip()
                 self.violation("child error", first)
+            elif name.startswith("finding-") and name not in self.error_files:
+                # Written whole by a forked worker that has exited by now (the
+                # forker waits for it before forking the next).
+                self.error_files.add(name)
+                with open(os.path.join(self.log_dir, name)) as report:
+                    for line in report:
+                        kind, _, text = line.rstrip("\n").partition("\t")
+                        if kind == "lost locks":
+                            self.tally.locks_lost_seen += 1
+                        elif kind == "stale sidecars":
+                            self.tally.stale_seen += 1
+                        self.violation(kind, text)
 
     def check_wal_truncates(self, long_lived):
         """With the readers gone, checkpoints must still work: a TRUNCATE

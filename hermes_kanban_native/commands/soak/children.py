@@ -73,6 +73,31 @@ def _writer(database, factory, index, run_id, log_path, deadline, stop_path, rng
         os.close(archive_log)
 
 
+def _check_own_health(database, log_dir, who):
+    """A forked worker's check of itself, made while its own connection is
+    open.  The soak's checks from outside (``check_other_processes``) leave
+    forked workers alone: before their own open and after their close they
+    hold only the descriptors and mapping of the forker's connection,
+    inherited at fork, lockless in every build (POSIX locks are not
+    inherited, and the guard deliberately gives a child none for its
+    parent's connections), which the forker's own locks protect and which
+    SQLite forbids the child to use.  What the guard promises is the child's
+    own connection, and that is only open here.  A finding is written for
+    the soak to report as a violation of its kind."""
+    from ... import sqlite_fds
+    result = sqlite_fds(database)
+    findings = []
+    if result.stale:
+        paths = sorted({info.path for info in result.stale})
+        findings.append(f"stale sidecars\t{who} (pid {result.pid}) holds unlinked {paths}")
+    if result.locks_lost and not result.guarded:
+        findings.append(f"lost locks\t{who} (pid {result.pid}) uses the WAL with a connection "
+                        f"of its own open but holds no lock on the database")
+    if findings:
+        with open(os.path.join(log_dir, f"finding-{os.getpid()}.txt"), "a") as out:
+            out.write("".join(line + "\n" for line in findings))
+
+
 def _forker(database, factory, index, run_id, log_path, deadline, stop_path, rng):
     """A process that forks its workers, as a job runner does: it holds a
     connection of its own across every fork, and each forked worker opens
@@ -95,6 +120,8 @@ def _forker(database, factory, index, run_id, log_path, deadline, stop_path, rng
                         conn.execute("INSERT INTO writes (id, writer, seq, payload, at) "
                                      "VALUES (?, ?, ?, randomblob(100), ?)",
                                      (row_id, -1 - index, seq, time.time()))
+                        _check_own_health(database, os.path.dirname(log_path),
+                                          f"worker forked by forker {index}")
                     finally:
                         conn.close()
                     _log_committed(log, row_id)
