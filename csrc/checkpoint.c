@@ -393,8 +393,8 @@ sqlite_error:
 
 /* ------------------------------------------------------ close-time policy */
 
-static int hkn_checkpoint_outcome(hkn_state *state, hkn_conn *conn, PyObject *self,
-                                  int mode, const hkn_close_plan *plan);
+static int hkn_close_report(hkn_state *state, hkn_conn *conn, int mode,
+                            const hkn_outcome *out);
 
 /* checkpoint_threshold read the ordinary way (instance, class, subclass):
  * an int >= 0 (not a bool) into *threshold, or -1 with ValueError naming
@@ -420,45 +420,35 @@ hkn_threshold(hkn_state *state, PyObject *self, long *threshold)
     return *threshold < 0 ? -1 : 0;
 }
 
-/* Takes `db`'s mutex if nobody holds it; with the GIL held it must never
- * be waited for: its holder (another thread using the connection, or the
- * owner of a connection closed at exit) may be waiting for the GIL, or for a
- * lock that a third thread releases only once it has the GIL.  1 when taken
- * (or there is none), 0 when busy. */
+/* The close of a connection under the passive policy that wrote nothing:
+ * nothing to copy and nothing that could wait, so it is decided with the
+ * GIL held, under one try of the connection's mutex (the read tick's whole
+ * cost here).  1 when decided, *out filled.  Otherwise 0, with *wrote set:
+ * 1 or 0 (whether the connection wrote since it opened), or -1 when that
+ * cannot be told (the connection busy in another thread: its close then
+ * waits for it without the GIL, and checkpoints as if it wrote). */
 static int
-hkn_db_mutex_try(const hkn_sqlite_api *api, sqlite3 *db)
-{
-    sqlite3_mutex *mutex = sqlite3_db_mutex(db);
-    return mutex == NULL || sqlite3_mutex_try(mutex) == SQLITE_OK;
-}
-
-static void
-hkn_db_mutex_leave(const hkn_sqlite_api *api, sqlite3 *db)
-{
-    sqlite3_mutex *mutex = sqlite3_db_mutex(db);
-    if (mutex != NULL) {
-        sqlite3_mutex_leave(mutex);
-    }
-}
-
-/* Whether the connection wrote to the database since it opened: 1, 0, or
- * -1 when that cannot be told (SQL mode, or the connection busy in another
- * thread: the close then checkpoints without the GIL, as if it wrote). */
-static int
-hkn_wrote(hkn_state *state, PyObject *self)
+hkn_reader_close(hkn_state *state, PyObject *self, int mode, int *wrote, hkn_outcome *out)
 {
     const hkn_sqlite_api *api = &state->api;
-    sqlite3 *db = state->api.native ? hkn_connection_handle(self) : NULL;
-    int wrote = 0, high = 0;
-    if (db == NULL || !hkn_db_mutex_try(api, db)) {
-        return -1;
+    sqlite3 *db = hkn_connection_handle(self);
+    sqlite3_mutex *mutex;
+    *wrote = -1;
+    if (db == NULL || !hkn_db_mutex_try(api, db, &mutex)) {
+        return 0;
     }
-    int rc = sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &wrote, &high, 0);
-    hkn_db_mutex_leave(api, db);
-    if (rc != SQLITE_OK) {
-        return -1;
+    int written = 0, high = 0;
+    if (sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &written, &high, 0) == SQLITE_OK) {
+        *wrote = written > 0;
     }
-    return wrote > 0;
+    int decided = *wrote == 0 && mode == SQLITE_CHECKPOINT_PASSIVE;
+    if (decided) {
+        hkn_outcome_start(out);
+        hkn_count_busy_statements(api, db, out);
+        out->skipped = HKN_SKIP_UNCHANGED;
+    }
+    hkn_db_mutex_leave(api, mutex);
+    return decided;
 }
 
 /* Runs the close-time checkpoint of `self` in the given mode and records
@@ -475,7 +465,11 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
         state->stats.checkpoints_skipped++;
         return 0;
     }
-    hkn_close_plan plan = {0, hkn_wrote(state, self)};
+    hkn_close_plan plan = {0, -1};
+    hkn_outcome out;
+    if (state->api.native && hkn_reader_close(state, self, mode, &plan.wrote, &out)) {
+        return hkn_close_report(state, conn, mode, &out);
+    }
     hkn_saved_error bad_threshold = {0};
     /* The threshold matters, and is read, only for a passive close after a
      * write (or when that cannot be told). */
@@ -490,7 +484,15 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
          * guard was claimed, so a connection that wrote looks for it now. */
         hkn_guard_refresh(state, conn, hkn_connection_handle(self));
     }
-    int status = hkn_checkpoint_outcome(state, conn, self, mode, &plan);
+    if (hkn_checkpoint_run(state, conn, self, mode, HKN_CKPT_CLOSE, &plan, &out) < 0) {
+        /* Not SQLite's doing (memory, a broken subclass attribute): report
+         * it like a checkpoint error; the close must still happen. */
+        PyObject *exc = hkn_error_take();
+        hkn_exception_text(exc, out.message, sizeof(out.message));
+        Py_XDECREF(exc);
+        out.rc = SQLITE_ERROR;
+    }
+    int status = hkn_close_report(state, conn, mode, &out);
     if (hkn_error_saved(&bad_threshold)) {
         if (status < 0) {
             hkn_error_drop(&bad_threshold);     /* the report's own error wins */
@@ -503,27 +505,17 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
     return status;
 }
 
-/* hkn_close_checkpoint's run and report. */
+/* A close-time checkpoint's outcome: counted and recorded when it ran,
+ * warned about when it failed. */
 static int
-hkn_checkpoint_outcome(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
-                       const hkn_close_plan *plan)
+hkn_close_report(hkn_state *state, hkn_conn *conn, int mode, const hkn_outcome *out)
 {
-    hkn_outcome out;
-    if (hkn_checkpoint_run(state, conn, self, mode, HKN_CKPT_CLOSE, plan, &out) < 0) {
-        /* Not SQLite's doing (memory, a broken subclass attribute): report
-         * it like a checkpoint error; the close must still happen. */
-        PyObject *exc = hkn_error_take();
-        hkn_exception_text(exc, out.message, sizeof(out.message));
-        Py_XDECREF(exc);
-        out.rc = SQLITE_ERROR;
-    }
-
     int status = 0;
-    if (out.skipped != HKN_RAN) {
+    if (out->skipped != HKN_RAN) {
         state->stats.checkpoints_skipped++;
     }
-    else if (out.rc == SQLITE_OK || out.rc == SQLITE_BUSY) {
-        if (hkn_record_checkpoint(state, conn, mode, &out) < 0) {
+    else if (out->rc == SQLITE_OK || out->rc == SQLITE_BUSY) {
+        if (hkn_record_checkpoint(state, conn, mode, out) < 0) {
             status = -1;
         }
     }
@@ -533,8 +525,8 @@ hkn_checkpoint_outcome(hkn_state *state, hkn_conn *conn, PyObject *self, int mod
                              "%s checkpoint on close of %R failed (%s): %s",
                              (PyUnicode_AsUTF8)(state->mode_names[mode]),
                              conn->path ? conn->path : Py_None,
-                             out.rc == SQLITE_ERROR ? "error" : "sqlite",
-                             out.message) < 0) {
+                             out->rc == SQLITE_ERROR ? "error" : "sqlite",
+                             out->message) < 0) {
             status = -1;
         }
     }
@@ -542,13 +534,13 @@ hkn_checkpoint_outcome(hkn_state *state, hkn_conn *conn, PyObject *self, int mod
     /* 3.10's close() finalizes every statement; 3.11+ only drops its cache,
      * so statements a cursor is still stepping keep the handle (and its
      * files) alive until that cursor is collected. */
-    if (out.busy_statements > 0 && status == 0 && conn->path != NULL
+    if (out->busy_statements > 0 && status == 0 && conn->path != NULL
         && PyUnicode_GetLength(conn->path) > 0) {
         if (PyErr_WarnFormat(PyExc_ResourceWarning, 1,
                              "close() of %R with %d statement(s) still stepping: "
                              "SQLite keeps the database open until the cursor(s) "
                              "using them are released",
-                             conn->path, out.busy_statements) < 0) {
+                             conn->path, out->busy_statements) < 0) {
             status = -1;
         }
     }
@@ -577,8 +569,9 @@ hkn_policy(hkn_state *state, PyObject *self, PyObject **value)
 /* ------------------------------------------------------ explicit checkpoint */
 
 /* Reads the busy timeout into *timeout with a native PRAGMA (there is no C
- * getter).  With the GIL held: a trace callback may run.  SQLITE_OK, or the
- * error of the statement. */
+ * getter).  Without the GIL, under the connection's mutex: a trace callback
+ * may run, and takes the GIL itself, as for any statement sqlite3 runs.
+ * SQLITE_OK, or the error of the statement. */
 static int
 hkn_read_busy_timeout(const hkn_sqlite_api *api, sqlite3 *db, int *timeout)
 {
@@ -602,13 +595,18 @@ hkn_read_busy_timeout(const hkn_sqlite_api *api, sqlite3 *db, int *timeout)
 }
 
 /* checkpoint(mode, wait=...): the busy handler stays on when waiting; with
- * wait=False it is off for this call and put back afterwards. */
+ * wait=False it is off for this call and put back afterwards.  All of it
+ * without the GIL, under the connection's mutex, so no other thread uses
+ * the connection without its handler meanwhile. */
 static void
 hkn_native_explicit_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
                                int wait, hkn_outcome *out)
 {
     const hkn_sqlite_api *api = &state->api;
     sqlite3 *db = hkn_connection_handle(self);
+    Py_BEGIN_ALLOW_THREADS
+    sqlite3_mutex *mutex = sqlite3_db_mutex(db);
+    sqlite3_mutex_enter(mutex);
     int restore = -1;
     if (!wait && mode != SQLITE_CHECKPOINT_PASSIVE) {
         /* Without the old timeout nothing could put the busy handler
@@ -623,20 +621,17 @@ hkn_native_explicit_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self,
         }
     }
     if (out->rc == SQLITE_OK) {
-        Py_BEGIN_ALLOW_THREADS
-        sqlite3_mutex *mutex = sqlite3_db_mutex(db);
-        sqlite3_mutex_enter(mutex);
         out->rc = sqlite3_wal_checkpoint_v2(db, NULL, mode, &out->log_frames,
                                             &out->checkpointed_frames);
         if (out->rc != SQLITE_OK && out->rc != SQLITE_BUSY) {
             hkn_describe_error(api, db, out);
         }
-        sqlite3_mutex_leave(mutex);
-        Py_END_ALLOW_THREADS
         if (restore >= 0) {
             sqlite3_busy_timeout(db, restore);
         }
     }
+    sqlite3_mutex_leave(mutex);
+    Py_END_ALLOW_THREADS
     hkn_guard_refresh(state, conn, db);
 }
 
@@ -646,11 +641,7 @@ int
 hkn_checkpoint_run(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
                    hkn_ckpt_how how, const hkn_close_plan *plan, hkn_outcome *out)
 {
-    /* Field by field: the message buffer is written only with an error. */
-    out->rc = out->extended = out->busy_statements = 0;
-    out->skipped = HKN_RAN;
-    out->message[0] = '\0';
-    out->log_frames = out->checkpointed_frames = -1;
+    hkn_outcome_start(out);
     if (!state->api.native) {
         return hkn_sql_checkpoint(state, conn, self, mode, how != HKN_CKPT_WAIT,
                                   how == HKN_CKPT_CLOSE, out);
@@ -658,17 +649,6 @@ hkn_checkpoint_run(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
     if (how == HKN_CKPT_CLOSE) {
         sqlite3 *db = hkn_connection_handle(self);
         const hkn_sqlite_api *api = &state->api;
-        if (mode == SQLITE_CHECKPOINT_PASSIVE && plan->wrote == 0
-            && hkn_db_mutex_try(api, db)) {
-            /* A reader's close: nothing to copy and nothing that could
-             * wait, so the GIL stays (the read tick's whole cost here).
-             * Busy in another thread, the connection is waited for below,
-             * without the GIL. */
-            hkn_count_busy_statements(api, db, out);
-            hkn_db_mutex_leave(api, db);
-            out->skipped = HKN_SKIP_UNCHANGED;
-            return 0;
-        }
         Py_BEGIN_ALLOW_THREADS
         hkn_native_close_checkpoint(api, conn, db, mode, plan, out);
         Py_END_ALLOW_THREADS

@@ -288,7 +288,9 @@ PyDoc_STRVAR(hkn_close_doc,
 "reported with warnings.warn and never stops the close; an invalid\n"
 "checkpoint_on_close or checkpoint_threshold raises ValueError after it.\n"
 "Closing twice is a no-op; from a thread other than the opener's (with\n"
-"check_same_thread) it raises sqlite3.ProgrammingError and does nothing.");
+"check_same_thread), or from a callback (a trace callback) of this\n"
+"connection's own checkpoint, it raises sqlite3.ProgrammingError and does\n"
+"nothing.");
 
 static PyObject *
 hkn_connection_close(PyObject *self, PyObject *Py_UNUSED(ignored))
@@ -315,6 +317,15 @@ hkn_connection_close(PyObject *self, PyObject *Py_UNUSED(ignored))
         return hkn_base_close(state, self);
     }
     if (!hkn_lock(conn)) {
+        if (conn->checkpointing) {
+            /* From a callback of this connection's own checkpoint: closing
+             * would free the handle under the statement it is running
+             * (plain sqlite3 crashes on a close inside its own execute). */
+            PyErr_SetString(state->ProgrammingError,
+                            "close() called from inside this connection's checkpoint "
+                            "(a callback of its statement)");
+            return NULL;
+        }
         return hkn_base_close(state, self);
     }
 
@@ -325,9 +336,11 @@ hkn_connection_close(PyObject *self, PyObject *Py_UNUSED(ignored))
         hkn_error_save(&pending);       /* the attribute lookup itself failed */
     }
     if (mode >= 0 && hkn_connection_handle(self) != NULL) {
+        conn->checkpointing = 1;
         if (hkn_close_checkpoint(state, conn, self, mode) < 0) {
             hkn_error_save(&pending);
         }
+        conn->checkpointing = 0;
     }
     hkn_drop_guard(state, conn);
     PyObject *res = hkn_base_close(state, self);
@@ -373,7 +386,8 @@ PyDoc_STRVAR(hkn_checkpoint_doc,
 "PRAGMA busy_timeout, the one statement this method may run).  Errors\n"
 "raise the sqlite3 module's exceptions: OperationalError ('database table\n"
 "is locked') when this connection has a transaction open, ProgrammingError\n"
-"when it is closed or used from another thread; ValueError for an unknown\n"
+"when it is closed, used from another thread or called from a callback of\n"
+"its own checkpoint; ValueError for an unknown\n"
 "mode.  On a database not in WAL mode the result has log_frames == -1.");
 
 static PyObject *
@@ -417,7 +431,10 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
     }
     if (!hkn_lock(conn)) {
         PyErr_SetString(state->ProgrammingError,
-                        "checkpoint() called from inside this connection's close()");
+                        conn->checkpointing
+                        ? "checkpoint() called from inside this connection's checkpoint "
+                          "(a callback of its statement)"
+                        : "checkpoint() called from inside this connection's close()");
         return NULL;
     }
     if (hkn_connection_handle(self) == NULL) {
@@ -428,8 +445,10 @@ hkn_connection_checkpoint(PyObject *self, PyObject *args, PyObject *kwds)
     }
 
     hkn_outcome out;
+    conn->checkpointing = 1;
     int failed = hkn_checkpoint_run(state, conn, self, mode,
                                     wait ? HKN_CKPT_WAIT : HKN_CKPT_NOWAIT, NULL, &out) < 0;
+    conn->checkpointing = 0;
     hkn_unlock(conn);
 
     if (failed) {

@@ -47,6 +47,8 @@ typedef struct hkn_conn {
     PyObject *last_checkpoint;      /* CheckpointResult or NULL */
     hkn_guard *guard;               /* this connection's claim on its inode's guard */
     unsigned long busy_owner;       /* thread using the handle without the GIL, or 0 */
+    int checkpointing;              /* the owner runs a checkpoint, whose statements
+                                     * may call back into Python (a trace callback) */
     unsigned long thread_ident;     /* thread that opened it (the base's thread check) */
     double opened_time;             /* time.time() at open */
     long long changes_base;         /* SQL mode: total_changes at open */
@@ -326,8 +328,22 @@ typedef struct {
     int checkpointed_frames;
     int busy_statements;
     hkn_skip skipped;
-    char message[256];
+    char message[256];          /* last: see hkn_outcome_start */
 } hkn_outcome;
+
+_Static_assert(offsetof(hkn_outcome, message) + sizeof(((hkn_outcome *)0)->message)
+               == sizeof(hkn_outcome), "hkn_outcome.message must be the last field");
+
+/* A blank outcome: every field before `message` zero (HKN_RAN is 0), no
+ * frame counts, an empty message.  The message buffer is written only with
+ * an error, so zeroing all of it on every close would be wasted. */
+static inline void
+hkn_outcome_start(hkn_outcome *out)
+{
+    memset(out, 0, offsetof(hkn_outcome, message));
+    out->log_frames = out->checkpointed_frames = -1;
+    out->message[0] = '\0';
+}
 
 /* How a checkpoint runs: at close (never waits, skips what needs no
  * checkpoint), or on request, waiting up to the busy timeout or not. */

@@ -747,3 +747,18 @@ hkn_set_sqlite_error(hkn_state *state, int rc, int extended, const char *message
     PyErr_SetObject(cls, exc);
     Py_DECREF(exc);
 }
+
+int
+hkn_db_mutex_try(const hkn_sqlite_api *api, sqlite3 *db, sqlite3_mutex **held)
+{
+    *held = sqlite3_db_mutex(db);
+    return *held == NULL || sqlite3_mutex_try(*held) == SQLITE_OK;
+}
+
+void
+hkn_db_mutex_leave(const hkn_sqlite_api *api, sqlite3_mutex *held)
+{
+    if (held != NULL) {
+        sqlite3_mutex_leave(held);
+    }
+}

@@ -189,6 +189,18 @@ hkn_connection_forget_handle(PyObject *connection)
     *(sqlite3 **)((char *)connection + sizeof(PyObject)) = NULL;
 }
 
+/* The only way this package takes a connection's mutex with the GIL held
+ * (docs/sqlite-internals.md, "The connection mutex and the GIL"): taken
+ * only if free.  Its holder may be another thread inside SQLite on the same
+ * connection, in a callback waiting for the GIL, or waiting for a lock that
+ * a third thread releases only once it has the GIL; waiting would deadlock.
+ * 1 when taken, or when the connection has no mutex (SQLite built or opened
+ * without serialized mode: *held is then NULL); 0 when another thread holds
+ * it.  A call that must wait leaves the GIL first and uses mutex_enter. */
+int hkn_db_mutex_try(const hkn_sqlite_api *api, sqlite3 *db, sqlite3_mutex **held);
+/* Gives back what hkn_db_mutex_try took (nothing when *held was NULL). */
+void hkn_db_mutex_leave(const hkn_sqlite_api *api, sqlite3_mutex *held);
+
 /* Raises the sqlite3 module's exception class for `rc` with `message`, and
  * on 3.11+ sets sqlite_errorcode/sqlite_errorname as sqlite3 itself does. */
 void hkn_set_sqlite_error(struct hkn_state *state, int rc, int extended, const char *message);

@@ -86,6 +86,25 @@ def namespace(tmp_path):
         conn.checkpoint_on_close = value
         return conn
 
+    def in_own_checkpoint(method):
+        # From the trace callback of the connection's own checkpoint's
+        # statement; sqlite3 swallows a callback's exception, so it is
+        # raised again here.
+        conn = track(sqlite3.connect(db, factory=WalSafeConnection))
+        errors = []
+
+        def callback(sql):
+            try:
+                getattr(conn, method)()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
+
+        conn.set_trace_callback(callback)
+        conn.checkpoint("full", wait=False)
+        conn.set_trace_callback(None)
+        if errors:
+            raise errors[0]
+
     closed = sqlite3.connect(db, factory=WalSafeConnection)
     closed.close()
     in_txn = track(sqlite3.connect(db, factory=WalSafeConnection, isolation_level=None))
@@ -97,7 +116,7 @@ def namespace(tmp_path):
         "closed": closed, "in_txn": in_txn, "missing": str(tmp_path / "no" / "such.db"),
         "directory": str(tmp_path), "not_a_db": str(not_a_db), "rollback_db": rollback_db,
         "dead_pid": dead_pid(), "in_other_thread": in_other_thread, "cli": cli,
-        "Bound": bound, "policy": policy,
+        "Bound": bound, "policy": policy, "in_own_checkpoint": in_own_checkpoint,
     }
     yield names
     for conn in opened:

@@ -506,6 +506,45 @@ def test_native_checkpoint_is_invisible_to_trace_callback(hkn, db):
     assert conn.last_checkpoint.mode == "truncate"
 
 
+def test_close_or_checkpoint_from_a_callback_of_its_checkpoint_is_refused(hkn, db):
+    # A trace callback runs inside the checkpoint's own statements (wait=False
+    # reads the busy timeout with one; SQL mode's checkpoints are statements):
+    # a close there would free the handle under them (plain sqlite3 crashes
+    # on a close inside its own execute).  Refused, as sqlite3 refuses the
+    # recursive use of a cursor; the outer checkpoint or close completes.
+    conn = open_wal(hkn, db)
+    conn.execute("INSERT INTO t VALUES (1)")
+    refused = []
+
+    def callback(sql):
+        for action in (conn.close, conn.checkpoint):
+            try:
+                action()
+            except sqlite3.ProgrammingError as exc:
+                refused.append(str(exc))
+
+    conn.set_trace_callback(callback)
+    result = conn.checkpoint("full", wait=False)
+    conn.set_trace_callback(None)       # (a close inside sqlite3's own execute crashes)
+    assert result.busy is False and result.log_frames >= 0
+    assert refused and len(refused) % 2 == 0
+    assert set(refused) == {
+        "close() called from inside this connection's checkpoint (a callback of its statement)",
+        "checkpoint() called from inside this connection's checkpoint (a callback of its "
+        "statement)"}
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (1,)
+
+    conn.execute("INSERT INTO t VALUES (2)")
+    refused.clear()
+    conn.checkpoint_on_close = "truncate"
+    conn.set_trace_callback(callback)
+    conn.close()                        # SQL mode's close runs a statement too
+    assert len(refused) % 2 == 0 and (refused != []) == (not is_native(hkn))
+    assert conn.last_checkpoint.mode == "truncate"
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT 1")
+
+
 def test_uninitialized_instance(hkn, db):
     conn = hkn.WalSafeConnection.__new__(hkn.WalSafeConnection)
     with pytest.raises(sqlite3.ProgrammingError):

@@ -104,20 +104,17 @@ static int
 hkn_file_pointer(hkn_state *state, sqlite3 *db, int own, void **file)
 {
     const hkn_sqlite_api *api = &state->api;
-    sqlite3_mutex *mutex = sqlite3_db_mutex(db);
+    sqlite3_mutex *mutex;
+    int taken = hkn_db_mutex_try(api, db, &mutex);
     if (mutex == NULL && !own) {
         return SQLITE_MISUSE;
     }
-    if (mutex != NULL
-        && sqlite3_mutex_try(mutex)
-           != SQLITE_OK) {
+    if (!taken) {
         return SQLITE_BUSY;
     }
     *file = NULL;
     int rc = sqlite3_file_control(db, HKN_MAIN_DB, SQLITE_FCNTL_FILE_POINTER, file);
-    if (mutex != NULL) {
-        sqlite3_mutex_leave(mutex);
-    }
+    hkn_db_mutex_leave(api, mutex);
     return rc == SQLITE_OK && *file == NULL ? SQLITE_NOTFOUND : rc;
 }
 
