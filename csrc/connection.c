@@ -157,13 +157,12 @@ hkn_setting(hkn_state *state, PyObject *self, hkn_setting_id which)
         return Py_NewRef(cache->value);
     }
     PyObject *name = hkn_setting_name(state, which);
-    int ordinary = hkn_class_decides(self);
     PyObject *value = PyObject_GetAttr(self, name);
-    /* The lookup gave the type a tag if it had none; the instance could
-     * have gained an attribute meanwhile only through a descriptor, which
-     * hkn_class_holds() refuses. */
-    if (value != NULL && ordinary && hkn_class_decides(self) && hkn_tag_valid(type)
-        && hkn_class_holds(type, name, value)) {
+    /* What is kept is the class's own value for this version of the type
+     * (the lookup gave the type a tag if it had none), borrowed from the
+     * class dict that holds it while the tag lasts.  Whether the instance
+     * or the type's lookup overrides it is asked again at every hit. */
+    if (value != NULL && hkn_tag_valid(type) && hkn_class_holds(type, name, value)) {
         cache->type = type;
         cache->tag = type->tp_version_tag;
         cache->value = value;

@@ -278,22 +278,21 @@ int hkn_shmlock_install(hkn_state *state, int db_fd);
 int hkn_shmlock_owns(int fd);
 /* The fcntl wrapper shadows SQLite's read lock on every WAL database of the
  * process with an OFD lock, and steps aside for this process's own write
- * locks (shmlock.c).  guard.c registers the descriptors it locks itself
- * (guard_fd(): -1 out of memory) and forgets an inode at its last claim:
+ * locks (shmlock.c).  guard.c's claims lock through it: claim_fd() locks
+ * `fd` unless the wrapper's lists show that its open file description holds
+ * the lock already (a parked descriptor SQLite hands to a new connection),
+ * and lists it as claimed; 1 when held, 0 when not (another process holds
+ * EXCLUSIVE: its last-close checkpoint, a journal-mode change; or out of
+ * memory: unlisted, the lock is not taken).  guard.c forgets an inode at its last claim:
  * forget() returns 1 when the wrapper keeps the locks (SQLite still holds
  * its read lock), and then guard.c must not unlock them; with `opt_out` it
  * never keeps them.  When it does not keep them it sets *unlocked if it
  * released them itself (its lists are exact, or SQLite's write lock had them
  * aside already); otherwise guard.c unlocks each descriptor still on the
  * inode.  opt_out() counts (+1/-1) connections opened with
- * guard_wal=False, whose databases the wrapper leaves alone. */
-int hkn_shmlock_guard_fd(dev_t dev, ino_t ino, int fd);
-/* Whether `fd` holds our lock on (dev, ino) already: listed, the lists
- * exact, and not stepped aside (a parked descriptor SQLite hands to a new
- * connection keeps its open file description, and with it the lock): 0 if
- * not, 2 if the inode is claimed already (guard_fd() has nothing to add), 1
- * otherwise. */
-int hkn_shmlock_holds(dev_t dev, ino_t ino, int fd);
+ * guard_wal=False, whose databases the wrapper leaves alone.  Linux only,
+ * like their one caller. */
+int hkn_shmlock_claim_fd(dev_t dev, ino_t ino, int fd);
 int hkn_shmlock_guard_forget(dev_t dev, ino_t ino, int opt_out, int *unlocked);
 int hkn_shmlock_opt_out(dev_t dev, ino_t ino, int delta);
 /* stats(): guard_stepped_aside, guard_shadowed (databases covered from

@@ -406,39 +406,31 @@ hkn_guard_claim(hkn_state *state, hkn_conn *conn, sqlite3 *db, const char *name)
         guard->ino = ino;
         guard->shm_fd = -1;
     }
-    /* The same open file description may already hold it (a parked
-     * descriptor reused by SQLite): then no system call at all, and where
-     * the wrapper cannot tell, OFD re-locking is idempotent. */
-    int held = hkn_shmlock_holds(dev, ino, fd);
-    if (!held && hkn_ofd_setlk(fd, F_RDLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE) != 0) {
-        /* Another process holds EXCLUSIVE (its last-close checkpoint, or a
-         * journal-mode change): no generation to protect right now. */
-        state->stats.guard_failures++;
-        if (fresh) {
-            free(guard);
-        }
-        return 0;
-    }
+    int known = hkn_has_fd(guard->fds, guard->nfds, fd);
     if (hkn_guard_remember(guard, fd) < 0) {
-        /* Not remembered, so the last release would not unlock it: a lock
-         * left on a parked descriptor would outlive every connection.
-         * (remember() fails only for a descriptor it does not hold yet.)
-         * A lock the wrapper held already is the wrapper's to release. */
-        if (!held) {
-            (void)hkn_ofd_setlk(fd, F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
-        }
         if (fresh) {
-            free(guard->fds);
             free(guard);
         }
         PyErr_NoMemory();
         return -1;
     }
-    /* So that this process's own write lock can make the guard step aside
-     * (shmlock.c).  Out of memory, this descriptor's lock would refuse it
-     * (busy), as it did before; nothing worse. */
-    if (held != 2) {
-        (void)hkn_shmlock_guard_fd(guard->dev, guard->ino, fd);
+    /* Locked, and listed for the fcntl wrapper, so that this process's own
+     * write lock can make the guard step aside (shmlock.c).  The same open
+     * file description may hold the lock already (a parked descriptor
+     * reused by SQLite): then no system call at all. */
+    if (!hkn_shmlock_claim_fd(dev, ino, fd)) {
+        /* Another process holds EXCLUSIVE (its last-close checkpoint, or a
+         * journal-mode change): no generation to protect right now.  (Or
+         * the wrapper's list is out of memory.) */
+        if (!known) {
+            guard->nfds--;          /* remembered last, just above */
+        }
+        if (fresh) {
+            free(guard->fds);
+            free(guard);
+        }
+        state->stats.guard_failures++;
+        return 0;
     }
     if (fresh) {
         guard->next = state->guards;

@@ -177,7 +177,7 @@ hkn_is_shm_path(const char *path)
  * WAL database SQLite uses in this process is covered from its first read,
  * attached databases included, except the main databases of connections
  * opened with guard_wal=False (hkn_shmlock_opt_out).  guard.c's claims
- * (hkn_shmlock_guard_fd) cover a guarded connection's database from its
+ * (hkn_shmlock_claim_fd) cover a guarded connection's database from its
  * open, before any read, and in "posix" mode, where there is no wrapper.
  *
  * OFD and POSIX locks conflict even inside one process, so when SQLite here
@@ -431,32 +431,42 @@ hkn_db_lock(int fd, int op, struct flock *lock)
 }
 
 int
-hkn_shmlock_guard_fd(dev_t dev, ino_t ino, int fd)
+hkn_shmlock_claim_fd(dev_t dev, ino_t ino, int fd)
 {
-    pthread_mutex_lock(&hkn_shm_mutex);
-    hkn_db_entry *entry = hkn_db_get(dev, ino);
-    int rc = entry == NULL ? -1 : hkn_db_add_fd(entry, fd);
-    if (entry != NULL) {
-        if (rc < 0 && entry->nfds == 0 && !entry->claimed && !entry->shared) {
-            *entry = hkn_db_table[--hkn_db_count];      /* made here, for nothing */
-        }
-        else {
-            entry->claimed = 1;
-        }
-    }
-    pthread_mutex_unlock(&hkn_shm_mutex);
-    return rc;
-}
-
-int
-hkn_shmlock_holds(dev_t dev, ino_t ino, int fd)
-{
+    int rc = 1;
     pthread_mutex_lock(&hkn_shm_mutex);
     hkn_db_entry *entry = hkn_db_listing(fd);
-    int holds = entry == NULL || entry->dev != dev || entry->ino != ino || entry->aside ? 0
-                : entry->claimed ? 2 : 1;
+    if (entry != NULL && entry->dev == dev && entry->ino == ino && !entry->aside) {
+        /* Listed, so its open file description holds our lock already (a
+         * parked descriptor SQLite hands to a new connection): no system
+         * call at all. */
+        entry->claimed = 1;
+        goto done;
+    }
+    /* Never blocks (F_OFD_SETLK), so it may be asked under the mutex, as
+     * hkn_db_set does. */
+    if (hkn_ofd_setlk(fd, F_RDLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE) != 0) {
+        rc = 0;
+        goto done;
+    }
+    entry = hkn_db_get(dev, ino);
+    if (entry == NULL || hkn_db_add_fd(entry, fd) < 0) {
+        /* Out of memory.  Unlisted, the lock would not step aside for this
+         * process's own write lock, nor go at the last release: none, and
+         * this connection goes unguarded, as the wrapper's own failures
+         * leave SQLite's locks as they were.  An entry made here for
+         * nothing goes too. */
+        (void)hkn_ofd_setlk(fd, F_UNLCK, HKN_SHARED_FIRST, HKN_SHARED_SIZE);
+        if (entry != NULL && entry->nfds == 0 && !entry->claimed && !entry->shared) {
+            *entry = hkn_db_table[--hkn_db_count];
+        }
+        rc = 0;
+        goto done;
+    }
+    entry->claimed = 1;
+done:
     pthread_mutex_unlock(&hkn_shm_mutex);
-    return holds;
+    return rc;
 }
 
 int
