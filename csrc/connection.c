@@ -749,9 +749,14 @@ hkn_connection_finalize(PyObject *self)
     if (mode >= 0) {
         unsigned long long before = state->stats.checkpoints;
         if (state->api.native || hkn_thread_ok(conn)) {
+            /* SQL mode's checkpoint is a statement: a trace callback that
+             * closes the connection is refused, as in close(). */
+            int was_checkpointing = conn->checkpointing;
+            conn->checkpointing = 1;
             if (hkn_close_checkpoint(state, conn, self, mode) < 0) {
                 PyErr_WriteUnraisable(self);
             }
+            conn->checkpointing = was_checkpointing;
         }
         what = state->stats.checkpoints > before ? "checkpointed and closed it"
                                                  : "closed it (no checkpoint needed)";

@@ -283,8 +283,8 @@ int hkn_shmlock_owns(int fd);
  * the lock already (a parked descriptor SQLite hands to a new connection),
  * and lists it as claimed; 1 when held, 0 when not (another process holds
  * EXCLUSIVE: its last-close checkpoint, a journal-mode change; or out of
- * memory: unlisted, the lock is not taken).  guard.c forgets an inode at its last claim:
- * forget() returns 1 when the wrapper keeps the locks (SQLite still holds
+ * memory: unlisted, the lock is not taken).  guard.c forgets an inode at
+ * its last claim: forget() returns 1 when the wrapper keeps the locks (SQLite still holds
  * its read lock), and then guard.c must not unlock them; with `opt_out` it
  * never keeps them.  When it does not keep them it sets *unlocked if it
  * released them itself (its lists are exact, or SQLite's write lock had them

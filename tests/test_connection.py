@@ -584,6 +584,37 @@ def test_garbage_collected_connection_is_checkpointed_closed_and_warned(hkn, db)
     assert fds_on(db) == 0
 
 
+def test_collected_connection_whose_trace_callback_closes_it(hkn, db):
+    # SQL mode's close-time checkpoint is a statement, whose trace callback
+    # here closes the connection being finalized: refused, as in close(),
+    # and the collector still checkpoints and closes it.
+    refused = []
+    conn = _leak(hkn, db)
+
+    def callback(sql, box=[conn]):      # conn -> callback -> box -> conn: a cycle
+        try:
+            box[0].close()
+        except sqlite3.ProgrammingError as exc:
+            refused.append(str(exc))
+
+    conn.set_trace_callback(callback)
+    del conn, callback
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert [issubclass(w.category, ResourceWarning) for w in caught] == [True]
+    if is_native(hkn):
+        assert refused == []            # a native checkpoint runs no statement
+    else:
+        assert refused and set(refused) == {
+            "close() called from inside this connection's checkpoint (a callback of its "
+            "statement)"}
+    assert fds_on(db) == 0
+    check = sqlite3.connect(db)
+    assert check.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    check.close()
+
+
 def test_garbage_collected_in_another_thread_still_closes(hkn, db):
     # The collector runs in whatever thread triggers it; the base's close()
     # refuses a thread other than the opener's, yet the files must close.
