@@ -14,6 +14,19 @@ from .counting import _present
 INTEGRITY_EVERY = 30.0
 
 
+def health_findings(result, who):
+    """What is wrong in `result` (a SqliteFds of process `who`), as (kind,
+    text) pairs: stale sidecars, and lost locks without a guard."""
+    findings = []
+    if result.stale:
+        paths = sorted({info.path for info in result.stale})
+        findings.append(("stale sidecars", f"{who} (pid {result.pid}) holds unlinked {paths}"))
+    if result.locks_lost and not result.guarded:
+        findings.append(("lost locks", f"{who} (pid {result.pid}) uses the WAL but holds "
+                                       f"no lock on the database"))
+    return findings
+
+
 def _parent_of(pid):
     """The parent process id of `pid` (from /proc), or None once it is gone."""
     try:
@@ -79,14 +92,16 @@ class SoakChecks:
         return counts
 
     def check_health(self, result, who):
-        if result.stale:
+        for kind, text in health_findings(result, who):
+            self.finding(kind, text)
+
+    def finding(self, kind, text):
+        """A violation of the health checks, counted as seen."""
+        if kind == "stale sidecars":
             self.tally.stale_seen += 1
-            paths = sorted({info.path for info in result.stale})
-            self.violation("stale sidecars", f"{who} (pid {result.pid}) holds unlinked {paths}")
-        if result.locks_lost and not result.guarded:
+        elif kind == "lost locks":
             self.tally.locks_lost_seen += 1
-            self.violation("lost locks", f"{who} (pid {result.pid}) uses the WAL but holds "
-                                         f"no lock on the database")
+        self.violation(kind, text)
 
     def child_name(self, pid):
         """What the soak's process `pid` is, for a violation's text; None for
@@ -216,11 +231,7 @@ class SoakChecks:
                 with open(os.path.join(self.log_dir, name)) as report:
                     for line in report:
                         kind, _, text = line.rstrip("\n").partition("\t")
-                        if kind == "lost locks":
-                            self.tally.locks_lost_seen += 1
-                        elif kind == "stale sidecars":
-                            self.tally.stale_seen += 1
-                        self.violation(kind, text)
+                        self.finding(kind, text)
 
     def check_wal_truncates(self, long_lived):
         """With the readers gone, checkpoints must still work: a TRUNCATE

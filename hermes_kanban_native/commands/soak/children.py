@@ -14,6 +14,7 @@ import time
 import traceback
 import warnings
 
+from .checks import health_findings
 from .model import FACTORIES, TASKS_PER_BOARD, archive_path, factory_class, open_configured
 
 
@@ -85,17 +86,10 @@ def _check_own_health(database, log_dir, who):
     own connection, and that is only open here.  A finding is written for
     the soak to report as a violation of its kind."""
     from ... import sqlite_fds
-    result = sqlite_fds(database)
-    findings = []
-    if result.stale:
-        paths = sorted({info.path for info in result.stale})
-        findings.append(f"stale sidecars\t{who} (pid {result.pid}) holds unlinked {paths}")
-    if result.locks_lost and not result.guarded:
-        findings.append(f"lost locks\t{who} (pid {result.pid}) uses the WAL with a connection "
-                        f"of its own open but holds no lock on the database")
+    findings = health_findings(sqlite_fds(database), who)
     if findings:
         with open(os.path.join(log_dir, f"finding-{os.getpid()}.txt"), "a") as out:
-            out.write("".join(line + "\n" for line in findings))
+            out.write("".join(f"{kind}\t{text}\n" for kind, text in findings))
 
 
 def _forker(database, factory, index, run_id, log_path, deadline, stop_path, rng):
