@@ -420,15 +420,16 @@ hkn_threshold(hkn_state *state, PyObject *self, long *threshold)
     return *threshold < 0 ? -1 : 0;
 }
 
-/* The close of a connection under the passive policy that wrote nothing:
- * nothing to copy and nothing that could wait, so it is decided with the
- * GIL held, under one try of the connection's mutex (the read tick's whole
- * cost here).  1 when decided, *out filled.  Otherwise 0, with *wrote set:
- * 1 or 0 (whether the connection wrote since it opened), or -1 when that
- * cannot be told (the connection busy in another thread: its close then
- * waits for it without the GIL, and checkpoints as if it wrote). */
+/* A passive close of a connection that wrote nothing: nothing to copy and
+ * nothing that could wait, so it is decided with the GIL held, under one
+ * try of the connection's mutex (the read tick's whole cost here).  1 when
+ * decided, *out filled.  Otherwise 0, with *wrote set: 1 (the connection
+ * wrote since it opened), or -1 when that cannot be told (the connection
+ * busy in another thread: its close then waits for it without the GIL, and
+ * checkpoints as if it wrote).  The other policies checkpoint whatever the
+ * connection did, so they never ask. */
 static int
-hkn_reader_close(hkn_state *state, PyObject *self, int mode, int *wrote, hkn_outcome *out)
+hkn_reader_close(hkn_state *state, PyObject *self, int *wrote, hkn_outcome *out)
 {
     const hkn_sqlite_api *api = &state->api;
     sqlite3 *db = hkn_connection_handle(self);
@@ -441,7 +442,7 @@ hkn_reader_close(hkn_state *state, PyObject *self, int mode, int *wrote, hkn_out
     if (sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &written, &high, 0) == SQLITE_OK) {
         *wrote = written > 0;
     }
-    int decided = *wrote == 0 && mode == SQLITE_CHECKPOINT_PASSIVE;
+    int decided = *wrote == 0;
     if (decided) {
         hkn_outcome_start(out);
         hkn_count_busy_statements(api, db, out);
@@ -467,7 +468,8 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
     }
     hkn_close_plan plan = {0, -1};
     hkn_outcome out;
-    if (state->api.native && hkn_reader_close(state, self, mode, &plan.wrote, &out)) {
+    if (state->api.native && mode == SQLITE_CHECKPOINT_PASSIVE
+        && hkn_reader_close(state, self, &plan.wrote, &out)) {
         return hkn_close_report(state, conn, mode, &out);
     }
     hkn_saved_error bad_threshold = {0};

@@ -91,7 +91,7 @@ hkn_count_live(hkn_state *state, PyObject *self, PyObject *path)
         }
     }
     if (PyErr_Occurred()) {
-        PyErr_Clear();          /* a comparison of two str does not fail */
+        PyErr_Clear();          /* not expected: both names are str */
     }
     return count;
 }
