@@ -981,6 +981,18 @@ hkn_connection_exec(PyObject *module, hkn_state *state)
         return -1;
     }
     state->walsafe_type = (PyTypeObject *)type;
+    /* The spec's dotted name gave the type its __module__; its tp_name is
+     * now the bare class name, as a class statement's would be.  CPython
+     * formats tp_name into every AttributeError about an instance, and the
+     * base's __init__ raises and swallows three or four of them per open
+     * (functools.update_wrapper around the connection): each character of
+     * a dotted name cost about 7 instructions there, ~450 per open. */
+    PyObject *bare = PyUnicode_FromString("WalSafeConnection");
+    int named = bare == NULL ? -1 : PyObject_SetAttrString(type, "__name__", bare);
+    Py_XDECREF(bare);
+    if (named < 0) {
+        return -1;
+    }
     if (PyObject_SetAttrString(type, "checkpoint_on_close",
                                state->mode_names[SQLITE_CHECKPOINT_PASSIVE]) < 0) {
         return -1;

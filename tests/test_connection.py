@@ -680,6 +680,22 @@ def test_is_a_sqlite3_connection(hkn, db):
     conn.close()
 
 
+def test_named_like_a_class_of_the_package(hkn, db):
+    # Named as a class statement in hermes_kanban_native would name it: the
+    # errors about an instance say 'WalSafeConnection', the repr of the
+    # class says where it lives.
+    cls = hkn.WalSafeConnection
+    assert (cls.__module__, cls.__name__, cls.__qualname__) == (
+        "hermes_kanban_native", "WalSafeConnection", "WalSafeConnection")
+    assert repr(cls) == "<class 'hermes_kanban_native.WalSafeConnection'>"
+    conn = open_wal(hkn, db)
+    with pytest.raises(AttributeError,
+                       match="^'WalSafeConnection' object has no attribute 'nothing'"):
+        conn.nothing
+    assert repr(conn).startswith("<hermes_kanban_native.WalSafeConnection object at ")
+    conn.close()
+
+
 def _connect_args():
     cases = [
         ((), {"timeout": 1.5}),
