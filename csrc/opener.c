@@ -79,7 +79,10 @@ hkn_opener_capture(hkn_state *state, hkn_opener *op)
         frame = back;
     }
     Py_XDECREF(frame);
-    PyErr_Clear();
+    if (PyErr_Occurred()) {
+        /* No memory for a frame object: the stack is kept as far as it got. */
+        PyErr_Clear();
+    }
 }
 
 /* Whether `filename` starts with one of the str prefixes in the tuple. */
