@@ -11,11 +11,15 @@ import subprocess
 import sys
 
 from .measure import _interleave, _results, _timed_batch
-from .scenarios import CONTENDERS, TIMEOUT, _holder, _labels, _make_db
+from .scenarios import CONTENDERS, FLOOR_CONTENDERS, TIMEOUT, _holder, _labels, _make_db
 
 THREAD_COUNTS = (1, 16, 64)
 TICKS_PER_BURST = 256       # split over the threads of one burst
 LOAD_CONTENDERS = ("plain", "walsafe", "walsafe_truncate")
+# Under threads only one of them runs Python (or our C) at a time, so what
+# every subclass pays weighs more than in a single thread: the empty Python
+# subclass shows how much of a ratio that floor is.
+GATEWAY_CONTENDERS = ("plain", "python_empty", "walsafe", "walsafe_truncate")
 
 # The timed operations, compiled under the same file name outside the
 # package as scenarios.py's (the opener capture stops there, as in hermes).
@@ -61,13 +65,15 @@ def scenario_gateway_threads(tmp, plan, log):
     check_same_thread=False), from 1, 16 and 64 threads at once."""
     path = _make_db(os.path.join(tmp, "gateway.db"))
     holder = _holder(path)
+    factories = {name: factory for name, (factory, _) in
+                 {**CONTENDERS, **FLOOR_CONTENDERS}.items()}
     variants = {}
     try:
         for threads in THREAD_COUNTS:
             ticks = max(2, TICKS_PER_BURST // threads)
-            samplers = {name: _load["make_burst"](path, CONTENDERS[name][0], TIMEOUT, threads,
+            samplers = {name: _load["make_burst"](path, factories[name], TIMEOUT, threads,
                                                   ticks)
-                        for name in LOAD_CONTENDERS}
+                        for name in GATEWAY_CONTENDERS}
             raw = _interleave(samplers, plan.burst_rounds, 2)
             variants[f"{threads} thread{'s' if threads > 1 else ''}"] = _results(
                 raw, "plain", p99=False, labels=_labels(raw))

@@ -37,6 +37,17 @@ CONTENDERS = {
     "walsafe_truncate": (TruncatingWalSafeConnection, "WalSafeConnection truncate"),
 }
 
+
+class EmptyPythonSubclass(sqlite3.Connection):
+    """A Python subclass with no code of its own: what being a subclass of
+    sqlite3.Connection costs before any bookkeeping."""
+
+
+# Contenders that only some scenarios run, as a floor for the others.
+FLOOR_CONTENDERS = {
+    "python_empty": (EmptyPythonSubclass, "Python subclass, empty"),
+}
+
 # The timed operations are compiled under a file name outside this package,
 # so that WalSafeConnection's opener capture stops at their frame as it
 # would at the caller's frame in hermes (it skips frames of this package).
@@ -81,7 +92,8 @@ exec(compile(_USER_CODE, "<hkn-bench user code>", "exec"), _user)
 
 
 def _labels(names):
-    return {name: CONTENDERS[name][1] for name in names}
+    known = {**CONTENDERS, **FLOOR_CONTENDERS}
+    return {name: known[name][1] for name in names}
 
 
 
