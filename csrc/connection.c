@@ -985,8 +985,8 @@ hkn_connection_exec(PyObject *module, hkn_state *state)
      * now the bare class name, as a class statement's would be.  CPython
      * formats tp_name into every AttributeError about an instance, and the
      * base's __init__ raises and swallows three or four of them per open
-     * (functools.update_wrapper around the connection): each character of
-     * a dotted name cost about 7 instructions there, ~450 per open. */
+     * (functools.update_wrapper around the connection): at about 7
+     * instructions a character, the dotted name cost ~410 per open. */
     PyObject *bare = PyUnicode_FromString("WalSafeConnection");
     int named = bare == NULL ? -1 : PyObject_SetAttrString(type, "__name__", bare);
     Py_XDECREF(bare);

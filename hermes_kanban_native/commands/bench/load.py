@@ -16,9 +16,9 @@ from .scenarios import CONTENDERS, FLOOR_CONTENDERS, TIMEOUT, _holder, _labels, 
 THREAD_COUNTS = (1, 16, 64)
 TICKS_PER_BURST = 256       # split over the threads of one burst
 LOAD_CONTENDERS = ("plain", "walsafe", "walsafe_truncate")
-# Under threads only one of them runs Python (or our C) at a time, so what
-# every subclass pays weighs more than in a single thread: the empty Python
-# subclass shows how much of a ratio that floor is.
+# Under threads only the one holding the GIL runs Python code (or ours), so
+# what any subclass pays weighs more than in a single thread: the empty
+# Python subclass shows how much of a ratio is that floor.
 GATEWAY_CONTENDERS = ("plain", "python_empty", "walsafe", "walsafe_truncate")
 
 # The timed operations, compiled under the same file name outside the
