@@ -146,7 +146,6 @@ hkn_native_close_checkpoint(const hkn_sqlite_api *api, const hkn_conn *conn, sql
     /* Without txn_state (before 3.34, or if it fails) get_autocommit tells
      * that some transaction is open, which may only be a read. */
     int write_txn = txn >= 0 ? txn == SQLITE_TXN_WRITE : !sqlite3_get_autocommit(db);
-    int wrote = plan->wrote != 0;           /* unknown: checkpoint rather than skip */
     long threshold = plan->threshold, pending = -1;
 
     if (file == NULL || file[0] == '\0') {
@@ -157,11 +156,6 @@ hkn_native_close_checkpoint(const hkn_sqlite_api *api, const hkn_conn *conn, sql
     }
     else if (write_txn) {
         out->skipped = HKN_SKIP_TRANSACTION;
-    }
-    else if (mode == SQLITE_CHECKPOINT_PASSIVE && wrote == 0) {
-        /* A connection that wrote nothing added no frames; copying other
-         * connections' frames is their autocheckpoint's job. */
-        out->skipped = HKN_SKIP_UNCHANGED;
     }
     else if (mode == SQLITE_CHECKPOINT_PASSIVE && threshold > 0
              && (pending = hkn_guard_pending_frames(conn)) >= 0 && pending < threshold) {
@@ -423,26 +417,23 @@ hkn_threshold(hkn_state *state, PyObject *self, long *threshold)
 /* A passive close of a connection that wrote nothing: nothing to copy and
  * nothing that could wait, so it is decided with the GIL held, under one
  * try of the connection's mutex (the read tick's whole cost here).  1 when
- * decided, *out filled.  Otherwise 0, with *wrote set: 1 (the connection
- * wrote since it opened), or -1 when that cannot be told (the connection
- * busy in another thread: its close then waits for it without the GIL, and
- * checkpoints as if it wrote).  The other policies checkpoint whatever the
- * connection did, so they never ask. */
+ * decided, *out filled.  0 when the connection wrote since it opened, or
+ * when that cannot be told (the connection busy in another thread: its
+ * close then waits for it without the GIL, and checkpoints as if it
+ * wrote).  The other policies checkpoint whatever the connection did, so
+ * they never ask. */
 static int
-hkn_reader_close(hkn_state *state, PyObject *self, int *wrote, hkn_outcome *out)
+hkn_reader_close(hkn_state *state, PyObject *self, hkn_outcome *out)
 {
     const hkn_sqlite_api *api = &state->api;
     sqlite3 *db = hkn_connection_handle(self);
     sqlite3_mutex *mutex;
-    *wrote = -1;
     if (db == NULL || !hkn_db_mutex_try(api, db, &mutex)) {
         return 0;
     }
     int written = 0, high = 0;
-    if (sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &written, &high, 0) == SQLITE_OK) {
-        *wrote = written > 0;
-    }
-    int decided = *wrote == 0;
+    int decided = sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_WRITE, &written, &high, 0)
+                  == SQLITE_OK && written == 0;
     if (decided) {
         hkn_outcome_start(out);
         hkn_count_busy_statements(api, db, out);
@@ -466,21 +457,23 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
         state->stats.checkpoints_skipped++;
         return 0;
     }
-    hkn_close_plan plan = {0, -1};
+    hkn_close_plan plan = {0};
     hkn_outcome out;
     if (state->api.native && mode == SQLITE_CHECKPOINT_PASSIVE
-        && hkn_reader_close(state, self, &plan.wrote, &out)) {
+        && hkn_reader_close(state, self, &out)) {
+        /* Decided here, so the native checkpoint below never sees a
+         * passive close of a connection that wrote nothing. */
         return hkn_close_report(state, conn, mode, &out);
     }
     hkn_saved_error bad_threshold = {0};
-    /* The threshold matters, and is read, only for a passive close after a
-     * write (or when that cannot be told). */
-    if (mode == SQLITE_CHECKPOINT_PASSIVE && plan.wrote != 0
+    /* From here a passive close wrote, or cannot tell (SQL mode tells
+     * inside its checkpoint): the threshold matters, and is read. */
+    if (mode == SQLITE_CHECKPOINT_PASSIVE
         && hkn_threshold(state, self, &plan.threshold) < 0) {
         plan.threshold = 0;
         hkn_error_save(&bad_threshold);
     }
-    if (plan.threshold > 0 && plan.wrote != 0 && state->api.native && conn->guard != NULL) {
+    if (plan.threshold > 0 && state->api.native && conn->guard != NULL) {
         /* The frame count is read through the -shm descriptor the guard
          * knows; a connection's -shm opens at its first read, after the
          * guard was claimed, so a connection that wrote looks for it now. */

@@ -284,14 +284,14 @@ int hkn_shmlock_owns(int fd);
  * and lists it as claimed; 1 when held, 0 when not (another process holds
  * EXCLUSIVE: its last-close checkpoint, a journal-mode change; or out of
  * memory: unlisted, the lock is not taken).  guard.c forgets an inode at
- * its last claim: forget() returns 1 when the wrapper keeps the locks (SQLite still holds
- * its read lock), and then guard.c must not unlock them; with `opt_out` it
- * never keeps them.  When it does not keep them it sets *unlocked if it
- * released them itself (its lists are exact, or SQLite's write lock had them
- * aside already); otherwise guard.c unlocks each descriptor still on the
- * inode.  opt_out() counts (+1/-1) connections opened with
- * guard_wal=False, whose databases the wrapper leaves alone.  Linux only,
- * like their one caller. */
+ * its last claim: forget() returns 1 when the wrapper keeps the locks
+ * (SQLite still holds its read lock), and then guard.c must not unlock
+ * them; with `opt_out` it never keeps them.  When it does not keep them
+ * it sets *unlocked if it released them itself (its lists are exact, or
+ * SQLite's write lock had them aside already); otherwise guard.c unlocks
+ * each descriptor still on the inode.  opt_out() counts (+1/-1)
+ * connections opened with guard_wal=False, whose databases the wrapper
+ * leaves alone.  Linux only, like their one caller. */
 int hkn_shmlock_claim_fd(dev_t dev, ino_t ino, int fd);
 int hkn_shmlock_guard_forget(dev_t dev, ino_t ino, int opt_out, int *unlocked);
 int hkn_shmlock_opt_out(dev_t dev, ino_t ino, int delta);
@@ -351,10 +351,10 @@ typedef enum { HKN_CKPT_CLOSE, HKN_CKPT_WAIT, HKN_CKPT_NOWAIT } hkn_ckpt_how;
 /* Fills *out; -1 with a Python exception only for failures that are not
  * SQLite's (SQL mode: memory, a broken subclass attribute). */
 /* What a close knows before its checkpoint: checkpoint_threshold (0 when
- * not read), and whether the connection wrote (1, 0, or -1 unknown). */
+ * not read: not the passive policy, or the connection wrote nothing, which
+ * hkn_close_checkpoint decides before any checkpoint runs). */
 typedef struct {
     long threshold;
-    int wrote;
 } hkn_close_plan;
 
 /* `plan` is used with HKN_CKPT_CLOSE only. */
