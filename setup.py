@@ -33,7 +33,7 @@ def _sources():
     # functions for every other system, doing nothing or saying why not.
     platform = "linux" if sys.platform.startswith("linux") else "other"
     sources = ["csrc/module.c", "csrc/connection.c", "csrc/checkpoint.c", "csrc/registry.c",
-               "csrc/opener.c", "csrc/sqlite_api.c", f"csrc/{platform}/guard.c",
+               "csrc/opener.c", "csrc/stack.c", "csrc/sqlite_api.c", f"csrc/{platform}/guard.c",
                f"csrc/{platform}/shmlock.c"]
     if platform == "linux" and not _flag("HKN_FDSCAN_STUB"):
         sources.append("csrc/linux/fdscan.c")
@@ -138,7 +138,7 @@ setup(
             "hermes_kanban_native._native",
             sources=_sources(),
             depends=["csrc/hkn.h", "csrc/compat.h", "csrc/sqlite_api.h", "csrc/sqlite_private.h",
-                     "csrc/fdscan.h", "csrc/faults.h", "csrc/fault_calls.h",
+                     "csrc/stack.h", "csrc/fdscan.h", "csrc/faults.h", "csrc/fault_calls.h",
                      "csrc/fault_calls.tsv", "csrc/exports.map"],
             include_dirs=_include_dirs,
             define_macros=_macros,

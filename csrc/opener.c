@@ -23,7 +23,7 @@
  */
 #include "hkn.h"
 
-#include "frameobject.h"        /* PyFrame_GetBack on 3.10 */
+#include "stack.h"
 #include "fault_calls.h"     /* last: see faults.h */
 
 void
@@ -44,23 +44,15 @@ hkn_opener_traverse(hkn_opener *op, visitproc visit, void *arg)
     return 0;
 }
 
-static int
-hkn_frame_lasti(PyFrameObject *frame)
-{
-#if HKN_PY_HAS_FRAME_GETLASTI
-    return PyFrame_GetLasti(frame);
-#else
-    return frame->f_lasti * (int)sizeof(_Py_CODEUNIT);
-#endif
-}
-
 void
 hkn_opener_capture(hkn_state *state, hkn_opener *op)
 {
     hkn_opener_clear(op);
-    PyFrameObject *frame = PyThreadState_GetFrame(PyThreadState_Get());
-    while (frame != NULL && op->depth < HKN_OPENER_FRAMES) {
-        PyCodeObject *code = PyFrame_GetCode(frame);
+    hkn_stack it;
+    PyCodeObject *code;
+    int lasti;
+    hkn_stack_start(&it);
+    while (op->depth < HKN_OPENER_FRAMES && hkn_stack_next(&it, &code, &lasti)) {
         /* Only the frames before the first user frame are skipped as ours
          * (hkn.connect() calling sqlite3.connect); co_filename is a str, so
          * Tailmatch cannot fail here. */
@@ -68,17 +60,13 @@ hkn_opener_capture(hkn_state *state, hkn_opener *op)
             && PyUnicode_Tailmatch(code->co_filename, state->package_dir,
                                    0, PY_SSIZE_T_MAX, -1) == 1) {
             Py_DECREF(code);
+            continue;
         }
-        else {
-            op->code[op->depth] = (PyObject *)code;
-            op->lasti[op->depth] = hkn_frame_lasti(frame);
-            op->depth++;
-        }
-        PyFrameObject *back = PyFrame_GetBack(frame);
-        Py_DECREF(frame);
-        frame = back;
+        op->code[op->depth] = (PyObject *)code;
+        op->lasti[op->depth] = lasti;
+        op->depth++;
     }
-    Py_XDECREF(frame);
+    hkn_stack_stop(&it);
     if (PyErr_Occurred()) {
         /* No memory for a frame object: the stack is kept as far as it got. */
         PyErr_Clear();

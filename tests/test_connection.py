@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import gc
 import inspect
@@ -11,10 +12,12 @@ import sqlite3
 import sys
 import threading
 import time
+import traceback
 import warnings
 
 import pytest
 
+from hermes_kanban_native import _native
 from hermes_kanban_native.commands.databases import make_wal_db
 from conftest import fds_on, is_native, reader_process
 
@@ -930,6 +933,79 @@ def test_opener_is_the_caller_of_a_connect_helper(hkn, db):
     assert entry.opened_at == f"{__file__}:{line}"
     assert entry.opened_via[0].startswith(f"{__file__}:{line} in test_opener")
     conn.close()
+
+
+def _stack_pair():
+    # Both on one line, the opener's first: it must not find frame objects
+    # that traceback made.
+    here = _native._opener_here()[1]; stack = traceback.extract_stack()        # noqa: E702
+    return here, [f"{f.filename}:{f.lineno} in {f.name}" for f in reversed(stack)][:5]
+
+
+class _Finalized:
+    def __init__(self, seen):
+        self.seen = seen
+
+    def __del__(self):
+        self.seen.append(_stack_pair())
+
+
+def _stacks_in_awkward_places():
+    """(place, opener's frames, traceback's frames) for each place."""
+    seen = []
+
+    def nested(depth):
+        if depth:
+            return nested(depth - 1)
+        return _stack_pair()
+    seen.append(("nested calls", *nested(8)))
+
+    def generator():
+        yield _stack_pair()
+        yield _stack_pair()
+    for pair in generator():
+        seen.append(("generator", *pair))
+
+    async def coroutine():
+        await asyncio.sleep(0)
+        return _stack_pair()
+    seen.append(("coroutine", *asyncio.run(coroutine())))
+
+    class Body:
+        pair = _stack_pair()
+    seen.append(("class body", *Body.pair))
+
+    namespace = {"_stack_pair": _stack_pair}
+    exec(compile("pair = _stack_pair()", "<exec'd>", "exec"), namespace)
+    seen.append(("exec", *namespace["pair"]))
+
+    pairs = []
+    sorted([0], key=lambda _: pairs.append(_stack_pair()))
+    seen.append(("a key function", *pairs[0]))
+    seen.append(("map", *list(map(lambda _: _stack_pair(), [0]))[0]))
+    seen.append(("comprehension", *[_stack_pair() for _ in range(1)][0]))
+
+    finalized = []
+    cycle = _Finalized(finalized)
+    cycle.self = cycle
+    del cycle
+    gc.collect()
+    seen += [("finalizer", *pair) for pair in finalized]
+
+    result = []
+    thread = threading.Thread(target=lambda: result.append(_stack_pair()))
+    thread.start()
+    thread.join()
+    seen.append(("thread", *result[0]))
+    return seen
+
+
+def test_opener_stack_is_the_stack_traceback_sees():
+    # The opener reads the interpreter's frames without making frame objects
+    # where it can (csrc/stack.c); it must see what traceback sees, also where
+    # C code, generators, coroutines and finalizers sit in between.
+    for place, here, expected in _stacks_in_awkward_places():
+        assert list(here) == expected, place
 
 
 def test_resource_warning_names_the_caller_and_the_helper(hkn, db):
