@@ -37,6 +37,25 @@ def _sqlite_symbols_visible():
 
 SQLITE_SYMBOLS_VISIBLE = _sqlite_symbols_visible()
 
+# SQLite 3.51.0 added a defence of its own against stray closes: before it
+# takes a write lock on the database it asks (F_GETLK) whether another
+# process holds the -shm's dead-man switch, and is refused while one does.
+# A stray close of the database alone then leaves another process's close
+# unable to checkpoint and unlink a live holder's -wal/-shm; a stray close of
+# the -shm as well drops that lock too (unless it is an OFD lock, as in a
+# process where a guarded connection put SQLite's -shm locks on OFD locks).
+# docs/sqlite-internals.md, "Lock cancellation".
+SQLITE_CHECKS_THE_SHM = sqlite3.sqlite_version_info >= (3, 51, 0)
+
+
+def unlinking_stray_closes(database):
+    """The files a stray close must hit, in a process whose -shm locks are
+    POSIX locks, for another process's close to unlink its live -wal/-shm
+    with this SQLite: the database, and from 3.51 the -shm too."""
+    database = os.fspath(database)
+    return [database, database + "-shm"] if SQLITE_CHECKS_THE_SHM else [database]
+
+
 # Skip reasons that begin with this mean "not run for lack of native mode";
 # CI's static-SQLite stage fails if any test reports one.
 NEEDS_NATIVE = "needs native access to SQLite"

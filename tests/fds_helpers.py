@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from conftest import isolated_script
+from conftest import isolated_script, unlinking_stray_closes
 
 DEADLINE = 30.0
 
@@ -16,12 +16,12 @@ DEADLINE = 30.0
 class Holder:
     """A Python child process that keeps SQLite connections in ``conns``."""
 
-    def __init__(self, cwd=None):
+    def __init__(self, cwd=None, env=None):
         # The child executes one JSON-encoded snippet per line and answers one
         # JSON line: {"ok": true, "result": <the value of `result`>} or the error.
         self.proc = subprocess.Popen(
             [sys.executable, isolated_script("hold_connections_and_run_snippets")],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=cwd)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=cwd, env=env)
         self.pid = self._answer()
         assert self.pid == self.proc.pid
 
@@ -75,8 +75,14 @@ def read_in_another_process(database):
 
 
 def stray_open_close_code(database):
-    """Code that drops a process's POSIX locks on the database (fact 2)."""
+    """Code that drops a process's POSIX locks on the file (fact 2)."""
     return f"os.close(os.open({os.fspath(database)!r}, os.O_RDONLY))\n"
+
+
+def unlinking_stray_close_code(database):
+    """Code after which another process's close unlinks the child's live
+    -wal/-shm, on this SQLite (conftest.unlinking_stray_closes)."""
+    return "".join(stray_open_close_code(path) for path in unlinking_stray_closes(database))
 
 
 def ofd_guard_code(database):
@@ -105,4 +111,4 @@ def wait_until(predicate, what, deadline=DEADLINE):
 
 
 __all__ = ["Holder", "read_in_another_process", "stray_open_close_code",
-           "ofd_guard_code", "wait_until"]
+           "unlinking_stray_close_code", "ofd_guard_code", "wait_until"]

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from hermes_kanban_native.commands.databases import make_wal_db
-from fds_helpers import (DEADLINE, Holder, ofd_guard_code,
-                         read_in_another_process, stray_open_close_code)
+from fds_helpers import (DEADLINE, Holder, ofd_guard_code, read_in_another_process,
+                         stray_open_close_code, unlinking_stray_close_code)
 
 
 
@@ -53,7 +53,7 @@ def test_nobody_holding_the_database_is_healthy(tmp_path):
 def test_lost_locks_exit_1_then_stale_files_are_listed(db):
     with Holder() as holder:
         holder.connect(db)
-        holder.run(stray_open_close_code(db))
+        holder.run(unlinking_stray_close_code(db))
         done = fds(db, "--pid", str(holder.pid))
         assert done.returncode == 1
         assert row_of(done.stdout, holder.pid)["LOST"] == "yes"
@@ -82,7 +82,7 @@ def test_lost_locks_under_a_held_guard_are_reported_but_exit_0(db):
 def test_json_is_one_object_per_snapshot_with_a_schema_version(db):
     with Holder() as holder:
         holder.connect(db)
-        holder.run(stray_open_close_code(db))
+        holder.run(unlinking_stray_close_code(db))
         read_in_another_process(db)
         done = fds(db, "--json", "--pid", str(holder.pid))
     assert done.returncode == 1

@@ -14,7 +14,9 @@ import pytest
 
 import hermes_kanban_native as hkn
 from hermes_kanban_native.commands.databases import make_wal_db
-from conftest import SQLITE_SYMBOLS_VISIBLE, isolated_script, run_isolated
+from conftest import (SQLITE_CHECKS_THE_SHM, SQLITE_SYMBOLS_VISIBLE, isolated_script,
+                      run_isolated)
+from fds_helpers import Holder, unlinking_stray_close_code
 
 pytestmark = [
     pytest.mark.native,
@@ -70,11 +72,13 @@ def test_stray_close_of_the_database(tmp_path, mode):
     assert info.locks_lost
     assert info.guarded == (mode == "guard")
     child_reads(path)                               # it believes it is the last user
-    if mode == "no guard":
+    if mode == "no guard" and not SQLITE_CHECKS_THE_SHM:
         assert not os.path.exists(path + "-wal")    # unlinked under the live holder
         assert hkn.sqlite_fds(path).stale
         holder.close()
         return
+    # Kept by the guard's locks; from SQLite 3.51 also by the holder's lock
+    # on the -shm, which the stray close of the database left alone.
     assert os.path.exists(path + "-wal") and os.path.exists(path + "-shm")
     assert not hkn.sqlite_fds(path).stale
     for value in range(101, 111):
@@ -82,6 +86,31 @@ def test_stray_close_of_the_database(tmp_path, mode):
     assert child_count(path) == (16, "ok")          # later commits reach other processes
     holder.close()
     assert child_count(path) == (16, "ok")
+
+
+@pytest.mark.parametrize("mode", FACTORIES)
+def test_stray_close_then_a_process_in_exclusive_locking_mode(tmp_path, mode):
+    # SQLite 3.51's own defence (conftest.SQLITE_CHECKS_THE_SHM) needs the
+    # -shm, which a process in exclusive locking mode never opens: on every
+    # version only the guard's locks keep it out.
+    path = make_wal_db(tmp_path / "board.db", rows=2)
+    holder = sqlite3.connect(path, factory=FACTORIES[mode], isolation_level=None)
+    holder.execute("INSERT INTO t VALUES (100)")
+    os.close(os.open(path, os.O_RDONLY))
+    other = subprocess.run([sys.executable, isolated_script("write_in_exclusive_locking_mode"),
+                            path], capture_output=True, text=True, cwd="/", timeout=60)
+    assert other.returncode == 0, other.stderr
+    holder.execute("INSERT INTO t VALUES (101)")
+    holder.close()
+    rows, integrity = child_rows(path)
+    if mode == "no guard":
+        # It took the lock, committed, and deleted the -wal under the holder:
+        # the holder's later commit or its own is gone.
+        assert other.stdout.strip() == "committed"
+        assert not {0, 1, 100, 101, 777} <= set(rows) or integrity != "ok"
+        return
+    assert other.stdout.strip() == "database is locked"
+    assert rows == [0, 1, 100, 101] and integrity == "ok"
 
 
 @pytest.mark.parametrize("mode", FACTORIES)
@@ -329,22 +358,39 @@ def test_a_forked_childs_own_connection_is_guarded_its_inherited_ones_are_not(tm
                              "closed locks_lost=True guarded=False"]
 
 
-def test_connect_refuses_a_stranded_generation(tmp_path):
+def _assert_connect_refuses(path, pid):
+    with pytest.raises(hkn.StaleWalGenerationError) as info:
+        hkn.connect(path)
+    assert isinstance(info.value, sqlite3.OperationalError)
+    assert f"pid {pid}" in str(info.value) and "-wal" in str(info.value)
+    assert pid in info.value.holders
+    conn = hkn.connect(path, refuse_stale=False)
+    conn.close()
+
+
+@pytest.mark.skipif(SQLITE_CHECKS_THE_SHM, reason="SQLite 3.51+ refuses the unlink while this "
+                    "process holds the -shm, whose locks may be OFD locks here")
+def test_connect_refuses_a_generation_stranded_in_this_process(tmp_path):
     path = make_wal_db(tmp_path / "stranded.db", rows=1)
     holder = sqlite3.connect(path, factory=Unguarded, isolation_level=None)
     holder.execute("INSERT INTO t VALUES (2)")
     os.close(os.open(path, os.O_RDONLY))
     child_reads(path)                               # unlinks the live -wal/-shm
-    with pytest.raises(hkn.StaleWalGenerationError) as info:
-        hkn.connect(path)
-    assert isinstance(info.value, sqlite3.OperationalError)
-    assert f"pid {os.getpid()}" in str(info.value) and "-wal" in str(info.value)
-    assert os.getpid() in info.value.holders
-    conn = hkn.connect(path, refuse_stale=False)
-    conn.close()
+    _assert_connect_refuses(path, os.getpid())
     holder.close()
-    conn = hkn.connect(path)                        # the stranded generation is gone
-    conn.close()
+    hkn.connect(path).close()                       # the stranded generation is gone
+
+
+def test_connect_refuses_a_generation_stranded_in_another_process(tmp_path):
+    path = make_wal_db(tmp_path / "stranded.db", rows=1)
+    with Holder() as holder:                        # plain sqlite3
+        holder.connect(path)
+        holder.run("conns[0].execute('INSERT INTO t VALUES (2)')\nconns[0].commit()\n")
+        holder.run(unlinking_stray_close_code(path))
+        child_reads(path)                           # unlinks the holder's live -wal/-shm
+        assert not os.path.exists(path + "-wal")
+        _assert_connect_refuses(path, holder.pid)
+    hkn.connect(path).close()                       # the stranded generation is gone
 
 
 def test_fds_command_counts_lost_locks_under_a_guard_as_healthy(tmp_path):

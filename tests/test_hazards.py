@@ -15,7 +15,7 @@ import pytest
 import hermes_kanban_native as hkn
 from hermes_kanban_native.commands.databases import make_wal_db
 from conftest import reader_process, run_isolated, wait_for
-from fds_helpers import Holder, stray_open_close_code
+from fds_helpers import Holder, stray_open_close_code, unlinking_stray_close_code
 
 DEADLINE = 60.0
 
@@ -38,9 +38,12 @@ def read_and_close(database, persist_wal=False):
     return other_process("hermes_read_and_close", database, json.dumps(persist_wal))
 
 
-def hermes_holder(database, persist_wal=False, guard_wal=True):
+def hermes_holder(database, persist_wal=False, guard_wal=True, ofd_shm_locks=True):
     """A Holder child with a hermes-configured WalSafeConnection in conns[0]."""
-    holder = Holder(cwd="/")
+    env = None
+    if not ofd_shm_locks:
+        env = dict(os.environ, HERMES_KANBAN_NATIVE_SHM_LOCKS="posix")
+    holder = Holder(cwd="/", env=env)
     # The child runs from tests/isolated/, where hermes_connect is.
     holder.run("import hermes_kanban_native as hkn\n"
                "from hermes_connect import kanban\n"
@@ -58,14 +61,14 @@ HEALTH = "f = hkn.sqlite_fds(DB)\nresult = [f.locks_lost, sorted({i.path for i i
 
 
 def test_stray_close_is_detected_and_the_unlink_loses_commits(tmp_path):
-    # The hazard itself, without the WAL-generation guard (test_guard.py
-    # shows the guard preventing it).
+    # The hazard itself, without the WAL-generation guard and with SQLite's
+    # own -shm locks (test_guard.py shows the guard preventing it).
     db = make_wal_db(tmp_path / "kanban.db", rows=3)
-    with hermes_holder(db, guard_wal=False) as holder:
+    with hermes_holder(db, guard_wal=False, ofd_shm_locks=False) as holder:
         holder.run("conns[0].execute('INSERT INTO t VALUES (100)')\n")
         assert holder.run(HEALTH) == [False, []]
 
-        holder.run(stray_open_close_code(db))
+        holder.run(unlinking_stray_close_code(db))   # from SQLite 3.51 the -shm's too
         assert holder.run(HEALTH) == [True, []]          # locks gone, nothing stale yet
 
         # Another process believes it is the last: it checkpoints and unlinks
