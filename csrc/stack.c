@@ -22,13 +22,13 @@
  * traceback.extract_stack() in generators, coroutines, class bodies, exec'd
  * code and threads.
  *
- * Tested on 3.11, 3.12, 3.13 and 3.14.  Everything else uses the public
- * API: 3.10, whose frames are objects anyway, and versions after 3.14 until
- * they are tested.
+ * Tested on 3.11 to 3.15 (3.14 and 3.15 as Debian sid builds them: CI's
+ * sid stage).  Everything else uses the public API: 3.10, whose frames are
+ * objects anyway, and versions after 3.15 until they are tested.
  */
 #include <patchlevel.h>         /* PY_VERSION_HEX, before Python.h */
 
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030F0000
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x03100000
 #  define HKN_READS_INTERPRETER_FRAMES 1
 #  ifndef Py_BUILD_CORE
 #    define Py_BUILD_CORE 1
@@ -41,7 +41,8 @@
 #include "compat.h"
 
 #if HKN_READS_INTERPRETER_FRAMES
-/* 3.14's internal headers have inline functions with unused parameters. */
+/* From 3.14 the internal headers have inline functions with unused
+ * parameters. */
 #  if defined(__GNUC__)
 #    pragma GCC diagnostic push
 #    pragma GCC diagnostic ignored "-Wunused-parameter"
