@@ -717,6 +717,14 @@ def _connect_args():
 
 @pytest.mark.parametrize("args, kwargs", _connect_args())
 def test_accepts_every_connect_argument(hkn, db, args, kwargs):
+    if args and sys.version_info >= (3, 15):
+        # 3.15 takes only the database positionally: refused the same way.
+        with pytest.raises(TypeError) as plain:
+            sqlite3.connect(db, *args, **kwargs)
+        with pytest.raises(TypeError) as ours:
+            sqlite3.connect(db, *args, factory=hkn.WalSafeConnection, **kwargs)
+        assert str(ours.value) == str(plain.value)
+        return
     with warnings.catch_warnings():
         # 3.13 deprecates positional arguments beyond the database; the
         # warning is sqlite3's own and equally raised for plain connections.
