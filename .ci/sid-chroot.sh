@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# usage: .ci/sid-chroot.sh CHECKOUT DIR
+#
+# The newest CPython and SQLite, which no interpreter under pyenv here has:
+# Debian unstable ("sid") carries the newest CPython releases (3.14, 3.15)
+# linked against its newest SQLite (3.51+, whose own defence against stray
+# closes changes what the hazard tests see), built with its newest gcc.  This
+# makes a minimal sid system in DIR/sid with debootstrap, and runs README's
+# test command (given as $TEST_COMMAND) inside it from a copy of CHECKOUT,
+# once per CPython 3.14+ that sid has, with HKN_WERROR passed through.
+#
+# sid moves: when it cannot be installed today (a broken mirror, a package
+# in transition), the stage says so and exits 0 without testing; a CPython
+# sid no longer carries is named and left out.  A build or test failure
+# exits non-zero.  Needs root (debootstrap, chroot, mounts).
+set -euo pipefail
+checkout=$1
+rootfs=$2/sid
+: "${TEST_COMMAND:?TEST_COMMAND must be README.md test command}"
+mirror=${HKN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+wanted_pythons=(3.14 3.15)
+
+mounted=()
+unmount_all() {
+    # Innermost first.  Never leave the host's /dev bound below DIR: a later
+    # `rm -rf DIR` would go through it (CI's cleanup also stays on one file
+    # system).
+    local i
+    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
+        umount -R "${mounted[i]}" 2>/dev/null || umount -lR "${mounted[i]}" || true
+    done
+    mounted=()
+}
+trap unmount_all EXIT
+
+skip() {
+    echo "sid stage SKIPPED: $*"
+    exit 0
+}
+
+if ! command -v debootstrap >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends debootstrap >/dev/null; } \
+        || skip "debootstrap could not be installed"
+fi
+
+start=$SECONDS
+mkdir -p "$rootfs"
+if ! debootstrap --variant=minbase --include=gcc,libc6-dev,ca-certificates \
+        sid "$rootfs" "$mirror" > "$2/debootstrap.log" 2>&1; then
+    tail -n 20 "$2/debootstrap.log"
+    skip "debootstrap of sid failed (log above)"
+fi
+echo "sid system made in $((SECONDS - start)) s"
+
+mount -t proc proc "$rootfs/proc"
+mounted+=("$rootfs/proc")
+mount --rbind /dev "$rootfs/dev"
+mount --make-rslave "$rootfs/dev"
+mounted+=("$rootfs/dev")
+# This machine's certificate authorities (a TLS-intercepting proxy may sit
+# between it and PyPI) and name servers.
+cp -L /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/host-ca-bundle.crt"
+cp -L /etc/resolv.conf "$rootfs/etc/resolv.conf" 2>/dev/null || true
+
+# Only the variables the run needs: the host's pip configuration names
+# directories the chroot does not have.
+env_in=(HOME=/root LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin
+        PIP_CERT=/etc/ssl/host-ca-bundle.crt SSL_CERT_FILE=/etc/ssl/host-ca-bundle.crt
+        PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180
+        CI="${CI:-}" HKN_WERROR="${HKN_WERROR:-}" DEBIAN_FRONTEND=noninteractive)
+in_sid() {
+    chroot "$rootfs" /usr/bin/env -i "${env_in[@]}" "$@"
+}
+
+tested=0
+for minor in "${wanted_pythons[@]}"; do
+    python=python$minor
+    if ! in_sid apt-get install -y -qq --no-install-recommends \
+            "$python" "$python-dev" "$python-venv" > "$2/apt-$minor.log" 2>&1; then
+        echo "--- CPython $minor: not installable from sid today, left out"
+        tail -n 3 "$2/apt-$minor.log"
+        continue
+    fi
+    src=/work/src-$minor
+    rm -rf "$rootfs$src"
+    mkdir -p "$rootfs$src"
+    (cd "$checkout" && git ls-files -z | xargs -0 cp --parents -t "$rootfs$src")
+    echo "--- $(in_sid "$python" -c 'import sys, sqlite3
+print("CPython", sys.version.split()[0], "with SQLite", sqlite3.sqlite_version)'),"\
+         "$(in_sid gcc --version | head -n 1), Debian sid"
+    in_sid "$python" -m venv "/opt/venv-$minor"
+    # README's test command, from the copy, in the venv.
+    in_sid /bin/sh -c ". /opt/venv-$minor/bin/activate && cd $src &&
+                       python -m pip install -q --upgrade pip && $TEST_COMMAND"
+    tested=$((tested + 1))
+done
+[ "$tested" -gt 0 ] || skip "no CPython 3.14+ installable from sid today"
+echo "sid stage: $tested CPython version(s) tested in $((SECONDS - start)) s"
