@@ -12,7 +12,8 @@ typedef struct hkn_stack {
 } hkn_stack;
 
 /* Starts at the innermost Python frame of the calling thread (the GIL held).
- * Never fails; a thread without Python frames has an empty stack. */
+ * A thread without Python frames has an empty stack; so has one whose first
+ * frame object could not be made (no memory: the error is left set). */
 void hkn_stack_start(hkn_stack *it);
 
 /* Reads the next frame outward: a new reference to its code object and the

@@ -191,6 +191,7 @@ def _lock_cancellation(path: str) -> None:
         _say("\n... something in this process opens and closes the database file "
              "(a header probe, a backup by copy):  os.close(os.open(db, os.O_RDONLY))")
         os.close(os.open(path, os.O_RDONLY))
+        guarded = sqlite_fds(path).guarded
         _say("$ fds")
         _fds_command(path)
         _say("\n... another process opens the database, reads, and closes it")
@@ -206,8 +207,14 @@ def _lock_cancellation(path: str) -> None:
             _say("\nThe other process believed it was the last user: it checkpointed and "
                  "unlinked -wal and -shm\nwhile this process still has them open. Its next "
                  "commits would go to files nobody else sees.")
+        elif guarded:
+            _say("\nThe sidecars survived: the guard's open-file-description locks, which "
+                 "the stray close could not drop,\nkept the other process from the write "
+                 "lock its checkpoint-and-unlink needs.")
         else:
-            _say("\nThe sidecars survived: the process's locks were held elsewhere.")
+            _say(f"\nThe sidecars survived: SQLite {sqlite3.sqlite_version} refuses another "
+                 "process that write lock while this one\nstill holds the -shm (its own "
+                 "defence since 3.51.0; a stray close of the -shm drops that lock too).")
     finally:
         holder.close()
 
