@@ -5,10 +5,10 @@ usage: python guard_check.py ROUTE [SQLITE_VERSION]
 Checks that the package took ROUTE and, when given, that sqlite3 runs
 SQLITE_VERSION (so LD_LIBRARY_PATH really swapped the library).  Then, on a
 WAL database: when sqlite_api() says the guard is available, a guarded
-connection must hold it (sqlite_fds().guarded, no guard_failures), and a
-stray open()/close() of the database in this process followed by another
-process's read-and-close must leave the live -wal in place and the rows
-there; otherwise the reason must be stated.  Prints one line.
+connection must hold it (sqlite_fds().guarded, no guard_failures), and
+stray open()/close()s of the database and its -shm in this process followed
+by another process's read-and-close must leave the live -wal in place and
+the rows there; otherwise the reason must be stated.  Prints one line.
 """
 import os
 import sqlite3
@@ -48,7 +48,11 @@ def main():
             if not guarded or failures:
                 problems.append(f"guard not taken: guarded={guarded}, guard_failures={failures}")
             wal = os.stat(db + "-wal")
-            os.close(os.open(db, os.O_RDONLY))      # the stray close
+            # The stray closes: the -shm's too, since from SQLite 3.51 the
+            # -shm's POSIX dead-man-switch lock alone would keep the other
+            # process out (docs/sqlite-internals.md, "Lock cancellation").
+            os.close(os.open(db, os.O_RDONLY))
+            os.close(os.open(db + "-shm", os.O_RDONLY))
             seen = subprocess.run([sys.executable, "-c", READ_AND_CLOSE, db], check=True,
                                   capture_output=True, text=True).stdout.strip()
             try:
@@ -61,7 +65,8 @@ def main():
             shm_locks = hkn.sqlite_api()["shm_locks"]
             if shm_locks != "ofd":
                 problems.append(f"SQLite's -shm locks are not OFD locks: {shm_locks}")
-            verdict = f"guard taken (guard_failures {failures}), survived a stray close"
+            verdict = (f"guard taken (guard_failures {failures}), survived stray closes of "
+                       f"the database and its -shm")
         elif not api["guard"]:
             problems.append("guard neither available nor refused with a reason")
             verdict = "?"

@@ -90,9 +90,19 @@ for minor in "${wanted_pythons[@]}"; do
 print("CPython", sys.version.split()[0], "with SQLite", sqlite3.sqlite_version)'),"\
          "$(in_sid gcc --version | head -n 1), Debian sid"
     in_sid "$python" -m venv "/opt/venv-$minor"
-    # README's test command, from the copy, in the venv.
+    # README's test command, from the copy, in the venv: sid's python links
+    # libsqlite3 dynamically, so the package takes the symbols route.  Then,
+    # as the SQLite-versions stage does for older libraries, the
+    # extension-API route on the same library: the guard check and the
+    # tests of what the route reaches.
     in_sid /bin/sh -c ". /opt/venv-$minor/bin/activate && cd $src &&
                        python -m pip install -q --upgrade pip && $TEST_COMMAND"
+    in_sid /bin/sh -c ". /opt/venv-$minor/bin/activate && cd $src &&
+        python .ci/guard_check.py symbols &&
+        HERMES_KANBAN_NATIVE_MODE=extension-api python .ci/guard_check.py extension-api &&
+        HERMES_KANBAN_NATIVE_MODE=extension-api pytest -q -p no:cacheprovider \
+            tests/test_routes.py tests/test_guard.py tests/test_hazards.py \
+            tests/test_connection.py"
     tested=$((tested + 1))
 done
 [ "$tested" -gt 0 ] || skip "no CPython 3.14+ installable from sid today"
