@@ -15,7 +15,7 @@ import pytest
 import hermes_kanban_native as hkn
 from hermes_kanban_native.commands.databases import make_wal_db
 from conftest import (SQLITE_CHECKS_THE_SHM, SQLITE_SYMBOLS_VISIBLE, isolated_script,
-                      run_isolated)
+                      run_isolated, unlinking_stray_closes)
 from fds_helpers import Holder, unlinking_stray_close_code
 
 pytestmark = [
@@ -527,7 +527,8 @@ def _attached_scenario(tmp_path, kind):
     main = make_wal_db(tmp_path / f"main-{kind}.db")
     aux = make_wal_db(tmp_path / f"aux-{kind}.db")
     script = isolated_script("stray_close_of_an_attached_database")
-    with subprocess.Popen([sys.executable, script, main, aux, kind],
+    with subprocess.Popen([sys.executable, script, main, aux, kind,
+                           *unlinking_stray_closes(aux)],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                           cwd="/") as holder:
         first = json.loads(holder.stdout.readline())

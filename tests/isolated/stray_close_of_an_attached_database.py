@@ -1,7 +1,8 @@
 """A holder with the database argv[2] attached (as aux) to argv[1], opened
 with the factory argv[3] ("plain": sqlite3.Connection, "walsafe":
-WalSafeConnection), makes a stray close of aux (and, from SQLite 3.51, of
-its -shm) while other processes write and read it.
+WalSafeConnection), makes a stray open()/close() of each of the files
+argv[4:] (aux, and from SQLite 3.51 its -shm: tests' conftest
+unlinking_stray_closes) while other processes write and read it.
 
 Speaks one JSON line per step on stdout and waits for a line on stdin
 between steps: {"guarded": <aux guarded after the stray close>}; then, after
@@ -20,12 +21,8 @@ conn = sqlite3.connect(main, factory=factory, isolation_level=None)
 conn.execute("ATTACH DATABASE ? AS aux", (aux,))
 conn.execute("INSERT INTO aux.t VALUES (1)")
 guarded = hkn.sqlite_fds(aux).guarded
-os.close(os.open(aux, os.O_RDONLY))             # the stray close
-if sqlite3.sqlite_version_info >= (3, 51, 0):
-    # SQLite 3.51+ refuses other processes' write locks while this process
-    # holds the -shm's dead-man switch: that lock is dropped too (tests'
-    # conftest.SQLITE_CHECKS_THE_SHM).  The guarded run's -shm locks are OFD.
-    os.close(os.open(aux + "-shm", os.O_RDONLY))
+for stray in sys.argv[4:]:                       # the stray closes
+    os.close(os.open(stray, os.O_RDONLY))
 print(json.dumps({"guarded": guarded}), flush=True)
 sys.stdin.readline()                            # others write and read meanwhile
 conn.execute("INSERT INTO aux.t VALUES (3)")
