@@ -6,7 +6,8 @@ Python checkpoint-before-close subclass, on the gateway's access pattern.
 Every scenario runs on a WAL database in a fresh temporary directory while a
 long-lived connection to it stays open in this process, as in hermes'
 gateway; short connections are opened as hermes does (``isolation_level=None,
-timeout=120``).  Contenders run interleaved (A B C D, then B C D A, ...)
+timeout=120``).  Contenders run interleaved, in a fresh random order each
+round (seeded: runs repeat) so that none always follows the same other one,
 after a warm-up, each sample is timed with ``time.perf_counter_ns`` with the
 cyclic GC disabled, and each result is the median (and p99 where latency
 matters) with its ratio to plain ``sqlite3.Connection``.  Ratios also carry
