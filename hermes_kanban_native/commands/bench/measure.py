@@ -32,7 +32,7 @@ class Plan:
         self.scan_rounds, self.scan_repeat = pick(60, 8), 5
         self.plugin_files, self.plugin_per_file = pick(4, 2), pick(75, 25)
         self.plugin_rounds = pick(5, 1)
-        self.burst_rounds = pick(30, 4)
+        self.burst_rounds = pick(80, 4)
         self.instruction_ticks = pick(1000, 100)
 
 
