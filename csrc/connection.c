@@ -50,11 +50,20 @@ hkn_root_type(PyTypeObject *type)
     return t;
 }
 
+/* Where our part starts in every instance: HKN_CONN_OFFSET of
+ * sqlite3.Connection's size.  That size is a property of the one _sqlite3
+ * extension in the process, the same for every subclass, every interpreter
+ * and every import of this module, so it is kept here rather than found
+ * through the type on each of the dozen or so lookups a tick makes (about
+ * 100 instructions per connect+close).  Written by hkn_connection_exec(),
+ * before any instance exists, and always with the same value; still
+ * readable while interpreter teardown clears the module. */
+static Py_ssize_t hkn_conn_offset;
+
 hkn_conn *
 hkn_conn_get(PyObject *self)
 {
-    PyTypeObject *root = hkn_root_type(Py_TYPE(self));
-    return (hkn_conn *)((char *)self + HKN_CONN_OFFSET(root->tp_base->tp_basicsize));
+    return (hkn_conn *)((char *)self + hkn_conn_offset);
 }
 
 static inline PyTypeObject *
@@ -945,6 +954,7 @@ int
 hkn_connection_exec(PyObject *module, hkn_state *state)
 {
     Py_ssize_t offset = HKN_CONN_OFFSET(state->base_type->tp_basicsize);
+    hkn_conn_offset = offset;
     PyMemberDef members[] = {
         {"__dictoffset__", T_PYSSIZET, offset + (Py_ssize_t)offsetof(hkn_conn, dict), READONLY, NULL},
         {"__weaklistoffset__", T_PYSSIZET, offset + (Py_ssize_t)offsetof(hkn_conn, weakreflist),
