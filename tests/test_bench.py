@@ -68,7 +68,8 @@ def test_gateway_threads_and_commit_ticks_are_measured(report):
     variants = report["scenarios"]["gateway_threads"]["variants"]
     assert set(variants) == THREAD_VARIANTS
     for rows in variants.values():
-        assert set(rows) == {"plain", "python_empty", "walsafe", "walsafe_truncate"}
+        assert set(rows) == {"plain", "python_empty", "python_init", "walsafe",
+                             "walsafe_truncate"}
         assert all(_is_number(row["median_us"]) and row["median_us"] > 0 for row in rows.values())
     rows = report["scenarios"]["write_commit"]["contenders"]
     assert set(rows) == SCENARIOS["write_tick"]

@@ -43,9 +43,19 @@ class EmptyPythonSubclass(sqlite3.Connection):
     sqlite3.Connection costs before any bookkeeping."""
 
 
+class InitPythonSubclass(sqlite3.Connection):
+    """A Python subclass whose __init__ only calls the base's: what about a
+    microsecond of work per open, with the GIL held, costs (under threads
+    it weighs several times that; docs/performance.md, "Under threads")."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+
+
 # Contenders that only some scenarios run, as a floor for the others.
 FLOOR_CONTENDERS = {
     "python_empty": (EmptyPythonSubclass, "Python subclass, empty"),
+    "python_init": (InitPythonSubclass, "Python subclass, __init__ only"),
 }
 
 # The timed operations are compiled under a file name outside this package,
