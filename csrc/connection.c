@@ -55,7 +55,7 @@ hkn_root_type(PyTypeObject *type)
  * extension in the process, the same for every subclass, every interpreter
  * and every import of this module, so it is kept here rather than found
  * through the type on each of the dozen or so lookups a tick makes (about
- * 100 instructions per connect+close).  Written by hkn_connection_exec(),
+ * 190 instructions per connect+close).  Written by hkn_connection_exec(),
  * before any instance exists, and always with the same value; still
  * readable while interpreter teardown clears the module. */
 static Py_ssize_t hkn_conn_offset;

@@ -44,9 +44,10 @@ class EmptyPythonSubclass(sqlite3.Connection):
 
 
 class InitPythonSubclass(sqlite3.Connection):
-    """A Python subclass whose __init__ only calls the base's: what about a
-    microsecond of work per open, with the GIL held, costs (under threads
-    it weighs several times that; docs/performance.md, "Under threads")."""
+    """A Python subclass whose __init__ only calls the base's: about a
+    microsecond more per open, all of it with the GIL held, which under
+    threads weighs several times that (docs/performance.md, "Under
+    threads")."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
