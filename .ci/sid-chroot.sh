@@ -7,7 +7,8 @@
 # closes changes what the hazard tests see), built with its newest gcc.  This
 # makes a minimal sid system in DIR/sid with debootstrap, and runs README's
 # test command (given as $TEST_COMMAND) inside it from a copy of CHECKOUT,
-# once per CPython 3.14+ that sid has, with HKN_WERROR passed through.
+# once per CPython 3.14+ that sid has and once under the debug build of the
+# first of them, with HKN_WERROR passed through.
 #
 # sid moves: when it cannot be installed today (a broken mirror, a package
 # in transition), the stage says so and exits 0 without testing; a CPython
@@ -106,4 +107,26 @@ print("CPython", sys.version.split()[0], "with SQLite", sqlite3.sqlite_version)'
     tested=$((tested + 1))
 done
 [ "$tested" -gt 0 ] || skip "no CPython 3.14+ installable from sid today"
-echo "sid stage: $tested CPython version(s) tested in $((SECONDS - start)) s"
+
+# The first of those versions once more as CPython's debug build (Py_DEBUG:
+# the interpreter's own assertions, reference-count checks and debug
+# allocator), which stops on C-API misuse that a release build lets pass.
+# From its own copy: the release build's objects stay in the other one.
+minor=${wanted_pythons[0]}
+if in_sid apt-get install -y -qq --no-install-recommends \
+        "python$minor-dbg" "python$minor-venv" > "$2/apt-$minor-dbg.log" 2>&1; then
+    src=/work/src-${minor}d
+    rm -rf "$rootfs$src"
+    mkdir -p "$rootfs$src"
+    (cd "$checkout" && git ls-files -z | xargs -0 cp --parents -t "$rootfs$src")
+    echo "--- $(in_sid "python${minor}d" -c 'import sys
+print("CPython", sys.version.split()[0], "debug build (abiflags " + sys.abiflags + ")")')"
+    in_sid "python${minor}d" -m venv "/opt/venv-${minor}d"
+    in_sid /bin/sh -c ". /opt/venv-${minor}d/bin/activate && cd $src &&
+                       python -m pip install -q --upgrade pip && $TEST_COMMAND"
+    tested=$((tested + 1))
+else
+    echo "--- CPython $minor debug build: not installable from sid today, left out"
+    tail -n 3 "$2/apt-$minor-dbg.log"
+fi
+echo "sid stage: $tested interpreter(s) tested in $((SECONDS - start)) s"
