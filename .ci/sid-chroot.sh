@@ -74,6 +74,20 @@ in_sid() {
     chroot "$rootfs" /usr/bin/env -i "${env_in[@]}" "$@"
 }
 
+# README's test command run by PYTHON in a venv of its own (/opt/venv-TAG),
+# from a copy of the checkout of its own (/work/src-TAG): no object built
+# for one interpreter is ever linked for another.
+test_command_in_sid() {     # test_command_in_sid PYTHON TAG
+    local python=$1 tag=$2
+    local src=/work/src-$tag
+    rm -rf "$rootfs$src"
+    mkdir -p "$rootfs$src"
+    (cd "$checkout" && git ls-files -z | xargs -0 cp --parents -t "$rootfs$src")
+    in_sid "$python" -m venv "/opt/venv-$tag"
+    in_sid /bin/sh -c ". /opt/venv-$tag/bin/activate && cd $src &&
+                       python -m pip install -q --upgrade pip && $TEST_COMMAND"
+}
+
 tested=0
 for minor in "${wanted_pythons[@]}"; do
     python=python$minor
@@ -83,22 +97,15 @@ for minor in "${wanted_pythons[@]}"; do
         tail -n 3 "$2/apt-$minor.log"
         continue
     fi
-    src=/work/src-$minor
-    rm -rf "$rootfs$src"
-    mkdir -p "$rootfs$src"
-    (cd "$checkout" && git ls-files -z | xargs -0 cp --parents -t "$rootfs$src")
     echo "--- $(in_sid "$python" -c 'import sys, sqlite3
 print("CPython", sys.version.split()[0], "with SQLite", sqlite3.sqlite_version)'),"\
          "$(in_sid gcc --version | head -n 1), Debian sid"
-    in_sid "$python" -m venv "/opt/venv-$minor"
-    # README's test command, from the copy, in the venv: sid's python links
-    # libsqlite3 dynamically, so the package takes the symbols route.  Then,
-    # as the SQLite-versions stage does for older libraries, the
-    # extension-API route on the same library: the guard check and the
-    # tests of what the route reaches.
-    in_sid /bin/sh -c ". /opt/venv-$minor/bin/activate && cd $src &&
-                       python -m pip install -q --upgrade pip && $TEST_COMMAND"
-    in_sid /bin/sh -c ". /opt/venv-$minor/bin/activate && cd $src &&
+    # sid's python links libsqlite3 dynamically, so the package takes the
+    # symbols route.  Then, as the SQLite-versions stage does for older
+    # libraries, the extension-API route on the same library: the guard
+    # check and the tests of what the route reaches.
+    test_command_in_sid "$python" "$minor"
+    in_sid /bin/sh -c ". /opt/venv-$minor/bin/activate && cd /work/src-$minor &&
         python .ci/guard_check.py symbols &&
         HERMES_KANBAN_NATIVE_MODE=extension-api python .ci/guard_check.py extension-api &&
         HERMES_KANBAN_NATIVE_MODE=extension-api pytest -q -p no:cacheprovider \
@@ -111,19 +118,12 @@ done
 # The first of those versions once more as CPython's debug build (Py_DEBUG:
 # the interpreter's own assertions, reference-count checks and debug
 # allocator), which stops on C-API misuse that a release build lets pass.
-# From its own copy: the release build's objects stay in the other one.
 minor=${wanted_pythons[0]}
 if in_sid apt-get install -y -qq --no-install-recommends \
         "python$minor-dbg" "python$minor-venv" > "$2/apt-$minor-dbg.log" 2>&1; then
-    src=/work/src-${minor}d
-    rm -rf "$rootfs$src"
-    mkdir -p "$rootfs$src"
-    (cd "$checkout" && git ls-files -z | xargs -0 cp --parents -t "$rootfs$src")
     echo "--- $(in_sid "python${minor}d" -c 'import sys
 print("CPython", sys.version.split()[0], "debug build (abiflags " + sys.abiflags + ")")')"
-    in_sid "python${minor}d" -m venv "/opt/venv-${minor}d"
-    in_sid /bin/sh -c ". /opt/venv-${minor}d/bin/activate && cd $src &&
-                       python -m pip install -q --upgrade pip && $TEST_COMMAND"
+    test_command_in_sid "python${minor}d" "${minor}d"
     tested=$((tested + 1))
 else
     echo "--- CPython $minor debug build: not installable from sid today, left out"
