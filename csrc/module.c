@@ -370,23 +370,78 @@ hkn_track(PyObject *module, PyObject *enable)
  * passes events on only to the handler stray.py sets while someone listens,
  * only in the main interpreter (the module supports no other). */
 static PyObject *hkn_audit_handler;     /* strong reference, or NULL */
+static PyTypeObject *hkn_audit_walsafe; /* strong reference while a handler is set */
+static PyObject *hkn_audit_seen;        /* the handler's dict of settled databases, or NULL */
+static PyObject *hkn_audit_note;        /* where a settled database is noted */
 static int hkn_audit_installed;
 
-/* Names are compared by length first: most events differ there. */
+/* Which of the events the handler wants; names are compared by length
+ * first: most events differ there. */
+enum { HKN_AUDIT_OTHER, HKN_AUDIT_OPEN, HKN_AUDIT_CONNECT, HKN_AUDIT_HANDLE };
+
 static int
-hkn_audit_wanted(const char *event)
+hkn_audit_kind(const char *event)
 {
     size_t len = strlen(event);
-    return (len == 4 && strcmp(event, "open") == 0)
-           || (len == 15 && strcmp(event, "sqlite3.connect") == 0)
-           || (len == 22 && strcmp(event, "sqlite3.connect/handle") == 0);
+    if (len == 4 && strcmp(event, "open") == 0) {
+        return HKN_AUDIT_OPEN;
+    }
+    if (len == 15 && strcmp(event, "sqlite3.connect") == 0) {
+        return HKN_AUDIT_CONNECT;
+    }
+    if (len == 22 && strcmp(event, "sqlite3.connect/handle") == 0) {
+        return HKN_AUDIT_HANDLE;
+    }
+    return HKN_AUDIT_OTHER;
+}
+
+/* Whether a 'sqlite3.connect' event names a database the handler has
+ * settled (a str key of its `seen` dict): then the handler would only note
+ * the database for the handle event that follows in this thread, which is
+ * done here, as note.pending = seen[database], without running Python code.
+ * A Python call per open costs microseconds between SQLite's calls, where
+ * the interpreter's caches are cold; this costs a dictionary lookup.  Any
+ * failure leaves the event to the handler. */
+static int
+hkn_audit_settled(PyObject *args)
+{
+    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) == 0
+        || !PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 0))) {
+        return 0;   /* only an exact str: a lookup runs no code of the user's */
+    }
+    PyObject *seen = Py_NewRef(hkn_audit_seen);
+    PyObject *note = Py_NewRef(hkn_audit_note);
+    PyObject *path = PyDict_GetItemWithError(seen, PyTuple_GET_ITEM(args, 0));
+    Py_XINCREF(path);
+    int settled = path != NULL && PyObject_SetAttrString(note, "pending", path) == 0;
+    Py_XDECREF(path);
+    Py_DECREF(note);
+    Py_DECREF(seen);
+    if (!settled) {
+        PyErr_Clear();
+    }
+    return settled;
 }
 
 static int
 hkn_audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
 {
-    if (hkn_audit_handler == NULL || !hkn_audit_wanted(event)
-        || PyInterpreterState_Get() != PyInterpreterState_Main()) {
+    if (hkn_audit_handler == NULL) {
+        return 0;
+    }
+    int kind = hkn_audit_kind(event);
+    if (kind == HKN_AUDIT_OTHER || PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        return 0;
+    }
+    /* A WalSafeConnection's handle event says nothing its registry entry
+     * does not (path, opener), and stray.py wants those of plain
+     * connections only: not calling Python for ours halves the calls per
+     * open while the pytest plugin listens. */
+    if (kind == HKN_AUDIT_HANDLE && hkn_audit_walsafe != NULL && PyTuple_Check(args) && PyTuple_GET_SIZE(args) > 0
+        && PyObject_TypeCheck(PyTuple_GET_ITEM(args, 0), hkn_audit_walsafe)) {
+        return 0;
+    }
+    if (kind == HKN_AUDIT_CONNECT && hkn_audit_seen != NULL && hkn_audit_settled(args)) {
         return 0;
     }
     /* Held across the call: the handler may replace itself. */
@@ -401,18 +456,35 @@ hkn_audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
 }
 
 PyDoc_STRVAR(hkn_audit_doc,
-"_set_audit_handler($module, handler, /)\n--\n\n"
+"_set_audit_handler($module, handler, /, seen=None, note=None)\n--\n\n"
 "Add the audit hook (once per process) and make handler(event, args)\n"
 "receive the 'open', 'sqlite3.connect' and 'sqlite3.connect/handle' events\n"
-"of the main interpreter; None stops passing them on (the hook stays: audit\n"
-"hooks cannot be removed).");
+"of the main interpreter, the last only for connections that are not\n"
+"WalSafeConnections; None stops passing them on (the hook stays: audit\n"
+"hooks cannot be removed).  With *seen* (a dict) and *note* (an object\n"
+"that takes attributes), a 'sqlite3.connect' event whose database is a str\n"
+"key of *seen* does not reach the handler: note.pending = seen[database]\n"
+"instead.");
 
 static PyObject *
-hkn_set_audit_handler(PyObject *module, PyObject *handler)
+hkn_set_audit_handler(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    (void)module;
+    static char *keywords[] = {"", "seen", "note", NULL};
+    PyObject *handler, *seen = Py_None, *note = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO:_set_audit_handler", keywords,
+                                     &handler, &seen, &note)) {
+        return NULL;
+    }
     if (handler != Py_None && !PyCallable_Check(handler)) {
         PyErr_Format(PyExc_TypeError, "handler must be callable or None, not %R", handler);
+        return NULL;
+    }
+    if (seen != Py_None && !PyDict_CheckExact(seen)) {
+        PyErr_Format(PyExc_TypeError, "seen must be a dict or None, not %R", seen);
+        return NULL;
+    }
+    if ((seen == Py_None) != (note == Py_None)) {
+        PyErr_SetString(PyExc_TypeError, "seen and note go together: give both or neither");
         return NULL;
     }
     if (handler != Py_None && !hkn_audit_installed) {
@@ -425,7 +497,26 @@ hkn_set_audit_handler(PyObject *module, PyObject *handler)
         }
         hkn_audit_installed = 1;
     }
-    Py_XSETREF(hkn_audit_handler, handler == Py_None ? NULL : Py_NewRef(handler));
+    /* What the hook uses beside the handler is set before it and cleared
+     * after it, so the hook never sees a handler without its type (releasing
+     * an old handler may run code that raises events).  The dict and the
+     * note are replaced together: the hook takes both or neither. */
+    if (handler == Py_None) {
+        Py_CLEAR(hkn_audit_handler);
+        Py_CLEAR(hkn_audit_seen);
+        Py_CLEAR(hkn_audit_note);
+        Py_CLEAR(hkn_audit_walsafe);
+    }
+    else {
+        PyTypeObject *walsafe = hkn_module_state(module)->walsafe_type;
+        Py_XSETREF(hkn_audit_walsafe, (PyTypeObject *)Py_NewRef(walsafe));
+        PyObject *old_seen = hkn_audit_seen, *old_note = hkn_audit_note;
+        hkn_audit_seen = seen == Py_None ? NULL : Py_NewRef(seen);
+        hkn_audit_note = note == Py_None ? NULL : Py_NewRef(note);
+        Py_XDECREF(old_seen);
+        Py_XDECREF(old_note);
+        Py_XSETREF(hkn_audit_handler, Py_NewRef(handler));
+    }
     Py_RETURN_NONE;
 }
 
@@ -513,7 +604,8 @@ static PyMethodDef hkn_module_methods[] = {
     {"_opened", hkn_opened, METH_NOARGS, hkn_opened_doc},
     {"_close_all_at_exit", hkn_close_all_at_exit, METH_NOARGS, hkn_close_all_doc},
     {"_track", hkn_track, METH_O, hkn_track_doc},
-    {"_set_audit_handler", hkn_set_audit_handler, METH_O, hkn_audit_doc},
+    {"_set_audit_handler", (PyCFunction)(void (*)(void))hkn_set_audit_handler,
+     METH_VARARGS | METH_KEYWORDS, hkn_audit_doc},
     {"_opener_here", hkn_opener_here, METH_NOARGS,
      PyDoc_STR("_opener_here($module, /)\n--\n\n"
                "(opened_at, opened_via) for the calling code, as a WalSafeConnection\n"

@@ -105,12 +105,22 @@ class StrayOpen(NamedTuple):
 
 
 class _Listening:
-    """The hook's shared state; every field is replaced, never mutated in
-    place, so the hook reads a consistent value without a lock."""
+    """The hook's shared state; every field but ``seen`` is replaced, never
+    mutated in place, so the hook reads a consistent value without a lock."""
 
     warn = False
     listeners: tuple = ()
     names: frozenset = frozenset()          # base names of known databases
+    # The databases (as given to sqlite3.connect, absolute) whose connect
+    # event every listener has had: the C hook notes their later connects
+    # itself instead of calling _handle.  A new dict whenever the listeners
+    # change; only added to (under the GIL) in between.
+    seen: dict = {}
+
+
+# Enough for every database of a test suite or a service; a process that
+# connects to more distinct files calls _handle for the rest.
+_SEEN_MAX = 1024
 
 
 _state = _Listening()
@@ -156,7 +166,11 @@ def _refresh() -> None:
     """The hook is C (_native): it drops every event but the three _handle
     takes before any Python code runs, adds itself once, and passes events
     on only while someone wants them."""
-    _native._set_audit_handler(_handle if (_state.warn or _state.listeners) else None)
+    _state.seen = {}
+    if _state.warn or _state.listeners:
+        _native._set_audit_handler(_handle, seen=_state.seen, note=_local)
+    else:
+        _native._set_audit_handler(None)
 
 
 def _learn_many(paths) -> None:
@@ -169,10 +183,16 @@ def _handle(event, args):
     if event == "open":
         if _state.names:
             _guarded_call(_on_open, args[0])
-    elif event == "sqlite3.connect":
-        _guarded_call(_on_connect, args[0])
-    elif _state.listeners:                      # sqlite3.connect/handle
-        _guarded_call(_on_handle, args[0])
+        return
+    # The sqlite3 events: nothing here opens a file or a connection, so no
+    # recursion guard, but our failures must not fail the user's connect.
+    try:
+        if event == "sqlite3.connect":
+            _on_connect(args[0])
+        elif _state.listeners:                  # sqlite3.connect/handle, plain only
+            _on_handle(args[0])
+    except Exception:
+        pass
 
 
 def _guarded_call(function, argument):
@@ -223,6 +243,11 @@ def _on_connect(database):
             _state.names = _state.names | {name}
     for listener in _state.listeners:
         listener.before_connect(path)
+    # Settled: the next connects to it need only the note above, which the
+    # hook makes itself.  Only for an absolute name, which no chdir changes.
+    seen = _state.seen
+    if type(database) is str and path == database and len(seen) < _SEEN_MAX:
+        seen[database] = path
 
 
 def _on_handle(connection):

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import warnings
 
 # exec_instance is shared with conftest.py's fixture hkn; test_faults.py
@@ -369,6 +370,14 @@ class Workload:
             try:
                 sys.audit("open", "/nonexistent", "r", 0)
                 sys.audit("os.listdir", ".")        # filtered out in C
+            finally:
+                mod._set_audit_handler(None)
+            # A database the handler settled: noted in C, without the handler
+            # (which a failed lookup or note falls back to).
+            note = types.SimpleNamespace()
+            mod._set_audit_handler(lambda event, args: None, seen={self.db: self.db}, note=note)
+            try:
+                sys.audit("sqlite3.connect", self.db)
             finally:
                 mod._set_audit_handler(None)
             self.step_garbage()                     # logged while tracked

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import sqlite3
+import types
 import warnings
 
 import pytest
@@ -119,6 +121,38 @@ def test_switching_it_off_and_bad_arguments(tmp_path):
     with pytest.raises(TypeError, match="'yes'"):
         hkn.warn_on_stray_open("yes")
     conn.close()
+
+
+def test_the_hook_passes_on_only_what_the_handler_needs(tmp_path):
+    # While the pytest plugin listens, the C hook answers a connect to a
+    # database the handler has settled by itself, and keeps back the handle
+    # events of WalSafeConnections: what reaches Python is what it needs.
+    from hermes_kanban_native import _native, stray
+    settled, other = str(tmp_path / "settled.db"), str(tmp_path / "other.db")
+    events, note = [], types.SimpleNamespace()
+    _native._set_audit_handler(lambda event, args: events.append(event),
+                               seen={settled: "noted"}, note=note)
+    try:
+        sqlite3.connect(settled).close()            # handle event only: a plain connection
+        sqlite3.connect(settled, factory=hkn.WalSafeConnection).close()     # nothing
+        sqlite3.connect(other, factory=hkn.WalSafeConnection).close()       # connect only
+        sqlite3.connect(os.fsencode(settled)).close()    # bytes are never looked up: both
+    finally:
+        stray._refresh()
+    assert note.pending == "noted"
+    assert events == ["sqlite3.connect/handle", "sqlite3.connect",
+                      "sqlite3.connect", "sqlite3.connect/handle"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seen": [], "note": types.SimpleNamespace()}, "seen must be a dict or None, not []"),
+    ({"seen": {}}, "seen and note go together"),
+    ({"note": types.SimpleNamespace()}, "seen and note go together"),
+])
+def test_the_hook_refuses_a_half_or_wrong_settlement(kwargs, message):
+    from hermes_kanban_native import _native
+    with pytest.raises(TypeError, match=re.escape(message)):
+        _native._set_audit_handler(lambda event, args: None, **kwargs)
 
 
 @pytest.mark.isolated
