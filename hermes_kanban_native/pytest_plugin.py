@@ -230,10 +230,10 @@ class SqliteFdTracker:
         garbage collector."""
         if self._native._live_connections(self._serial):
             return True
-        if self._plain:
-            held = _Held.scan()
-            return held is not None and any(
-                self._baseline.get(db) == (0, 0) and held.holds(db) for db in self._plain)
+        fresh = [db for db in self._plain if self._baseline.get(db) == (0, 0)]
+        if fresh:
+            held = _Held.scan(fresh)
+            return held is not None and any(held.holds(db) for db in fresh)
         return False
 
     def _settle(self):
@@ -269,9 +269,12 @@ class SqliteFdTracker:
         databases = self._databases()
         if not databases:
             return []
-        held = _Held.scan()
+        held = _Held.scan(databases)
         if held is None:
             return []
+        databases = [path for path in databases if held.holds(path)]
+        if not databases:
+            return []                       # no descriptor, so no mapping: nothing to see
         peak = hkn.stats()["peak_live"]
         mine = {}
         for row in still_open:
@@ -279,8 +282,6 @@ class SqliteFdTracker:
                 mine[self._realpath(row[0])] = mine.get(self._realpath(row[0]), 0) + 1
         reports = []
         for path in databases:
-            if not held.holds(path):
-                continue                    # no descriptor, so no mapping: nothing to see
             try:
                 info = hkn.sqlite_fds(path)
             except FileNotFoundError:
@@ -333,64 +334,61 @@ def _describe(where, via):
 
 
 class _Held:
-    """The files this process holds descriptors on, by identity, read once
-    without reading each link (that is most of a scan's cost); only the
-    few descriptors of unlinked files (pytest's capture files are some) are
-    looked up by name."""
+    """Which of some databases this process holds descriptors on (the file
+    or a sidecar), from one scan of its descriptors that makes a row only
+    for those files and for unlinked ones (pytest's capture files are some),
+    reading only the unlinked ones' names."""
 
-    def __init__(self, pid, identities, unlinked):
-        self._pid = pid
-        self.identities = identities
-        self._unlinked = unlinked       # descriptor numbers of files without a name
-        self._names = None
+    def __init__(self, held, unlinked):
+        self._held = held               # the databases a descriptor is on
+        self._unlinked = unlinked       # the names of unlinked files held
 
     @classmethod
-    def scan(cls):
+    def scan(cls, databases):
         """None where descriptors cannot be listed (no /proc)."""
         from hermes_kanban_native import _native
-        pid = os.getpid()
+        identities = {}
+        for database in databases:
+            for suffix in _SIDECARS:
+                identity = _identity(database + suffix)
+                if identity is not None:
+                    identities[identity] = database
         try:
-            rows = _native._scan_fds(pid, links=False)
+            rows = _native._scan_fds(os.getpid(), only=list(identities))
         except NotImplementedError:
             return None
-        return cls(pid, {(row[2], row[3]) for row in rows if row[2] is not None},
-                   [row[0] for row in rows if row[4] == 0])
-
-    def _unlinked_names(self):
-        if self._names is None:
-            self._names = []
-            for fd in self._unlinked:
-                try:
-                    self._names.append(os.readlink(f"/proc/{self._pid}/fd/{fd}"))
-                except OSError:
-                    pass                    # closed since the scan
-        return self._names
+        held = {identities[row[2], row[3]] for row in rows
+                if row[2] is not None and (row[2], row[3]) in identities}
+        return cls(held, [row[1] for row in rows if row[4] == 0 and row[1]])
 
     def holds(self, database):
         """Whether the database or a sidecar may be held: one of the files
         at those paths is, or an unlinked file that had one of those names
         is (a sidecar unlinked under a live connection)."""
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            try:
-                st = os.stat(database + suffix)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) in self.identities:
-                return True
-        return any(name.startswith(database) for name in self._unlinked_names())
+        return database in self._held or any(
+            name.startswith(database) for name in self._unlinked)
+
+
+_SIDECARS = ("", "-wal", "-shm", "-journal")
+
+
+def _identity(path):
+    """(st_dev, st_ino) of the file at path, None if there is none.  Most
+    sidecars asked about do not exist: os.access answers that without the
+    exception a failed os.stat costs."""
+    if not os.access(path, os.F_OK):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None                     # gone since
+    return (st.st_dev, st.st_ino)
 
 
 def _descriptors_on(database):
     """(database descriptors, WAL descriptors) this process holds now."""
     from hermes_kanban_native import _native
-    identities = []
-    for suffix in ("", "-wal"):
-        try:
-            st = os.stat(database + suffix)
-        except OSError:
-            identities.append(None)
-        else:
-            identities.append((st.st_dev, st.st_ino))
+    identities = [_identity(database), _identity(database + "-wal")]
     if identities == [None, None]:
         return (0, 0)
     counts = [0, 0]
