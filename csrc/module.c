@@ -396,7 +396,7 @@ hkn_audit_kind(const char *event)
 }
 
 /* Whether a 'sqlite3.connect' event names a database the handler has
- * settled (a str key of its `seen` dict): then the handler would only note
+ * settled (a key of its `seen` dict): then the handler would only note
  * the database for the handle event that follows in this thread, which is
  * done here, as note.pending = seen[database], without running Python code.
  * A Python call per open costs microseconds between SQLite's calls, where
@@ -405,13 +405,18 @@ hkn_audit_kind(const char *event)
 static int
 hkn_audit_settled(PyObject *args)
 {
-    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) == 0
-        || !PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 0))) {
-        return 0;   /* only an exact str: a lookup runs no code of the user's */
+    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) == 0) {
+        return 0;
+    }
+    /* The database as given (3.11+) or encoded (3.10: bytes); only an exact
+     * str or bytes, whose lookup runs no code of the user's. */
+    PyObject *database = PyTuple_GET_ITEM(args, 0);
+    if (!PyUnicode_CheckExact(database) && !PyBytes_CheckExact(database)) {
+        return 0;
     }
     PyObject *seen = Py_NewRef(hkn_audit_seen);
     PyObject *note = Py_NewRef(hkn_audit_note);
-    PyObject *path = PyDict_GetItemWithError(seen, PyTuple_GET_ITEM(args, 0));
+    PyObject *path = PyDict_GetItemWithError(seen, database);
     Py_XINCREF(path);
     int settled = path != NULL && PyObject_SetAttrString(note, "pending", path) == 0;
     Py_XDECREF(path);
@@ -462,9 +467,9 @@ PyDoc_STRVAR(hkn_audit_doc,
 "of the main interpreter, the last only for connections that are not\n"
 "WalSafeConnections; None stops passing them on (the hook stays: audit\n"
 "hooks cannot be removed).  With *seen* (a dict) and *note* (an object\n"
-"that takes attributes), a 'sqlite3.connect' event whose database is a str\n"
-"key of *seen* does not reach the handler: note.pending = seen[database]\n"
-"instead.");
+"that takes attributes), a 'sqlite3.connect' event whose database (a str,\n"
+"or bytes on 3.10) is a key of *seen* does not reach the handler:\n"
+"note.pending = seen[database] instead.");
 
 static PyObject *
 hkn_set_audit_handler(PyObject *module, PyObject *args, PyObject *kwargs)

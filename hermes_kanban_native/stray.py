@@ -111,7 +111,7 @@ class _Listening:
     warn = False
     listeners: tuple = ()
     names: frozenset = frozenset()          # base names of known databases
-    # The databases (as given to sqlite3.connect, absolute) whose connect
+    # The databases (as their connect events name them, absolute) whose connect
     # event every listener has had: the C hook notes their later connects
     # itself instead of calling _handle.  A new dict whenever the listeners
     # change; only added to (under the GIL) in between.
@@ -244,9 +244,11 @@ def _on_connect(database):
     for listener in _state.listeners:
         listener.before_connect(path)
     # Settled: the next connects to it need only the note above, which the
-    # hook makes itself.  Only for an absolute name, which no chdir changes.
+    # hook makes itself.  Only for an absolute name, which no chdir changes,
+    # given as a str (or as bytes: CPython 3.10's event encodes the name).
     seen = _state.seen
-    if type(database) is str and path == database and len(seen) < _SEEN_MAX:
+    if (type(database) in (str, bytes) and os.fsdecode(database) == path
+            and len(seen) < _SEEN_MAX):
         seen[database] = path
 
 
