@@ -442,7 +442,8 @@ hkn_audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
      * does not (path, opener), and stray.py wants those of plain
      * connections only: not calling Python for ours halves the calls per
      * open while the pytest plugin listens. */
-    if (kind == HKN_AUDIT_HANDLE && hkn_audit_walsafe != NULL && PyTuple_Check(args) && PyTuple_GET_SIZE(args) > 0
+    if (kind == HKN_AUDIT_HANDLE && hkn_audit_walsafe != NULL && PyTuple_Check(args)
+        && PyTuple_GET_SIZE(args) > 0
         && PyObject_TypeCheck(PyTuple_GET_ITEM(args, 0), hkn_audit_walsafe)) {
         return 0;
     }
