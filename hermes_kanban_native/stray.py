@@ -19,9 +19,12 @@ code other than SQLite: a stray open.
 
 This module keeps one audit hook, a C function of the extension that drops
 every other event with a length check (about 70 ns per event; a hook added
-with ``sys.addaudithook`` would cost each event a call).  Audit hooks cannot
-be removed, so it is added once, on first use, and passes nothing on while
-nobody listens:
+with ``sys.addaudithook`` would cost each event a call).  It also keeps back
+what Python would only repeat: the handle events of WalSafeConnections
+(their registry knows them), and the connect events of databases this
+module has already settled, which it notes itself (``_Listening.seen``).
+Audit hooks cannot be removed, so it is added once, on first use, and passes
+nothing on while nobody listens:
 
 * ``warn_on_stray_open()`` makes each stray open issue a
   :class:`StrayOpenWarning` attributed to the ``file:line`` of the code that
