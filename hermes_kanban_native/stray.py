@@ -199,10 +199,11 @@ def _handle(event, args):
 
 
 def _guarded_call(function, argument):
-    # An exception out of an audit hook aborts the operation it audits (the
-    # user's open() or connect()), so our own failures are swallowed; only
-    # a StrayOpenWarning made an error by the user's filters gets through.
-    # The flag stops recursion: scanning /proc may itself open files.
+    # For the open events.  An exception out of an audit hook aborts the
+    # operation it audits (the user's open()), so our own failures are
+    # swallowed; only a StrayOpenWarning made an error by the user's filters
+    # gets through.  The flag stops recursion: scanning /proc may itself
+    # open files.
     if getattr(_local, "busy", False):
         return
     _local.busy = True
