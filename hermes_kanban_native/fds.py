@@ -29,6 +29,7 @@ import os
 from typing import NamedTuple, Optional, Union
 
 from . import _native
+from .stray import _KINDS
 
 __all__ = [
     "FdInfo",
@@ -45,8 +46,6 @@ __all__ = [
 PathArg = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 _DELETED_SUFFIX = " (deleted)"
-# SQLite's sidecar suffixes, in the order reports list them.
-_KINDS = (("db", ""), ("wal", "-wal"), ("shm", "-shm"), ("journal", "-journal"))
 _MISSING = "missing"
 _UNKNOWN = "unknown"
 

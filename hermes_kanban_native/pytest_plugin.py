@@ -346,19 +346,13 @@ class _Held:
     @classmethod
     def scan(cls, databases):
         """None where descriptors cannot be listed (no /proc)."""
-        from hermes_kanban_native import _native
-        identities = {}
-        for database in databases:
-            for suffix in _SIDECARS:
-                identity = _identity(database + suffix)
-                if identity is not None:
-                    identities[identity] = database
-        try:
-            rows = _native._scan_fds(os.getpid(), only=list(identities))
-        except NotImplementedError:
+        from hermes_kanban_native.stray import _KINDS
+        owners = {database + suffix: database for database in databases for _, suffix in _KINDS}
+        found, rows = _descriptors(owners, unlinked=True)
+        if rows is None:
             return None
-        held = {identities[row[2], row[3]] for row in rows
-                if row[2] is not None and (row[2], row[3]) in identities}
+        owner = {identity: owners[path] for path, identity in found.items()}
+        held = {owner[row[2], row[3]] for row in rows if (row[2], row[3]) in owner}
         return cls(held, [row[1] for row in rows if row[4] == 0 and row[1]])
 
     def holds(self, database):
@@ -367,9 +361,6 @@ class _Held:
         is (a sidecar unlinked under a live connection)."""
         return database in self._held or any(
             name.startswith(database) for name in self._unlinked)
-
-
-_SIDECARS = ("", "-wal", "-shm", "-journal")
 
 
 def _identity(path):
@@ -385,23 +376,34 @@ def _identity(path):
     return (st.st_dev, st.st_ino)
 
 
+def _descriptors(paths, unlinked=False):
+    """One scan of this process's descriptors for the files at paths:
+    ({path: (st_dev, st_ino)} for those that exist, the _scan_fds rows on
+    them), the rows None where descriptors cannot be listed (no /proc).
+    With unlinked, the rows also hold every unlinked file, with its name
+    read; without, there is nothing to scan for when no path exists."""
+    from hermes_kanban_native import _native
+    found = {}
+    for path in paths:
+        identity = _identity(path)
+        if identity is not None:
+            found[path] = identity
+    if not found and not unlinked:
+        return found, []
+    try:
+        rows = _native._scan_fds(os.getpid(), links=unlinked, only=list(found.values()))
+    except NotImplementedError:
+        return found, None
+    return found, rows
+
+
 def _descriptors_on(database):
     """(database descriptors, WAL descriptors) this process holds now."""
-    from hermes_kanban_native import _native
-    identities = [_identity(database), _identity(database + "-wal")]
-    if identities == [None, None]:
-        return (0, 0)
-    counts = [0, 0]
-    try:
-        rows = _native._scan_fds(os.getpid(), links=False,
-                                 only=[identity for identity in identities if identity])
-    except NotImplementedError:
-        rows = []
-    for row in rows:
-        for i, identity in enumerate(identities):
-            if identity is not None and (row[2], row[3]) == identity:
-                counts[i] += 1
-    return tuple(counts)
+    paths = (database, database + "-wal")
+    found, rows = _descriptors(paths)
+    identities = [found.get(path) for path in paths]
+    return tuple(sum(1 for row in rows or () if (row[2], row[3]) == identity)
+                 for identity in identities)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -58,7 +58,8 @@ __all__ = ["StrayOpen", "StrayOpenWarning", "warn_on_stray_open"]
 
 ENV_SWITCH = "HERMES_KANBAN_NATIVE_WARN_STRAY_OPEN"
 
-_SUFFIXES = (("-wal", "wal"), ("-shm", "shm"), ("-journal", "journal"))
+# SQLite's files for a database, by kind, in the order reports list them.
+_KINDS = (("db", ""), ("wal", "-wal"), ("shm", "-shm"), ("journal", "-journal"))
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # The standard library's files, and frozen modules ("<frozen os>"): a stray
 # open through pathlib or shutil is attributed to the code that called them.
@@ -276,7 +277,7 @@ def _on_open(file):
     path = os.fsdecode(os.fspath(file))
     name = path.rpartition(os.sep)[2]
     kind = "db"
-    for suffix, sidecar in _SUFFIXES:
+    for sidecar, suffix in _KINDS[1:]:
         if name.endswith(suffix):
             name, kind = name[: -len(suffix)], sidecar
             break
