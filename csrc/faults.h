@@ -39,10 +39,10 @@
  * function name in parentheses, `(close)(fd)`, which no function-like macro
  * expands; each such site says why.  Calls that cannot fail are not in the
  * table: PyModule_GetState and PyType_GetModuleState on our own module and
- * type; frame and code accessors; PyUnicode_Compare/Tailmatch/GetLength on
- * str objects; PyBool_FromLong; the PyErr_* state functions; the base
- * type's traverse/clear/dealloc/finalize slots; sqlite3_libversion, errmsg,
- * errstr, extended_errcode, get_autocommit, next_stmt, stmt_busy,
+ * type; frame and code accessors; PyUnicode_Compare/Tailmatch/GetLength/
+ * FindChar/ReadChar on str objects (in range); PyBool_FromLong; the PyErr_*
+ * state functions; the base type's traverse/clear/dealloc/finalize slots;
+ * sqlite3_libversion, errmsg, errstr, extended_errcode, get_autocommit, next_stmt, stmt_busy,
  * column_int, limit, db_mutex, mutex_enter/leave, busy_handler and
  * busy_timeout (both fail only on misuse of a bad handle); sqlite3_close_v2
  * (on a valid handle it defers instead of failing); getpid, dirfd of an open

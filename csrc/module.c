@@ -373,6 +373,7 @@ static PyObject *hkn_audit_handler;     /* strong reference, or NULL */
 static PyTypeObject *hkn_audit_walsafe; /* strong reference while a handler is set */
 static PyObject *hkn_audit_seen;        /* the handler's dict of settled databases, or NULL */
 static PyObject *hkn_audit_note;        /* where a settled database is noted */
+static PyObject *hkn_audit_names;       /* the handler's set of database base names, or NULL */
 static int hkn_audit_installed;
 
 /* Which of the events the handler wants; names are compared by length
@@ -428,6 +429,63 @@ hkn_audit_settled(PyObject *args)
     return settled;
 }
 
+/* Whether an 'open' event may concern a database the handler knows: its
+ * file is not an exact str (bytes, a path-like object: the handler decides),
+ * or the file's base name, without a -wal, -shm or -journal suffix, is in
+ * the handler's set of names.  Every file a process opens raises the event
+ * (imports, logs, a test's own files), and the handler then looks up just
+ * that name: here that costs no Python call.  A descriptor (os.fdopen())
+ * names no file and is never wanted.  Any failure leaves the event to the
+ * handler. */
+static int
+hkn_audit_open_wanted(PyObject *args)
+{
+    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) == 0) {
+        return 1;
+    }
+    PyObject *file = PyTuple_GET_ITEM(args, 0);
+    if (PyLong_CheckExact(file)) {
+        return 0;
+    }
+    if (!PyUnicode_CheckExact(file)) {
+        return 1;
+    }
+    Py_ssize_t end = PyUnicode_GET_LENGTH(file);
+    /* '/' is os.sep on every platform the module builds on (POSIX). */
+    Py_ssize_t slash = PyUnicode_FindChar(file, '/', 0, end, -1);
+    if (slash == -2) {          /* only a legacy str not made ready (< 3.12) */
+        PyErr_Clear();
+        return 1;
+    }
+    Py_ssize_t start = slash + 1;
+    /* The sidecar suffixes of stray.py's _KINDS. */
+    static const char *const suffixes[] = {"-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
+        const char *suffix = suffixes[i];
+        Py_ssize_t n = (Py_ssize_t)strlen(suffix), j = 0;
+        if (end - start < n) {
+            continue;
+        }
+        while (j < n && PyUnicode_ReadChar(file, end - n + j) == (Py_UCS4)suffix[j]) {
+            j++;
+        }
+        if (j == n) {
+            end -= n;
+            break;
+        }
+    }
+    PyObject *names = Py_NewRef(hkn_audit_names);
+    PyObject *name = PyUnicode_Substring(file, start, end);
+    int wanted = name == NULL ? -1 : PySet_Contains(names, name);
+    Py_XDECREF(name);
+    Py_DECREF(names);
+    if (wanted < 0) {
+        PyErr_Clear();
+        return 1;
+    }
+    return wanted;
+}
+
 static int
 hkn_audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
 {
@@ -450,6 +508,9 @@ hkn_audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
     if (kind == HKN_AUDIT_CONNECT && hkn_audit_seen != NULL && hkn_audit_settled(args)) {
         return 0;
     }
+    if (kind == HKN_AUDIT_OPEN && hkn_audit_names != NULL && !hkn_audit_open_wanted(args)) {
+        return 0;
+    }
     /* Held across the call: the handler may replace itself. */
     PyObject *handler = Py_NewRef(hkn_audit_handler);
     PyObject *result = PyObject_CallFunction(handler, "sO", event, args);
@@ -462,7 +523,7 @@ hkn_audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
 }
 
 PyDoc_STRVAR(hkn_audit_doc,
-"_set_audit_handler($module, handler, /, seen=None, note=None)\n--\n\n"
+"_set_audit_handler($module, handler, /, seen=None, note=None, names=None)\n--\n\n"
 "Add the audit hook (once per process) and make handler(event, args)\n"
 "receive the 'open', 'sqlite3.connect' and 'sqlite3.connect/handle' events\n"
 "of the main interpreter, the last only for connections that are not\n"
@@ -470,15 +531,18 @@ PyDoc_STRVAR(hkn_audit_doc,
 "hooks cannot be removed).  With *seen* (a dict) and *note* (an object\n"
 "that takes attributes), a 'sqlite3.connect' event whose database (a str,\n"
 "or bytes on 3.10) is a key of *seen* does not reach the handler:\n"
-"note.pending = seen[database] instead.");
+"note.pending = seen[database] instead.  With *names* (a set, read at each\n"
+"event), an 'open' event of a descriptor, or of a str path whose base name\n"
+"without a -wal, -shm or -journal suffix is not in *names*, does not reach\n"
+"the handler.");
 
 static PyObject *
 hkn_set_audit_handler(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"", "seen", "note", NULL};
-    PyObject *handler, *seen = Py_None, *note = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO:_set_audit_handler", keywords,
-                                     &handler, &seen, &note)) {
+    static char *keywords[] = {"", "seen", "note", "names", NULL};
+    PyObject *handler, *seen = Py_None, *note = Py_None, *names = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OOO:_set_audit_handler", keywords,
+                                     &handler, &seen, &note, &names)) {
         return NULL;
     }
     if (handler != Py_None && !PyCallable_Check(handler)) {
@@ -487,6 +551,11 @@ hkn_set_audit_handler(PyObject *module, PyObject *args, PyObject *kwargs)
     }
     if (seen != Py_None && !PyDict_CheckExact(seen)) {
         PyErr_Format(PyExc_TypeError, "seen must be a dict or None, not %R", seen);
+        return NULL;
+    }
+    /* Exact types: their lookups run no code of the user's. */
+    if (names != Py_None && !PyAnySet_CheckExact(names)) {
+        PyErr_Format(PyExc_TypeError, "names must be a set or None, not %R", names);
         return NULL;
     }
     if ((seen == Py_None) != (note == Py_None)) {
@@ -506,11 +575,13 @@ hkn_set_audit_handler(PyObject *module, PyObject *args, PyObject *kwargs)
     /* What the hook uses beside the handler is set before it and cleared
      * after it, so the hook never sees a handler without its type (releasing
      * an old handler may run code that raises events).  The dict and the
-     * note are replaced together: the hook takes both or neither. */
+     * note are replaced together: the hook takes both or neither.  Each of
+     * them and the names is NULL or an object the hook can use alone. */
     if (handler == Py_None) {
         Py_CLEAR(hkn_audit_handler);
         Py_CLEAR(hkn_audit_seen);
         Py_CLEAR(hkn_audit_note);
+        Py_CLEAR(hkn_audit_names);
         Py_CLEAR(hkn_audit_walsafe);
     }
     else {
@@ -521,6 +592,7 @@ hkn_set_audit_handler(PyObject *module, PyObject *args, PyObject *kwargs)
         hkn_audit_note = note == Py_None ? NULL : Py_NewRef(note);
         Py_XDECREF(old_seen);
         Py_XDECREF(old_note);
+        Py_XSETREF(hkn_audit_names, names == Py_None ? NULL : Py_NewRef(names));
         Py_XSETREF(hkn_audit_handler, Py_NewRef(handler));
     }
     Py_RETURN_NONE;

@@ -41,8 +41,10 @@ listens (and, when warnings are switched on, from the WalSafeConnections
 open at that moment).  An ``open`` of a file whose name is a known
 database's, or that name plus ``-wal``, ``-shm`` or ``-journal``, counts
 when this process holds a descriptor on that database file: SQLite keeps one
-open for every connection.  The cost is one name lookup per ``open`` event,
-and a scan of this process's descriptors only for opens of such names.
+open for every connection.  The C hook looks the name of an ``open`` up in
+``_Listening.names`` itself, so only opens of such names (and of files only
+Python can name: bytes, path-like objects) reach Python, which then scans
+this process's descriptors.
 """
 from __future__ import annotations
 
@@ -109,17 +111,24 @@ class StrayOpen(NamedTuple):
 
 
 class _Listening:
-    """The hook's shared state; every field but ``seen`` is replaced, never
-    mutated in place, so the hook reads a consistent value without a lock."""
+    """The hook's shared state; every field but ``seen`` and ``names`` is
+    replaced, never mutated in place, so the hook reads a consistent value
+    without a lock.  Those two are only added to, under the GIL, because the
+    C hook holds them."""
 
     warn = False
     listeners: tuple = ()
-    names: frozenset = frozenset()          # base names of known databases
     # The databases (as their connect events name them, absolute) whose connect
     # event every listener has had: the C hook notes their later connects
     # itself instead of calling _handle.  A new dict whenever the listeners
     # change; only added to (under the GIL) in between.
     seen: dict = {}
+
+    def __init__(self):
+        # Base names of the databases known: the C hook passes on only the
+        # open events of files with these names (or their -wal, -shm,
+        # -journal).  Never forgotten: a process knows a handful.
+        self.names = set()
 
 
 # Enough for every database of a test suite or a service; a process that
@@ -172,15 +181,13 @@ def _refresh() -> None:
     on only while someone wants them."""
     _state.seen = {}
     if _state.warn or _state.listeners:
-        _native._set_audit_handler(_handle, seen=_state.seen, note=_local)
+        _native._set_audit_handler(_handle, seen=_state.seen, note=_local, names=_state.names)
     else:
         _native._set_audit_handler(None)
 
 
 def _learn_many(paths) -> None:
-    names = {os.path.basename(path) for path in paths if path}
-    if not names <= _state.names:
-        _state.names = _state.names | names
+    _state.names.update(os.path.basename(path) for path in paths if path)
 
 
 def _handle(event, args):
@@ -243,9 +250,7 @@ def _on_connect(database):
     if path is None:
         return
     name = os.path.basename(path)
-    if name not in _state.names:
-        with _lock:
-            _state.names = _state.names | {name}
+    _state.names.add(name)
     for listener in _state.listeners:
         listener.before_connect(path)
     # Settled: the next connects to it need only the note above, which the

@@ -147,10 +147,38 @@ def test_the_hook_passes_on_only_what_the_handler_needs(tmp_path):
                       "sqlite3.connect", "sqlite3.connect/handle"]
 
 
+def test_the_hook_passes_on_only_opens_of_known_names(tmp_path):
+    # Every open() in the process raises an "open" event; with warnings on
+    # or the plugin listening, only those of a known database's files (or
+    # of what only Python can name: bytes, path-like objects) reach Python.
+    from hermes_kanban_native import _native, stray
+    names = {"known.db"}
+    opened = []
+    _native._set_audit_handler(
+        lambda event, args: opened.append(args[0]) if event == "open" else None, names=names)
+    known = tmp_path / "known.db"
+    try:
+        for path in [known, tmp_path / "known.db-wal", tmp_path / "known.db-journal",
+                     tmp_path / "other.db", tmp_path / "known.db-wal-shm"]:
+            open(str(path), "a").close()
+        open(known, "a").close()                                # a Path: made a str
+        sys.audit("open", known, "r", 0)                        # a path-like object
+        fd = os.open(os.fsencode(known), os.O_RDONLY)           # bytes
+        os.fdopen(fd).close()                                   # a descriptor
+        names.add("other.db")                                   # read at each event
+        open(str(tmp_path / "other.db-shm"), "a").close()
+    finally:
+        stray._refresh()
+    assert opened == [str(known), str(tmp_path / "known.db-wal"),
+                      str(tmp_path / "known.db-journal"), str(known), known,
+                      os.fsencode(known), str(tmp_path / "other.db-shm")]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"seen": [], "note": types.SimpleNamespace()}, "seen must be a dict or None, not []"),
     ({"seen": {}}, "seen and note go together"),
     ({"note": types.SimpleNamespace()}, "seen and note go together"),
+    ({"names": ["kanban.db"]}, "names must be a set or None, not ['kanban.db']"),
 ])
 def test_the_hook_refuses_a_half_or_wrong_settlement(kwargs, message):
     from hermes_kanban_native import _native
