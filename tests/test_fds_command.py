@@ -123,13 +123,21 @@ def test_nonexistent_pid_exits_2_with_a_clear_message(db):
     assert f"no process with pid {dead}" in done.stderr and "Traceback" not in done.stderr
 
 
+def _sigint_by_default():
+    # A background job starts with SIGINT ignored, and Python keeps an
+    # ignored SIGINT ignored: the watcher is interrupted as one started from
+    # a terminal even when the tests run in one.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_watch_repeats_until_interrupted_and_exits_with_the_last_status(db):
     with Holder() as holder:
         holder.connect(db)
         watcher = subprocess.Popen(
             [sys.executable, "-m", "hermes_kanban_native", "fds", db, "--json",
              "--pid", str(holder.pid), "--watch", "0.05"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=_sigint_by_default)
         try:
             snapshots = []
             while len(snapshots) < 2:
