@@ -75,18 +75,18 @@ hkn_opened(PyObject *module, PyObject *Py_UNUSED(ignored))
     return PyLong_FromUnsignedLongLong(hkn_module_state(module)->stats.opened);
 }
 
-PyDoc_STRVAR(hkn_reset_peak_doc,
-"_reset_peak_live($module, /)\n--\n\n"
-"Set peak_live to the current number of live connections and return the\n"
-"previous peak (used by the pytest plugin to measure one test).");
+PyDoc_STRVAR(hkn_start_test_doc,
+"_start_test($module, /)\n--\n\n"
+"Where the pytest plugin starts measuring one test: set peak_live to the\n"
+"current number of live connections and return stats()[\"opened\"].  One\n"
+"call, because it runs before every test.");
 
 static PyObject *
-hkn_reset_peak_live(PyObject *module, PyObject *Py_UNUSED(ignored))
+hkn_start_test(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     hkn_counters *s = &hkn_module_state(module)->stats;
-    Py_ssize_t previous = s->peak_live;
     s->peak_live = s->live;
-    return PyLong_FromSsize_t(previous);
+    return PyLong_FromUnsignedLongLong(s->opened);
 }
 
 PyDoc_STRVAR(hkn_sqlite_api_doc,
@@ -678,7 +678,7 @@ static PyMethodDef hkn_module_methods[] = {
     {"_bound_functions", hkn_bound_functions, METH_NOARGS, hkn_bound_functions_doc},
     {"_live_connections", (PyCFunction)(void (*)(void))hkn_live_connections, METH_FASTCALL,
      hkn_live_doc},
-    {"_reset_peak_live", hkn_reset_peak_live, METH_NOARGS, hkn_reset_peak_doc},
+    {"_start_test", hkn_start_test, METH_NOARGS, hkn_start_test_doc},
     {"_opened", hkn_opened, METH_NOARGS, hkn_opened_doc},
     {"_close_all_at_exit", hkn_close_all_at_exit, METH_NOARGS, hkn_close_all_doc},
     {"_track", hkn_track, METH_O, hkn_track_doc},

@@ -50,7 +50,7 @@ import pytest
 
 OPTION = "--sqlite-fd-check"
 MARKER = "no_sqlite_fd_check"
-_TRACKER = "_hermes_kanban_native_tracker"
+_OPTION_CHECK = "hermes_kanban_native_option_check"
 
 
 def pytest_addoption(parser):
@@ -66,6 +66,10 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", f"{MARKER}: skip the {OPTION} check for this test")
+    if config.getoption(OPTION):
+        # Its hooks exist only with the option: a run without it pays nothing
+        # per test.
+        config.pluginmanager.register(_OptionCheck(), _OPTION_CHECK)
 
 
 # Databases any plain sqlite3 connection opened while a tracker listened:
@@ -76,7 +80,7 @@ _PLAIN_EVER: set = set()
 class SqliteFdTracker:
     """What one test did to its databases; see the module docstring."""
 
-    def __init__(self, every_database=False):
+    def __init__(self, every_database=False, *, _since=None):
         # Imported here, not at the top: pytest loads this plugin in every
         # session where the package is installed, used or not.
         import hermes_kanban_native as hkn
@@ -86,11 +90,17 @@ class SqliteFdTracker:
         self._stray = stray
         self._every_database = every_database
         self._watched = {}
-        self._serial = _native._opened()
-        _native._reset_peak_live()
+        # _since: made by the option's _OptionCheck part-way through a test,
+        # which started it (the serial and the peak) and passes it events.
+        if _since is None:
+            self._serial = _native._start_test()
+        else:
+            self._serial = _since
+        # Recording the paths WalSafeConnections open: an outer recording
+        # (the option's, for the whole session) hands over what it has.
         self._outer = _native._track(True)
         self._paths = set(self._outer[0]) if self._outer else set()
-        self._log = []
+        self._log = list(self._outer[1]) if self._outer else []
         self._real = {}
         self._baseline = {}     # database -> (db fds, wal fds) before its first connect
         self._plain = {}        # database -> openers of plain connections
@@ -99,7 +109,9 @@ class SqliteFdTracker:
         self._plain_collected = []
         self._strays = []
         self._listening = True
-        stray._listen(self)
+        self._listener = _since is None
+        if self._listener:
+            stray._listen(self)
 
     # ------------------------------------------------- the audit hook's side
 
@@ -212,7 +224,8 @@ class SqliteFdTracker:
         if self._listening:
             self._drain()
             self._listening = False
-            self._stray._unlisten(self)
+            if self._listener:
+                self._stray._unlisten(self)
             self._native._track(self._outer is not None)
 
     def _databases(self):
@@ -406,22 +419,88 @@ def _descriptors_on(database):
                  for identity in identities)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    # A hook, not an autouse fixture: a fixture costs every test tens of
-    # microseconds even when it does nothing.  First, so that connections
-    # the test's fixtures open count as the test's.
-    if item.config.getoption(OPTION) and item.get_closest_marker(MARKER) is None:
-        setattr(item, _TRACKER, SqliteFdTracker(every_database=True))
+class _OptionCheck:
+    """--sqlite-fd-check: one listener for the whole session, and a tracker
+    for a test only once it does something to a database.
 
+    A test that touches no database then costs one call into the extension
+    at setup and one at teardown.  A tracker made part-way through a test
+    sees all of it: it starts with the test's first database event (every
+    connection raises one before it opens; a stray open raises one too), the
+    session's recording of the paths WalSafeConnections open hands it
+    everything since the test began, and the count of opened connections,
+    read at setup, catches one whose event did not reach us.
+    """
 
-@pytest.hookimpl(trylast=True)
-def pytest_runtest_teardown(item, nextitem):
-    # Last, after the test's fixtures were torn down (connections they close
-    # are closed); an exception here is the test's teardown error.
-    tracker = item.__dict__.pop(_TRACKER, None)
-    if tracker is not None:
+    def __init__(self):
+        import hermes_kanban_native as hkn
+        self._native = hkn._native
+        self._stray = hkn.stray
+        self._lock = threading.Lock()
+        self._item = None               # the test running, between our two hooks
+        self._tracker = None            # its tracker, once it has one
+        self._serial = 0
+        self._outer = self._native._track(True)
+        self._stray._listen(self)
+
+    def pytest_unconfigure(self, config):
+        self._stray._unlisten(self)
+        self._native._track(self._outer is not None)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item):
+        # A hook, not an autouse fixture: a fixture costs every test tens of
+        # microseconds even when it does nothing.  First, so that connections
+        # the test's fixtures open count as the test's.
+        self._serial = self._native._start_test()
+        if self._stray._state.seen:
+            self._stray._forget_settled()   # each test hears each database's first connect
+        self._tracker = None
+        self._item = item
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_teardown(self, item, nextitem):
+        # Last, after the test's fixtures were torn down (connections they
+        # close are closed); an exception here is the test's teardown error.
+        with self._lock:
+            tracker, self._tracker, self._item = self._tracker, None, None
+        if tracker is None and self._native._opened() == self._serial:
+            return                      # touched no database
+        if item.get_closest_marker(MARKER) is not None:
+            if tracker is not None:
+                tracker._stop()
+            return
+        if tracker is None:
+            # A WalSafeConnection opened, and its event did not reach us (a
+            # listener that failed): checked all the same.
+            tracker = SqliteFdTracker(every_database=True, _since=self._serial)
         tracker.check()
+
+    def tracker_for(self, item):
+        """The tracker of `item` if it is the test running (made now if it
+        has none yet), else None."""
+        with self._lock:
+            if self._tracker is None and item is self._item and item is not None:
+                self._tracker = SqliteFdTracker(every_database=True, _since=self._serial)
+            return self._tracker if item is self._item else None
+
+    # The listener stray.py calls, from whichever thread the event is in; an
+    # event between tests belongs to none.
+
+    def before_connect(self, path):
+        tracker = self.tracker_for(self._item)
+        if tracker is not None:
+            tracker.before_connect(path)
+
+    def connected(self, path, connection, opener):
+        tracker = self.tracker_for(self._item)
+        if tracker is not None:
+            tracker.connected(path, connection, opener)
+
+    def stray_open(self, stray):
+        tracker = self.tracker_for(self._item)
+        if tracker is not None:
+            tracker.stray_open(stray)
 
 
 @pytest.fixture
@@ -429,10 +508,12 @@ def sqlite_fd_tracker(request):
     """A SqliteFdTracker: ``watch(path)`` the databases the test uses; the
     test fails at teardown if it left any of them in a bad state.  Under
     ``--sqlite-fd-check`` it is the tracker the option already runs."""
-    tracker = getattr(request.node, _TRACKER, None)
-    if tracker is not None:
-        yield tracker
-        return
+    check = request.config.pluginmanager.get_plugin(_OPTION_CHECK)
+    if check is not None and request.node.get_closest_marker(MARKER) is None:
+        tracker = check.tracker_for(request.node)
+        if tracker is not None:
+            yield tracker
+            return
     tracker = SqliteFdTracker(every_database=False)
     yield tracker
     tracker.check()

@@ -186,6 +186,12 @@ def _refresh() -> None:
         _native._set_audit_handler(None)
 
 
+def _forget_settled() -> None:
+    """Make the next connect to each database reach the listeners again (the
+    pytest plugin, at each test's start); in place, as the C hook holds it."""
+    _state.seen.clear()
+
+
 def _learn_many(paths) -> None:
     _state.names.update(os.path.basename(path) for path in paths if path)
 

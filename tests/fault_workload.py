@@ -357,7 +357,7 @@ class Workload:
         mod.stats()
         mod.sqlite_api()
         mod._bound_functions()
-        mod._reset_peak_live()
+        mod._start_test()
         mod._opened()
         mod._track(True)
         try:

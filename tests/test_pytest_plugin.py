@@ -157,6 +157,59 @@ def test_command_line_option_checks_every_database(pytester):
     plain.assert_outcomes(passed=3)
 
 
+def test_option_follows_each_test_from_its_first_database_event(pytester):
+    # The option makes a test's tracker only when the test does something to
+    # a database: whatever that first thing is, and in whatever thread, the
+    # test is checked as a whole.
+    pytester.makepyfile(test_suite=textwrap.dedent(
+        """
+        import sqlite3
+        import threading
+        import pytest
+        import hermes_kanban_native as hkn
+
+        KEPT = []
+
+        def test_quiet(tmp_path):
+            (tmp_path / "notes.txt").write_text("no database here")
+
+        def test_class_called_directly(tmp_path):
+            KEPT.append(hkn.WalSafeConnection(str(tmp_path / "d.db")))
+
+        def test_in_a_thread(tmp_path):
+            def work():
+                KEPT.append(sqlite3.connect(str(tmp_path / "e.db"),
+                                            factory=hkn.WalSafeConnection))
+            thread = threading.Thread(target=work)
+            thread.start()
+            thread.join()
+
+        def test_fixture_is_the_options(tmp_path, sqlite_fd_tracker):
+            path = tmp_path / "f.db"
+            sqlite_fd_tracker.watch(path)
+            sqlite3.connect(str(path), factory=hkn.WalSafeConnection).close()
+            assert sqlite_fd_tracker.problems() == []
+
+        @pytest.mark.no_sqlite_fd_check
+        def test_opted_out_but_the_fixture_checks(tmp_path, sqlite_fd_tracker):
+            sqlite_fd_tracker.watch(tmp_path / "g.db")
+            KEPT.append(sqlite3.connect(str(tmp_path / "g.db"), factory=hkn.WalSafeConnection))
+
+        def test_clean_after_the_leaks(tmp_path):
+            sqlite3.connect(str(tmp_path / "h.db"), factory=hkn.WalSafeConnection).close()
+        """))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sqlite-fd-check")
+    result.assert_outcomes(passed=6, errors=3)
+    out = result.stdout.str()
+    for name, database in [("test_class_called_directly", "d.db"), ("test_in_a_thread", "e.db"),
+                           ("test_opted_out_but_the_fixture_checks", "g.db")]:
+        assert f"ERROR at teardown of {name}" in out
+        section = out.split(f"ERROR at teardown of {name}")[1].split("ERROR at teardown")[0]
+        assert database in section and "still open" in section
+    for name in ["test_quiet", "test_fixture_is_the_options", "test_clean_after_the_leaks"]:
+        assert f"ERROR at teardown of {name}" not in out
+
+
 def test_tracker_problems_api(tmp_path, sqlite_fd_tracker):
     import sqlite3
 
