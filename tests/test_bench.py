@@ -202,7 +202,8 @@ def test_plugin_scenario_runs_both_suites_and_every_test_passes(report):
         assert row["passed_without"] == row["passed_with"] == row["tests"]
         assert row["failures"] == 0
         assert all(_is_number(row[key]) and row[key] > 0
-                   for key in ("without_s", "with_s", "ratio"))
+                   for key in ("without_s", "with_s", "ratio", "in_test_without_us",
+                               "in_test_with_us", "in_test_ratio"))
     names = [t["target"] for t in report["targets"] if "generated test" in t["target"]
              or "sqlite-fd-check" in t["target"]]
     assert len(names) == 3
