@@ -113,15 +113,15 @@ class StrayOpen(NamedTuple):
 class _Listening:
     """The hook's shared state; every field but ``seen`` and ``names`` is
     replaced, never mutated in place, so the hook reads a consistent value
-    without a lock.  Those two are only added to, under the GIL, because the
-    C hook holds them."""
+    without a lock.  Those two the C hook holds, so they change in place,
+    under the GIL."""
 
     warn = False
     listeners: tuple = ()
     # The databases (as their connect events name them, absolute) whose connect
     # event every listener has had: the C hook notes their later connects
     # itself instead of calling _handle.  A new dict whenever the listeners
-    # change; only added to (under the GIL) in between.
+    # change; in between only added to, or emptied (_forget_settled).
     seen: dict = {}
 
     def __init__(self):

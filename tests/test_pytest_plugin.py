@@ -210,6 +210,25 @@ def test_option_follows_each_test_from_its_first_database_event(pytester):
         assert f"ERROR at teardown of {name}" not in out
 
 
+def test_option_leaves_no_listener_behind(pytester):
+    # The option's listener lives as long as its session: a run inside this
+    # process (as pytester's in-process runs are) leaves none.
+    from hermes_kanban_native import stray
+    before = stray._state.listeners
+    pytester.makepyfile(test_one=textwrap.dedent(
+        """
+        import sqlite3
+        import hermes_kanban_native as hkn
+
+        def test_connects(tmp_path):
+            sqlite3.connect(str(tmp_path / "a.db"), factory=hkn.WalSafeConnection).close()
+        """))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--sqlite-fd-check",
+                                          "-W", "ignore::pytest.PytestAssertRewriteWarning")
+    result.assert_outcomes(passed=1)
+    assert stray._state.listeners == before
+
+
 def test_tracker_problems_api(tmp_path, sqlite_fd_tracker):
     import sqlite3
 
