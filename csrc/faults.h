@@ -42,12 +42,13 @@
  * type; frame and code accessors; PyUnicode_Compare/Tailmatch/GetLength/
  * FindChar/ReadChar on str objects (in range); PyBool_FromLong; the PyErr_*
  * state functions; the base type's traverse/clear/dealloc/finalize slots;
- * sqlite3_libversion, errmsg, errstr, extended_errcode, get_autocommit, next_stmt, stmt_busy,
- * column_int, limit, db_mutex, mutex_enter/leave, busy_handler and
- * busy_timeout (both fail only on misuse of a bad handle); sqlite3_close_v2
- * (on a valid handle it defers instead of failing); getpid, dirfd of an open
- * DIR, dlclose of our own handle, free, getenv; pthread_mutex_lock/unlock of
- * a default mutex.  faults.c, the machinery itself, has no points.
+ * sqlite3_libversion, errmsg, errstr, extended_errcode, get_autocommit,
+ * next_stmt, stmt_busy, column_int, limit, db_mutex, mutex_enter/leave,
+ * busy_handler and busy_timeout (both fail only on misuse of a bad handle);
+ * sqlite3_close_v2 (on a valid handle it defers instead of failing); getpid,
+ * dirfd of an open DIR, dlclose of our own handle, free, getenv;
+ * pthread_mutex_lock/unlock of a default mutex.  faults.c, the machinery
+ * itself, has no points.
  */
 #ifndef HKN_FAULTS_H
 #define HKN_FAULTS_H

@@ -575,8 +575,8 @@ hkn_set_audit_handler(PyObject *module, PyObject *args, PyObject *kwargs)
     /* What the hook uses beside the handler is set before it and cleared
      * after it, so the hook never sees a handler without its type (releasing
      * an old handler may run code that raises events).  The dict and the
-     * note are replaced together: the hook takes both or neither.  Each of
-     * them and the names is NULL or an object the hook can use alone. */
+     * note are replaced together: the hook takes both or neither.  The names
+     * stand alone. */
     if (handler == Py_None) {
         Py_CLEAR(hkn_audit_handler);
         Py_CLEAR(hkn_audit_seen);
