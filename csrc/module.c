@@ -396,23 +396,28 @@ hkn_audit_kind(const char *event)
     return HKN_AUDIT_OTHER;
 }
 
-/* Whether a 'sqlite3.connect' event names a database the handler has
- * settled (a key of its `seen` dict): then the handler would only note
- * the database for the handle event that follows in this thread, which is
- * done here, as note.pending = seen[database], without running Python code.
+/* The first argument of an event (borrowed), or NULL: the file of 'open',
+ * the database of 'sqlite3.connect', the connection of its handle event. */
+static PyObject *
+hkn_audit_first(PyObject *args)
+{
+    return PyTuple_Check(args) && PyTuple_GET_SIZE(args) > 0 ? PyTuple_GET_ITEM(args, 0) : NULL;
+}
+
+/* Whether a 'sqlite3.connect' event's database (NULL: none) is one the
+ * handler has settled (a key of its `seen` dict): then the handler would
+ * only note the database for the handle event that follows in this thread,
+ * which is done here, as note.pending = seen[database], without running
+ * Python code.
  * A Python call per open costs microseconds between SQLite's calls, where
  * the interpreter's caches are cold; this costs a dictionary lookup.  Any
  * failure leaves the event to the handler. */
 static int
-hkn_audit_settled(PyObject *args)
+hkn_audit_settled(PyObject *database)
 {
-    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) == 0) {
-        return 0;
-    }
     /* The database as given (3.11+) or encoded (3.10: bytes); only an exact
      * str or bytes, whose lookup runs no code of the user's. */
-    PyObject *database = PyTuple_GET_ITEM(args, 0);
-    if (!PyUnicode_CheckExact(database) && !PyBytes_CheckExact(database)) {
+    if (database == NULL || (!PyUnicode_CheckExact(database) && !PyBytes_CheckExact(database))) {
         return 0;
     }
     PyObject *seen = Py_NewRef(hkn_audit_seen);
@@ -429,25 +434,21 @@ hkn_audit_settled(PyObject *args)
     return settled;
 }
 
-/* Whether an 'open' event may concern a database the handler knows: its
- * file is not an exact str (bytes, a path-like object: the handler decides),
- * or the file's base name, without a -wal, -shm or -journal suffix, is in
- * the handler's set of names.  Every file a process opens raises the event
+/* Whether an 'open' event's file (NULL: none) may be a database's the
+ * handler knows: the file is not an exact str (bytes, a path-like object:
+ * the handler decides), or its base name, without a -wal, -shm or -journal
+ * suffix, is in the handler's set of names.  Every file a process opens raises the event
  * (imports, logs, a test's own files), and the handler then looks up just
  * that name: here that costs no Python call.  A descriptor (os.fdopen())
  * names no file and is never wanted.  Any failure leaves the event to the
  * handler. */
 static int
-hkn_audit_open_wanted(PyObject *args)
+hkn_audit_open_wanted(PyObject *file)
 {
-    if (!PyTuple_Check(args) || PyTuple_GET_SIZE(args) == 0) {
-        return 1;
-    }
-    PyObject *file = PyTuple_GET_ITEM(args, 0);
-    if (PyLong_CheckExact(file)) {
+    if (file != NULL && PyLong_CheckExact(file)) {
         return 0;
     }
-    if (!PyUnicode_CheckExact(file)) {
+    if (file == NULL || !PyUnicode_CheckExact(file)) {
         return 1;
     }
     Py_ssize_t end = PyUnicode_GET_LENGTH(file);
@@ -500,15 +501,15 @@ hkn_audit_hook(const char *event, PyObject *args, void *Py_UNUSED(data))
      * does not (path, opener), and stray.py wants those of plain
      * connections only: not calling Python for ours halves the calls per
      * open while the pytest plugin listens. */
-    if (kind == HKN_AUDIT_HANDLE && hkn_audit_walsafe != NULL && PyTuple_Check(args)
-        && PyTuple_GET_SIZE(args) > 0
-        && PyObject_TypeCheck(PyTuple_GET_ITEM(args, 0), hkn_audit_walsafe)) {
+    PyObject *first = hkn_audit_first(args);
+    if (kind == HKN_AUDIT_HANDLE && hkn_audit_walsafe != NULL && first != NULL
+        && PyObject_TypeCheck(first, hkn_audit_walsafe)) {
         return 0;
     }
-    if (kind == HKN_AUDIT_CONNECT && hkn_audit_seen != NULL && hkn_audit_settled(args)) {
+    if (kind == HKN_AUDIT_CONNECT && hkn_audit_seen != NULL && hkn_audit_settled(first)) {
         return 0;
     }
-    if (kind == HKN_AUDIT_OPEN && hkn_audit_names != NULL && !hkn_audit_open_wanted(args)) {
+    if (kind == HKN_AUDIT_OPEN && hkn_audit_names != NULL && !hkn_audit_open_wanted(first)) {
         return 0;
     }
     /* Held across the call: the handler may replace itself. */
