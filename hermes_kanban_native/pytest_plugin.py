@@ -463,7 +463,10 @@ class _OptionCheck:
         # Last, after the test's fixtures were torn down (connections they
         # close are closed); an exception here is the test's teardown error.
         with self._lock:
-            tracker, self._tracker, self._item = self._tracker, None, None
+            tracker, running = self._tracker, self._item
+            self._tracker = self._item = None
+        if running is not item:
+            return                      # skipped by another plugin before our setup
         if tracker is None and self._native._opened() == self._serial:
             return                      # touched no database
         if item.get_closest_marker(MARKER) is not None:

@@ -210,6 +210,40 @@ def test_option_follows_each_test_from_its_first_database_event(pytester):
         assert f"ERROR at teardown of {name}" not in out
 
 
+def test_option_ignores_a_test_skipped_before_its_setup(pytester):
+    # Another plugin's setup hook can skip a test before ours runs (a
+    # conftest.py found while collecting is registered after our option's
+    # hooks, and so is called before them); pytest still tears the test down.
+    # Nothing of it was watched, so nothing of it is reported (not the leak
+    # of the test before it, again).
+    sub = pytester.mkdir("sub")
+    (sub / "conftest.py").write_text(textwrap.dedent(
+        """
+        import pytest
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_runtest_setup(item):
+            if "skipped_early" in item.name:
+                pytest.skip("skipped before the plugin's setup")
+        """))
+    (sub / "test_suite.py").write_text(textwrap.dedent(
+        """
+        import sqlite3
+        import hermes_kanban_native as hkn
+
+        KEPT = []
+
+        def test_leaky(tmp_path):
+            KEPT.append(sqlite3.connect(str(tmp_path / "a.db"), factory=hkn.WalSafeConnection))
+
+        def test_skipped_early():
+            pass
+        """))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sqlite-fd-check")
+    result.assert_outcomes(passed=1, skipped=1, errors=1)
+    assert "ERROR at teardown of test_leaky" in result.stdout.str()
+
+
 def test_option_leaves_no_listener_behind(pytester):
     # The option's listener lives as long as its session: a run inside this
     # process (as pytester's in-process runs are) leaves none.
