@@ -439,6 +439,7 @@ class _OptionCheck:
         self._lock = threading.Lock()
         self._item = None               # the test running, between our two hooks
         self._tracker = None            # its tracker, once it has one
+        self._opted_out = None          # its marker, read at its first event
         self._serial = 0
         self._outer = self._native._track(True)
         self._stray._listen(self)
@@ -455,7 +456,7 @@ class _OptionCheck:
         self._serial = self._native._start_test()
         if self._stray._state.seen:
             self._stray._forget_settled()   # each test hears each database's first connect
-        self._tracker = None
+        self._tracker = self._opted_out = None
         self._item = item
 
     @pytest.hookimpl(trylast=True)
@@ -467,25 +468,28 @@ class _OptionCheck:
             self._tracker = self._item = None
         if running is not item:
             return                      # skipped by another plugin before our setup
-        if tracker is None and self._native._opened() == self._serial:
-            return                      # touched no database
-        if item.get_closest_marker(MARKER) is not None:
-            if tracker is not None:
-                tracker._stop()
-            return
         if tracker is None:
+            if self._native._opened() == self._serial or self._is_opted_out(item):
+                return                  # touched no database, or opted out
             # A WalSafeConnection opened, and its event did not reach us (a
             # listener that failed): checked all the same.
             tracker = SqliteFdTracker(every_database=True, _since=self._serial)
         tracker.check()
 
     def tracker_for(self, item):
-        """The tracker of `item` if it is the test running (made now if it
-        has none yet), else None."""
+        """The tracker of `item` if it is the test running and not opted out
+        (made now if it has none yet), else None."""
         with self._lock:
-            if self._tracker is None and item is self._item and item is not None:
+            if item is None or item is not self._item:
+                return None
+            if self._tracker is None and not self._is_opted_out(item):
                 self._tracker = SqliteFdTracker(every_database=True, _since=self._serial)
-            return self._tracker if item is self._item else None
+            return self._tracker
+
+    def _is_opted_out(self, item):
+        if self._opted_out is None:
+            self._opted_out = item.get_closest_marker(MARKER) is not None
+        return self._opted_out
 
     # The listener stray.py calls, from whichever thread the event is in; an
     # event between tests belongs to none.
@@ -512,11 +516,10 @@ def sqlite_fd_tracker(request):
     test fails at teardown if it left any of them in a bad state.  Under
     ``--sqlite-fd-check`` it is the tracker the option already runs."""
     check = request.config.pluginmanager.get_plugin(_OPTION_CHECK)
-    if check is not None and request.node.get_closest_marker(MARKER) is None:
-        tracker = check.tracker_for(request.node)
-        if tracker is not None:
-            yield tracker
-            return
+    tracker = check.tracker_for(request.node) if check is not None else None
+    if tracker is not None:
+        yield tracker
+        return
     tracker = SqliteFdTracker(every_database=False)
     yield tracker
     tracker.check()
