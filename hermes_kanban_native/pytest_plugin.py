@@ -45,6 +45,7 @@ import os
 import sqlite3
 import threading
 import warnings
+import weakref
 
 import pytest
 
@@ -72,6 +73,76 @@ def pytest_configure(config):
         config.pluginmanager.register(_OptionCheck(), _OPTION_CHECK)
 
 
+class _Recorded:
+    """What the extension recorded for one recorder since it joined: the
+    paths WalSafeConnections opened and the rows of those its finalizer
+    closed (path, opened_at, opened_via, thread_id, serial)."""
+
+    def __init__(self):
+        self.paths = set()
+        self.log = []
+
+
+class _Recording:
+    """The extension keeps one recording per process (``_native._track``);
+    this shares it among every recorder at once (trackers, and the option's
+    record of the test running), each getting what was recorded from the
+    moment it joined.  Handing the one recording from recorder to recorder
+    would lose, for an outer tracker, whatever an inner one took.  Recorders
+    are held weakly: a tracker dropped without check() stops recording."""
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._recorders = []            # weak references to _Recorded
+        self._native = None             # imported at the first join
+
+    def join(self, recorded, inherit=None):
+        """Start recording into ``recorded``, first with a copy of what
+        ``inherit`` (a recorder that already records) holds."""
+        if self._native is None:
+            from hermes_kanban_native import _native
+            self._native = _native
+        with self._lock:
+            self._deliver()
+            if inherit is not None:
+                recorded.paths |= inherit.paths
+                recorded.log.extend(inherit.log)
+            if not self._recorders:
+                self._native._track(True)
+            self._recorders.append(weakref.ref(recorded))
+
+    def leave(self, recorded):
+        """Stop recording into ``recorded``, which gets what was pending."""
+        with self._lock:
+            self._deliver(leaving=recorded)
+
+    def deliver(self):
+        """Hand what the extension recorded to every recorder."""
+        with self._lock:
+            self._deliver()
+
+    def _deliver(self, leaving=None):
+        if not self._recorders:
+            return
+        got = self._native._track(True)
+        live = []
+        for ref in self._recorders:
+            recorded = ref()
+            if recorded is None:
+                continue
+            if got:
+                recorded.paths |= got[0]
+                recorded.log.extend(got[1])
+            if recorded is not leaving:
+                live.append(ref)
+        self._recorders = live
+        if not live:
+            self._native._track(False)
+
+
+_RECORDING = _Recording()
+
+
 # Databases any plain sqlite3 connection opened while a tracker listened:
 # their descriptors cannot be told apart from WalSafeConnections' by count.
 _PLAIN_EVER: set = set()
@@ -80,7 +151,7 @@ _PLAIN_EVER: set = set()
 class SqliteFdTracker:
     """What one test did to its databases; see the module docstring."""
 
-    def __init__(self, every_database=False, *, _since=None):
+    def __init__(self, every_database=False, *, _since=None, _recorded=None):
         # Imported here, not at the top: pytest loads this plugin in every
         # session where the package is installed, used or not.
         import hermes_kanban_native as hkn
@@ -90,17 +161,18 @@ class SqliteFdTracker:
         self._stray = stray
         self._every_database = every_database
         self._watched = {}
-        # _since: made by the option's _OptionCheck part-way through a test,
-        # which started it (the serial and the peak) and passes it events.
+        # _since, _recorded: made by the option's _OptionCheck part-way
+        # through a test, which started it (the serial and the peak),
+        # recorded it from its start, and passes it events.
         if _since is None:
             self._serial = _native._start_test()
         else:
             self._serial = _since
-        # Recording the paths WalSafeConnections open: an outer recording
-        # (the option's, for the whole session) hands over what it has.
-        self._outer = _native._track(True)
-        self._paths = set(self._outer[0]) if self._outer else set()
-        self._log = list(self._outer[1]) if self._outer else []
+        # The paths WalSafeConnections open, and those the collector closed:
+        # made part-way through a test, it starts with what the option
+        # recorded since the test began.
+        self._recorded = _Recorded()
+        _RECORDING.join(self._recorded, inherit=_recorded)
         self._real = {}
         self._baseline = {}     # database -> (db fds, wal fds) before its first connect
         self._plain = {}        # database -> openers of plain connections
@@ -168,7 +240,7 @@ class SqliteFdTracker:
         if self._strays:
             reports.append("stray open of a live database (code other than SQLite opened it):\n"
                            + "\n".join(f"  - {s.describe()}" for s in self._strays))
-        collected = [row for row in self._log if row[4] > self._serial]
+        collected = [row for row in self._recorded.log if row[4] > self._serial]
         if collected:
             reports.append(
                 f"{len(collected)} WalSafeConnection(s) opened by this test were never "
@@ -210,28 +282,24 @@ class SqliteFdTracker:
         """Whether the test touched no database at all: nothing to check."""
         self._drain()
         return (not self._watched and not self._connected and not self._strays
-                and not self._log and not self._paths
+                and not self._recorded.log and not self._recorded.paths
                 and self._native._opened() == self._serial)
 
     def _drain(self):
         if self._listening:
-            got = self._native._track(True)
-            if got:
-                self._paths |= got[0]
-                self._log.extend(got[1])
+            _RECORDING.deliver()
 
     def _stop(self):
         if self._listening:
-            self._drain()
             self._listening = False
             if self._listener:
                 self._stray._unlisten(self)
-            self._native._track(self._outer is not None)
+            _RECORDING.leave(self._recorded)
 
     def _databases(self):
         found = dict.fromkeys(self._watched)
         if self._every_database:
-            for path in self._paths:
+            for path in self._recorded.paths:
                 if path:
                     found.setdefault(self._realpath(path))
             for path in self._connected:
@@ -441,21 +509,28 @@ class _OptionCheck:
         self._tracker = None            # its tracker, once it has one
         self._opted_out = None          # its marker, read at its first event
         self._serial = 0
-        self._outer = self._native._track(True)
+        self._recorded = _Recorded()    # since the running test began
+        _RECORDING.join(self._recorded)
         self._stray._listen(self)
 
     def pytest_unconfigure(self, config):
         self._stray._unlisten(self)
-        self._native._track(self._outer is not None)
+        _RECORDING.leave(self._recorded)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item):
         # A hook, not an autouse fixture: a fixture costs every test tens of
         # microseconds even when it does nothing.  First, so that connections
         # the test's fixtures open count as the test's.
-        self._serial = self._native._start_test()
-        if self._stray._state.seen:
-            self._stray._forget_settled()   # each test hears each database's first connect
+        serial = self._native._start_test()
+        if serial != self._serial or self._recorded.log:
+            # What was recorded belongs to the tests before (a connection
+            # opened since the last test began, or one collected).
+            _RECORDING.deliver()
+            self._recorded.paths.clear()
+            self._recorded.log.clear()
+        self._serial = serial
+        self._stray._forget_settled()       # each test hears each database's first connect
         self._tracker = self._opted_out = None
         self._item = item
 
@@ -473,7 +548,8 @@ class _OptionCheck:
                 return                  # touched no database, or opted out
             # A WalSafeConnection opened, and its event did not reach us (a
             # listener that failed): checked all the same.
-            tracker = SqliteFdTracker(every_database=True, _since=self._serial)
+            tracker = SqliteFdTracker(every_database=True, _since=self._serial,
+                                      _recorded=self._recorded)
         tracker.check()
 
     def tracker_for(self, item):
@@ -483,7 +559,8 @@ class _OptionCheck:
             if item is None or item is not self._item:
                 return None
             if self._tracker is None and not self._is_opted_out(item):
-                self._tracker = SqliteFdTracker(every_database=True, _since=self._serial)
+                self._tracker = SqliteFdTracker(every_database=True, _since=self._serial,
+                                      _recorded=self._recorded)
             return self._tracker
 
     def _is_opted_out(self, item):

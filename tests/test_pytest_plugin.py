@@ -263,6 +263,47 @@ def test_option_leaves_no_listener_behind(pytester):
     assert stray._state.listeners == before
 
 
+@pytest.mark.parametrize("mode", ["fixture", "option"])
+def test_a_tracker_inside_another_hides_nothing_from_it(pytester, mode):
+    # A test (or a helper it calls) may run its own SqliteFdTracker while the
+    # fixture's or the option's runs: each sees everything from its own start.
+    pytester.makepyfile(test_nested=textwrap.dedent(
+        """
+        import gc, sqlite3, warnings
+        import pytest
+        import hermes_kanban_native as hkn
+        from hermes_kanban_native.commands.databases import make_wal_db
+        from hermes_kanban_native.pytest_plugin import SqliteFdTracker
+
+        @pytest.fixture
+        def watcher(request):
+            if request.config.getoption("--sqlite-fd-check"):
+                return None
+            return request.getfixturevalue("sqlite_fd_tracker")
+
+        def test_nested(tmp_path, watcher):
+            path = make_wal_db(tmp_path / "kanban.db")
+            if watcher is not None:
+                watcher.watch(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                conn = sqlite3.connect(path, factory=hkn.WalSafeConnection)
+                del conn
+                gc.collect()
+            inner = SqliteFdTracker(every_database=True)
+            other = make_wal_db(tmp_path / "other.db")
+            sqlite3.connect(other, factory=hkn.WalSafeConnection).close()
+            assert inner.problems() == []
+            inner.check()
+        """))
+    args = ["-p", "no:cacheprovider"] + (["--sqlite-fd-check"] if mode == "option" else [])
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=1, errors=1)
+    out = result.stdout.str()
+    assert "1 WalSafeConnection(s) opened by this test were never closed, collected" in out
+    assert "kanban.db opened at" in out and "other.db" not in out
+
+
 def test_tracker_problems_api(tmp_path, sqlite_fd_tracker):
     import sqlite3
 
