@@ -33,7 +33,10 @@ A test fails at teardown, with one report listing each problem once, when
 
 The garbage collector runs only when a connection the test opened is still
 open at its end, youngest generation first, and stops as soon as none is.
-A test that opens no connection costs a few microseconds.  The check follows
+A test that opens no connection costs one call into the extension at setup
+and one at teardown, plus what CPython charges every audit event once an
+audit hook is installed (the option's listener installs ours): about 12 µs
+per test in all, with pytest raising ~55 events per test.  The check follows
 the connection type's own registry and Python's audit events, not
 ``sqlite3.connect``, so suites that monkeypatch it or wrap connections in
 proxies are checked all the same.
