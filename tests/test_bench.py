@@ -209,6 +209,23 @@ def test_plugin_scenario_runs_both_suites_and_every_test_passes(report):
     assert len(names) == 3
 
 
+def test_plugin_scenario_without_durations_reports_null_and_fails(tmp_path, monkeypatch):
+    # A pytest that dies before writing its durations leaves the per-test
+    # numbers unknown: null in the JSON (never NaN, which is not JSON), the
+    # runs counted as failures, and the per-test target a MISS.
+    from types import SimpleNamespace
+
+    from hermes_kanban_native.commands.bench import plugin, report
+    monkeypatch.setattr(plugin, "CONFTEST", "raise RuntimeError('a broken conftest')\n")
+    plan = SimpleNamespace(plugin_files=2, plugin_per_file=2, plugin_rounds=1)
+    result = plugin.scenario(str(tmp_path), plan, lambda line: None)
+    json.dumps(result, allow_nan=False)
+    for row in result["suites"].values():
+        assert row["failures"] > 0
+        assert row["in_test_ratio"] is None and row["in_test_overhead_us"] is None
+    assert report._fmt_x(result["suites"]["no_sqlite"]["in_test_ratio"]) == "n/a"
+
+
 def test_machine_block(report):
     machine = report["machine"]
     assert MACHINE_KEYS <= set(machine)

@@ -170,6 +170,10 @@ def run_suite(directory, option, basetemp=None):
     return elapsed, counts.get("passed", 0), bad, per_test
 
 
+def _us(seconds):
+    return None if seconds is None else round(seconds * 1e6, 1)
+
+
 def pytest_available():
     return importlib.util.find_spec("pytest") is not None
 
@@ -235,8 +239,11 @@ def scenario(tmp, plan, log):
         slope = {option: (med[files, option] - med[1, option]) / (big - small)
                  for option in (False, True)}
         startup = {option: med[1, option] - slope[option] * small for option in (False, True)}
-        phases = {option: _best(values) if values else float("nan")
+        # None (null in the JSON) where no run wrote its durations (pytest
+        # died): the runs are then counted as failures too.
+        phases = {option: _best(values) if values else None
                   for option, values in in_test.items()}
+        timed = None not in phases.values()
         suites[kind] = {
             "tests": big,
             "runs": rounds,
@@ -247,18 +254,19 @@ def scenario(tmp, plan, log):
             "per_test_with_us": round(slope[True] * 1e6, 1),
             "per_test_ratio": round(slope[True] / slope[False], 4),
             "overhead_per_test_us": round((slope[True] - slope[False]) * 1e6, 1),
-            "in_test_without_us": round(phases[False] * 1e6, 1),
-            "in_test_with_us": round(phases[True] * 1e6, 1),
-            "in_test_ratio": round(phases[True] / phases[False], 4),
-            "in_test_overhead_us": round((phases[True] - phases[False]) * 1e6, 1),
+            "in_test_without_us": _us(phases[False]),
+            "in_test_with_us": _us(phases[True]),
+            "in_test_ratio": round(phases[True] / phases[False], 4) if timed else None,
+            "in_test_overhead_us": _us(phases[True] - phases[False]) if timed else None,
             "startup_overhead_ms": round((startup[True] - startup[False]) * 1e3, 1),
             "passed_without": min(passed[False]),
             "passed_with": min(passed[True]),
             "failures": bad,
         }
+        per_test = suites[kind]["in_test_ratio"]
         log(f"  {kind}: {suites[kind]['ratio']:.3f}x whole run, "
-            f"{suites[kind]['in_test_ratio']:.3f}x per test "
-            f"(slope {suites[kind]['per_test_ratio']:.3f}x)")
+            + (f"{per_test:.3f}x per test " if timed else "no durations per test ")
+            + f"(slope {suites[kind]['per_test_ratio']:.3f}x)")
     for path in scratch.values():
         shutil.rmtree(os.path.dirname(path), ignore_errors=True)
     return {"title": title, "unit": "s per run (fastest of the interleaved runs)",
