@@ -326,11 +326,12 @@ hkn_set_persist_wal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 PyDoc_STRVAR(hkn_track_doc,
 "_track($module, enable, /)\n--\n\n"
-"Start (enable true) or stop recording, for the pytest plugin's\n"
-"--sqlite-fd-check, the database paths WalSafeConnections open and the\n"
-"connections the garbage collector closes.  Returns what was recorded since\n"
-"the previous call as (set of paths, list of (path, opened_at, opened_via,\n"
-"thread_id, serial)), or None when nothing was being recorded.");
+"Start (enable true) or stop recording, for the pytest plugin's trackers\n"
+"(its _Recording shares the one recording among them), the database paths\n"
+"WalSafeConnections open and the connections the garbage collector closes.\n"
+"Returns what was recorded since the previous call as (set of paths, list of\n"
+"(path, opened_at, opened_via, thread_id, serial)), or None when nothing was\n"
+"being recorded.");
 
 static PyObject *
 hkn_track(PyObject *module, PyObject *enable)

@@ -498,9 +498,10 @@ class _OptionCheck:
     at setup and one at teardown.  A tracker made part-way through a test
     sees all of it: it starts with the test's first database event (every
     connection raises one before it opens; a stray open raises one too), the
-    session's recording of the paths WalSafeConnections open hands it
-    everything since the test began, and the count of opened connections,
-    read at setup, catches one whose event did not reach us.
+    option's own record (a recorder of _RECORDING, emptied as each test
+    begins) hands it the paths WalSafeConnections opened since the test
+    began, and the count of opened connections, read at setup, catches one
+    whose event did not reach us.
     """
 
     def __init__(self):
@@ -551,8 +552,7 @@ class _OptionCheck:
                 return                  # touched no database, or opted out
             # A WalSafeConnection opened, and its event did not reach us (a
             # listener that failed): checked all the same.
-            tracker = SqliteFdTracker(every_database=True, _since=self._serial,
-                                      _recorded=self._recorded)
+            tracker = self._new_tracker()
         tracker.check()
 
     def tracker_for(self, item):
@@ -562,9 +562,14 @@ class _OptionCheck:
             if item is None or item is not self._item:
                 return None
             if self._tracker is None and not self._is_opted_out(item):
-                self._tracker = SqliteFdTracker(every_database=True, _since=self._serial,
-                                      _recorded=self._recorded)
+                self._tracker = self._new_tracker()
             return self._tracker
+
+    def _new_tracker(self):
+        # Started at the test's setup (its serial and peak), with what was
+        # recorded since; the events come through this listener.
+        return SqliteFdTracker(every_database=True, _since=self._serial,
+                               _recorded=self._recorded)
 
     def _is_opted_out(self, item):
         if self._opted_out is None:
