@@ -29,7 +29,13 @@ A test fails at teardown, with one report listing each problem once, when
   means a connection it opened is still open (for plain connections this is
   the only sign, with their openers listed); and with WalSafeConnections
   only, SQLite's parking keeps at most one closed connection's database
-  descriptor per concurrent connection, and none once none is open.
+  descriptor per concurrent connection, and none once none is open: a test
+  may leave what was parked when it began, plus one per connection for the
+  most that were open at once since (nested trackers do not shorten that).
+
+Connections a fixture of wider scope (class, module, package, session) opens
+during a test's setup are the fixture's, not the test's: recognised when the
+fixture's function is among the frames kept of the connection's opener.
 
 The garbage collector runs only when a connection the test opened is still
 open at its end, youngest generation first, and stops as soon as none is.
@@ -44,6 +50,7 @@ proxies are checked all the same.
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 import sqlite3
 import threading
@@ -84,6 +91,11 @@ class _Recorded:
     def __init__(self):
         self.paths = set()
         self.log = []
+        # The most connections that were open at once from the moment it
+        # joined until the process-wide peak was last restarted (by another
+        # recorder starting): the peak it sees is the larger of this and
+        # stats()["peak_live"].
+        self.peak = 0
 
 
 class _Recording:
@@ -110,6 +122,7 @@ class _Recording:
             if inherit is not None:
                 recorded.paths |= inherit.paths
                 recorded.log.extend(inherit.log)
+                recorded.peak = max(recorded.peak, inherit.peak)
             if not self._recorders:
                 self._native._track(True)
             self._recorders.append(weakref.ref(recorded))
@@ -118,6 +131,26 @@ class _Recording:
         """Stop recording into ``recorded``, which gets what was pending."""
         with self._lock:
             self._deliver(leaving=recorded)
+
+    def start(self, recorded=None):
+        """Restart the process-wide peak of live connections for a recorder
+        that starts now (``recorded``, if it already joined, starts afresh)
+        and return the count of connections opened so far.  Every other
+        recorder keeps the peak it had seen: an inner tracker's start must
+        not narrow an outer one's parking allowance."""
+        if self._native is None:
+            from hermes_kanban_native import _native
+            self._native = _native
+        with self._lock:
+            if len(self._recorders) > (recorded is not None):
+                before = self._native.stats()["peak_live"]
+                for ref in self._recorders:
+                    other = ref()
+                    if other is not None and other is not recorded:
+                        other.peak = max(other.peak, before)
+            if recorded is not None:
+                recorded.peak = 0
+            return self._native._start_test()
 
     def deliver(self):
         """Hand what the extension recorded to every recorder."""
@@ -154,7 +187,7 @@ _PLAIN_EVER: set = set()
 class SqliteFdTracker:
     """What one test did to its databases; see the module docstring."""
 
-    def __init__(self, every_database=False, *, _since=None, _recorded=None):
+    def __init__(self, every_database=False, *, _since=None, _recorded=None, _item=None):
         # Imported here, not at the top: pytest loads this plugin in every
         # session where the package is installed, used or not.
         import hermes_kanban_native as hkn
@@ -164,11 +197,16 @@ class SqliteFdTracker:
         self._stray = stray
         self._every_database = every_database
         self._watched = {}
+        # The test it checks (the fixture's and the option's trackers): what
+        # that test's wider-scoped fixtures open is theirs, not the test's.
+        self._item = _item
+        self._wide = None               # those fixtures' code, once needed
+        self._fixture_held = set()      # databases plain connections of theirs hold
         # _since, _recorded: made by the option's _OptionCheck part-way
         # through a test, which started it (the serial and the peak),
         # recorded it from its start, and passes it events.
         if _since is None:
-            self._serial = _native._start_test()
+            self._serial = _RECORDING.start()
         else:
             self._serial = _since
         # The paths WalSafeConnections open, and those the collector closed:
@@ -199,6 +237,12 @@ class SqliteFdTracker:
         real = self._realpath(path)
         self._connected.add(real)
         if opener is not None:
+            if self._opened_by_wider_fixture(opener[1]):
+                # Its descriptors stay until the fixture's scope ends, and
+                # cannot be told apart from the test's own plain ones.
+                self._fixture_held.add(real)
+                _PLAIN_EVER.add(real)
+                return
             where = _describe(*opener)
             self._plain.setdefault(real, []).append(where)
             self._plain_ids[id(connection)] = (real, where)
@@ -206,6 +250,33 @@ class SqliteFdTracker:
 
     def stray_open(self, stray):
         self._strays.append(stray)
+
+    def _opened_by_wider_fixture(self, via):
+        """Whether a connection whose opener stack is ``via`` was opened by a
+        fixture of the test that outlives the test (class, module, package
+        or session scope): it is that fixture's to close when its scope
+        ends, so it is not this test's leak."""
+        if self._item is None or not via:
+            return False
+        if self._wide is None:
+            self._wide = _wider_fixture_code(self._item)
+        if not self._wide:
+            return False
+        for frame in via:
+            place, _, name = frame.rpartition(" in ")
+            file, _, line = place.rpartition(":")
+            span = self._wide.get((file, name))
+            if span is not None and line.isdigit() and span[0] <= int(line) <= span[1]:
+                return True
+        return False
+
+    def _still_open(self):
+        """The WalSafeConnections opened since this tracker began that are
+        open now, less those a wider-scoped fixture opened."""
+        rows = self._native._live_connections(self._serial)
+        if rows and self._item is not None:
+            rows = [row for row in rows if not self._opened_by_wider_fixture(row[4])]
+        return rows
 
     def _realpath(self, path):
         try:
@@ -258,7 +329,7 @@ class SqliteFdTracker:
                 f"collector closed them):\n"
                 + "\n".join(f"  - {path} opened at {where}"
                             for path, where in self._plain_collected))
-        still_open = self._native._live_connections(self._serial)
+        still_open = self._still_open()
         if still_open:
             reports.append(
                 f"{len(still_open)} WalSafeConnection(s) opened by this test are still open:\n"
@@ -312,7 +383,7 @@ class SqliteFdTracker:
     def _unsettled(self):
         """Whether something the test opened may still be waiting for the
         garbage collector."""
-        if self._native._live_connections(self._serial):
+        if self._still_open():
             return True
         fresh = [db for db in self._plain if self._baseline.get(db) == (0, 0)]
         if fresh:
@@ -359,7 +430,7 @@ class SqliteFdTracker:
         databases = [path for path in databases if held.holds(path)]
         if not databases:
             return []                       # no descriptor, so no mapping: nothing to see
-        peak = hkn.stats()["peak_live"]
+        peak = max(self._recorded.peak, hkn.stats()["peak_live"])
         mine = {}
         for row in still_open:
             if row[0]:
@@ -380,7 +451,8 @@ class SqliteFdTracker:
             live = len(info.live or ())
             base = self._baseline.get(path)
             plain = self._plain.get(path, [])
-            if live == 0 and (info.db or info.wal) and base in (None, (0, 0)):
+            if (live == 0 and (info.db or info.wal) and base in (None, (0, 0))
+                    and path not in self._fixture_held):
                 left = f"{len(info.db)} database and {len(info.wal)} WAL descriptor(s) remain"
                 if base is None:
                     reasons.append(f"{left} with no WalSafeConnection open")
@@ -392,18 +464,50 @@ class SqliteFdTracker:
                 else:
                     reasons.append(f"{left} on a database nobody had open before the test: "
                                    f"a connection it opened is still open")
-            elif (not plain and path not in _PLAIN_EVER
-                  and (len(info.db) > live + peak or len(info.wal) > live)):
-                reasons.append(
-                    f"{len(info.db)} database / {len(info.wal)} WAL descriptors for "
-                    f"{live} open connection(s); SQLite's parking explains at most "
-                    f"{live + peak} / {live} (peak concurrency {peak})")
+            elif not plain and path not in _PLAIN_EVER:
+                # SQLite parks the database descriptor of a connection that
+                # closes while another holds a lock on the file, and reuses it
+                # at the next open: what the test found parked stays, and the
+                # test's own connections add at most one each beyond that.
+                allowed = max(live + peak, base[0] if base else 0)
+                if len(info.db) > allowed or len(info.wal) > live:
+                    before = f", {base[0]} before the test" if base and base[0] else ""
+                    reasons.append(
+                        f"{len(info.db)} database / {len(info.wal)} WAL descriptors for "
+                        f"{live} open connection(s); SQLite's parking explains at most "
+                        f"{allowed} / {live} (peak concurrency {peak}{before})")
             if reasons:
                 summary = (f"  live WalSafeConnections: {live}, {mine.get(path, 0)} of them "
                            f"opened by this test (listed above)")
                 reports.append("\n".join([f"{path}:"] + [f"  - {r}" for r in reasons]
                                          + [info.report(), summary]))
         return reports
+
+
+def _wider_fixture_code(item):
+    """{(file name, function name): (first line, last line)} of the fixture
+    functions of ``item`` whose scope is wider than one test.  Read from
+    pytest's record of the test's fixtures (``_fixtureinfo``); empty where
+    that is missing."""
+    info = getattr(item, "_fixtureinfo", None)
+    spans = {}
+    for definitions in getattr(info, "name2fixturedefs", {}).values():
+        for definition in definitions:
+            if getattr(definition, "scope", "function") == "function":
+                continue
+            function = getattr(definition, "func", None)
+            function = getattr(function, "__func__", function)     # a class's fixture
+            try:
+                function = inspect.unwrap(function)
+            except ValueError:
+                continue                                            # a cycle of wrappers
+            code = getattr(function, "__code__", None)
+            if code is None:
+                continue
+            lines = [line for _, _, line in code.co_lines() if line is not None]
+            if lines:
+                spans[code.co_filename, code.co_name] = (min(lines), max(lines))
+    return spans
 
 
 def _describe(where, via):
@@ -526,7 +630,7 @@ class _OptionCheck:
         # A hook, not an autouse fixture: a fixture costs every test tens of
         # microseconds even when it does nothing.  First, so that connections
         # the test's fixtures open count as the test's.
-        serial = self._native._start_test()
+        serial = _RECORDING.start(self._recorded)
         if serial != self._serial or self._recorded.log:
             # What was recorded belongs to the tests before (a connection
             # opened since the last test began, or one collected).
@@ -569,7 +673,7 @@ class _OptionCheck:
         # Started at the test's setup (its serial and peak), with what was
         # recorded since; the events come through this listener.
         return SqliteFdTracker(every_database=True, _since=self._serial,
-                               _recorded=self._recorded)
+                               _recorded=self._recorded, _item=self._item)
 
     def _is_opted_out(self, item):
         if self._opted_out is None:
@@ -605,6 +709,6 @@ def sqlite_fd_tracker(request):
     if tracker is not None:
         yield tracker
         return
-    tracker = SqliteFdTracker(every_database=False)
+    tracker = SqliteFdTracker(every_database=False, _item=request.node)
     yield tracker
     tracker.check()

@@ -304,6 +304,165 @@ def test_a_tracker_inside_another_hides_nothing_from_it(pytester, mode):
     assert "kanban.db opened at" in out and "other.db" not in out
 
 
+# A module's long-lived connection (the gateway's own, in hermes) and a test
+# that has four more open at once: SQLite parks the database descriptor of
+# each that closes while the long-lived one holds a lock on the file.
+KEEPER_AND_FOUR = textwrap.dedent(
+    """
+    import os, sqlite3
+    import pytest
+    import hermes_kanban_native as hkn
+    from hermes_kanban_native.pytest_plugin import SqliteFdTracker
+
+    @pytest.fixture(scope="module")
+    def keeper(tmp_path_factory):
+        # Made by a WalSafeConnection: a plain connection would make the
+        # option leave the descriptor count of this database alone.
+        path = str(tmp_path_factory.mktemp("db") / "kanban.db")
+        conn = sqlite3.connect(path, factory=hkn.WalSafeConnection, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (x)")
+        yield path
+        conn.close()
+
+    @pytest.fixture
+    def watcher(request, keeper):
+        if not request.config.getoption("--sqlite-fd-check"):
+            request.getfixturevalue("sqlite_fd_tracker").watch(keeper)
+        return keeper
+
+    def open_four_at_once(path):
+        many = [sqlite3.connect(path, factory=hkn.WalSafeConnection) for _ in range(4)]
+        for conn in many:
+            conn.execute("SELECT * FROM t").fetchall()
+        for conn in many:
+            conn.close()
+        assert len(hkn.sqlite_fds(path).db) == 5     # 1 live, 4 parked
+    """)
+
+
+@pytest.mark.parametrize("mode", ["fixture", "option"])
+def test_a_tracker_inside_another_leaves_its_parking_allowance_alone(pytester, mode):
+    # The descriptors a test may leave are bounded by the most connections
+    # open at once since it began.  An inner tracker starts its own count:
+    # the outer one must still count those open at once before that.
+    pytester.makepyfile(test_parked=KEEPER_AND_FOUR + textwrap.dedent(
+        """
+        def test_parks_then_nests(watcher):
+            open_four_at_once(watcher)
+            inner = SqliteFdTracker()
+            inner.watch(watcher)
+            sqlite3.connect(watcher, factory=hkn.WalSafeConnection).close()
+            assert inner.problems() == []
+            inner.check()
+
+        def test_z_last(keeper):
+            pass        # the keeper stays open through test_parks_then_nests's check
+        """))
+    args = ["-p", "no:cacheprovider"] + (["--sqlite-fd-check"] if mode == "option" else [])
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize("mode", ["fixture", "option"])
+def test_descriptors_parked_before_a_test_are_not_its_doing(pytester, mode):
+    # What an earlier test parked stays parked while the keeper lives: a later
+    # test that opens one connection is clean; one that leaves a descriptor
+    # more than that is not.
+    pytester.makepyfile(test_parked=KEEPER_AND_FOUR + textwrap.dedent(
+        """
+        KEPT = []
+
+        def test_a_opens_four_at_once(watcher):
+            open_four_at_once(watcher)
+
+        def test_b_opens_one(watcher):
+            sqlite3.connect(watcher, factory=hkn.WalSafeConnection).close()
+
+        def test_c_leaves_a_descriptor(watcher):
+            conn = sqlite3.connect(watcher, factory=hkn.WalSafeConnection)
+            conn.close()
+            KEPT.append(os.open(watcher, os.O_RDONLY))
+
+        @pytest.mark.no_sqlite_fd_check
+        def test_d_cleans_up(keeper):
+            os.close(KEPT.pop())
+        """))
+    args = ["-p", "no:cacheprovider"] + (["--sqlite-fd-check"] if mode == "option" else [])
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=4, errors=1)
+    out = result.stdout.str()
+    assert "ERROR at teardown of test_c_leaves_a_descriptor" in out
+    assert ("6 database / 1 WAL descriptors for 1 open connection(s); SQLite's parking "
+            "explains at most 5 / 1 (peak concurrency 2, 5 before the test)") in out
+
+
+@pytest.mark.parametrize("mode", ["fixture", "option"])
+def test_connections_of_wider_fixtures_are_not_the_tests(pytester, mode):
+    # A module fixture opens its connections while the first test using it
+    # sets up, and closes them after the last: they are not that test's
+    # leak.  What the test itself leaves open still is.
+    source = textwrap.dedent(
+        """
+        import sqlite3
+        import pytest
+        import hermes_kanban_native as hkn
+
+        def open_board(path):
+            conn = sqlite3.connect(path, factory=hkn.WalSafeConnection, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+            return conn
+
+        @pytest.fixture(scope="module")
+        def path(tmp_path_factory):
+            return str(tmp_path_factory.mktemp("db") / "kanban.db")
+
+        @pytest.fixture(scope="module")
+        def board(path):
+            conn = open_board(path)
+            yield conn
+            conn.close()
+
+        @pytest.fixture(scope="module")
+        def archive(tmp_path_factory):
+            conn = sqlite3.connect(str(tmp_path_factory.mktemp("db") / "archive.db"))
+            conn.execute("CREATE TABLE a (x)")
+            yield conn
+            conn.close()
+
+        @pytest.fixture
+        def watcher(request, path, board):
+            if not request.config.getoption("--sqlite-fd-check"):
+                request.getfixturevalue("sqlite_fd_tracker").watch(path)
+            return path
+
+        KEPT = []
+
+        def test_uses_them(watcher, board, archive):
+            board.execute("INSERT INTO t VALUES (1)")
+            archive.execute("SELECT * FROM a").fetchall()
+
+        def test_leaves_its_own_open(watcher):
+            KEPT.append(open_board(watcher))   # the leak
+
+        def test_closes_it(watcher, archive):
+            KEPT.pop().close()
+        """).lstrip("\n")
+    pytester.makepyfile(test_scoped=source)
+    args = ["-p", "no:cacheprovider"] + (["--sqlite-fd-check"] if mode == "option" else [])
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=3, errors=1)
+    out = result.stdout.str()
+    assert "ERROR at teardown of test_leaves_its_own_open" in out
+    lines = source.splitlines()
+    leak = next(n for n, line in enumerate(lines, 1) if "# the leak" in line)
+    fixture = next(n for n, line in enumerate(lines, 1) if "conn = open_board(path)" in line)
+    assert "1 WalSafeConnection(s) opened by this test are still open:\n  - " in out
+    assert f"test_scoped.py:{leak} (via " in out
+    assert f"test_scoped.py:{fixture}" not in out
+
+
 def test_tracker_problems_api(tmp_path, sqlite_fd_tracker):
     import sqlite3
 
