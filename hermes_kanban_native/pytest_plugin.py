@@ -504,10 +504,18 @@ def _wider_fixture_code(item):
             code = getattr(function, "__code__", None)
             if code is None:
                 continue
-            lines = [line for _, _, line in code.co_lines() if line is not None]
-            if lines:
-                spans[code.co_filename, code.co_name] = (min(lines), max(lines))
+            span = _CODE_SPANS.get(code)
+            if span is None:
+                lines = [line for _, _, line in code.co_lines() if line is not None]
+                span = _CODE_SPANS[code] = (min(lines), max(lines)) if lines else ()
+            if span:
+                spans[code.co_filename, code.co_name] = span
     return spans
+
+
+# code object -> (first line, last line): a fixture's lines are read once per
+# run, not once per test that uses it.
+_CODE_SPANS: dict = {}
 
 
 def _describe(where, via):
