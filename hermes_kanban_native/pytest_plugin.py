@@ -637,7 +637,8 @@ class _OptionCheck:
     def pytest_runtest_setup(self, item):
         # A hook, not an autouse fixture: a fixture costs every test tens of
         # microseconds even when it does nothing.  First, so that connections
-        # the test's fixtures open count as the test's.
+        # the test's fixtures open count as the test's (those of fixtures
+        # that outlive it are told apart at the check, by their openers).
         serial = _RECORDING.start(self._recorded)
         if serial != self._serial or self._recorded.log:
             # What was recorded belongs to the tests before (a connection
