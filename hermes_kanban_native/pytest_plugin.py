@@ -109,14 +109,20 @@ class _Recording:
     def __init__(self):
         self._lock = threading.RLock()
         self._recorders = []            # weak references to _Recorded
-        self._native = None             # imported at the first join
+        self._native = None             # imported at first use (_extension)
+
+    def _extension(self):
+        """The extension module, imported at first use: pytest loads this
+        plugin in every session where the package is installed."""
+        if self._native is None:
+            from hermes_kanban_native import _native
+            self._native = _native
+        return self._native
 
     def join(self, recorded, inherit=None):
         """Start recording into ``recorded``, first with a copy of what
         ``inherit`` (a recorder that already records) holds."""
-        if self._native is None:
-            from hermes_kanban_native import _native
-            self._native = _native
+        native = self._extension()
         with self._lock:
             self._deliver()
             if inherit is not None:
@@ -124,7 +130,7 @@ class _Recording:
                 recorded.log.extend(inherit.log)
                 recorded.peak = max(recorded.peak, inherit.peak)
             if not self._recorders:
-                self._native._track(True)
+                native._track(True)
             self._recorders.append(weakref.ref(recorded))
 
     def leave(self, recorded):
@@ -138,19 +144,17 @@ class _Recording:
         and return the count of connections opened so far.  Every other
         recorder keeps the peak it had seen: an inner tracker's start must
         not narrow an outer one's parking allowance."""
-        if self._native is None:
-            from hermes_kanban_native import _native
-            self._native = _native
+        native = self._extension()
         with self._lock:
             if len(self._recorders) > (recorded is not None):
-                before = self._native.stats()["peak_live"]
+                before = native.stats()["peak_live"]
                 for ref in self._recorders:
                     other = ref()
                     if other is not None and other is not recorded:
                         other.peak = max(other.peak, before)
             if recorded is not None:
                 recorded.peak = 0
-            return self._native._start_test()
+            return native._start_test()
 
     def deliver(self):
         """Hand what the extension recorded to every recorder."""
