@@ -632,6 +632,14 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
         goto fail;
     }
     Py_XSETREF(conn->path, path);
+    if (PyUnicode_Check(path) && PyUnicode_GET_LENGTH(path) > 0) {
+        if (hkn_live_count_enter(state, conn, path) < 0) {
+            goto fail;
+        }
+    }
+    else {
+        hkn_live_count_leave(state, conn);    /* __init__ again, now in memory */
+    }
 
     conn->owner = self;
     conn->check_same_thread = check_same_thread;

@@ -25,6 +25,7 @@
  * version), so it is found at HKN_CONN_OFFSET(base size) rather than by a C struct
  * that embeds the base. */
 typedef struct hkn_guard hkn_guard;
+typedef struct hkn_live_count hkn_live_count;
 
 /* Where a connection was opened (opener.c): up to HKN_OPENER_FRAMES frames
  * from the first frame outside this package outward, innermost first, as
@@ -44,6 +45,8 @@ typedef struct hkn_conn {
     PyObject *dict;                 /* __dict__: checkpoint_on_close per instance */
     PyObject *weakreflist;
     PyObject *path;                 /* database file as SQLite resolved it; "" for memory/temp */
+    hkn_live_count *live_count;     /* the count of registered connections to `path`
+                                     * (registry.c); NULL for memory/temp */
     PyObject *last_checkpoint;      /* CheckpointResult or NULL */
     hkn_guard *guard;               /* this connection's claim on its inode's guard */
     unsigned long busy_owner;       /* thread using the handle without the GIL, or 0 */
@@ -133,6 +136,7 @@ typedef struct hkn_state {
     PyObject *finalized_log;        /* list of connections finalized, while tracked */
     hkn_sqlite_api api;
     hkn_conn registry;              /* head of the circular list of live connections */
+    hkn_live_count *live_counts;    /* per database file: its registered connections */
     hkn_guard *guards;              /* WAL-generation guards, one per database inode */
     PyObject *str_guard_wal;
     PyObject *str_check_same_thread;
@@ -215,6 +219,13 @@ void hkn_snapshot_free(PyObject **items, Py_ssize_t count);
 /* Open connections of this process on `path` (the same resolved name),
  * `self` aside; -1 with an exception set. */
 Py_ssize_t hkn_count_live(hkn_state *state, PyObject *self, PyObject *path);
+/* Counts the registered `conn` as a connection to `path` (a non-empty str),
+ * leaving the database it counted for before, if any; -1 with MemoryError
+ * set.  Registry removal leaves the count; hkn_live_counts_free() frees what
+ * is left when the module goes. */
+int hkn_live_count_enter(hkn_state *state, hkn_conn *conn, PyObject *path);
+void hkn_live_count_leave(hkn_state *state, hkn_conn *conn);
+void hkn_live_counts_free(hkn_state *state);
 /* On the first open of `self`: the leak bound for its database (see
  * registry.c); -1 with an exception set. */
 int hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path);

@@ -1033,6 +1033,7 @@ hkn_module_free(void *module)
     free(hkn_module_state((PyObject *)module)->last_path_bytes);
     hkn_module_state((PyObject *)module)->last_path_bytes = NULL;
     hkn_guard_free_all(hkn_module_state((PyObject *)module));
+    hkn_live_counts_free(hkn_module_state((PyObject *)module));
     hkn_sqlite_api_free(hkn_module_state((PyObject *)module));
 }
 

@@ -7,6 +7,13 @@
  * (max_live_per_database) counts a database's live connections on open and,
  * over the bound, runs the garbage collector once so that abandoned
  * connections are finalized, warning with the openers of those that stay.
+ *
+ * The count on open is kept per database file (hkn_live_count) rather than
+ * found by walking the registry, so that an open costs the same however
+ * many connections are live (docs/performance.md, "Tried and kept").  The
+ * kept count includes connections whose handle the base's close() closed
+ * behind our back, so it is an upper bound: only when it reaches the bound
+ * is the exact count walked for.
  */
 #include "hkn.h"
 #include "fault_calls.h"     /* last: see faults.h */
@@ -33,10 +40,96 @@ hkn_registry_remove(hkn_state *state, hkn_conn *conn)
     if (conn->prev == NULL) {
         return;
     }
+    hkn_live_count_leave(state, conn);
     conn->prev->next = conn->next;
     conn->next->prev = conn->prev;
     conn->prev = conn->next = NULL;
     state->stats.live--;
+}
+
+/* ------------------------------------------------ counts per database */
+
+/* The registered connections to one database file, named as SQLite
+ * resolved it.  Listed in hkn_state.live_counts, most recently entered
+ * first: a process mostly opens the database it opened last, whose str is
+ * then the very object of the previous open (hkn_path_str), so the lookup
+ * ends at the first entry.  Freed when its last connection leaves. */
+struct hkn_live_count {
+    hkn_live_count *next;
+    PyObject *path;             /* str, strong */
+    Py_ssize_t registered;
+};
+
+int
+hkn_live_count_enter(hkn_state *state, hkn_conn *conn, PyObject *path)
+{
+    hkn_live_count **link = &state->live_counts, *entry;
+    while ((entry = *link) != NULL) {
+        if (entry->path == path) {
+            break;
+        }
+        /* Both are str, so the comparison cannot fail; equal names of
+         * different objects are one database, as in hkn_count_live. */
+        if (PyUnicode_GET_LENGTH(entry->path) == PyUnicode_GET_LENGTH(path)
+            && PyUnicode_Compare(entry->path, path) == 0) {
+            break;
+        }
+        link = &entry->next;
+    }
+    if (entry == conn->live_count && entry != NULL) {
+        return 0;               /* __init__ again, on the same database */
+    }
+    if (entry == NULL) {
+        entry = malloc(sizeof(*entry));
+        if (entry == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        entry->path = Py_NewRef(path);
+        entry->registered = 0;
+    }
+    else {
+        *link = entry->next;    /* to the front, below */
+    }
+    entry->next = state->live_counts;
+    state->live_counts = entry;
+    hkn_live_count_leave(state, conn);
+    entry->registered++;
+    conn->live_count = entry;
+    return 0;
+}
+
+void
+hkn_live_count_leave(hkn_state *state, hkn_conn *conn)
+{
+    hkn_live_count *entry = conn->live_count;
+    if (entry == NULL) {
+        return;
+    }
+    conn->live_count = NULL;
+    if (--entry->registered > 0) {
+        return;
+    }
+    for (hkn_live_count **link = &state->live_counts; *link != NULL; link = &(*link)->next) {
+        if (*link == entry) {
+            *link = entry->next;
+            break;
+        }
+    }
+    /* A str's deallocation runs no Python code. */
+    Py_DECREF(entry->path);
+    free(entry);
+}
+
+void
+hkn_live_counts_free(hkn_state *state)
+{
+    while (state->live_counts != NULL) {
+        hkn_live_count *entry = state->live_counts;
+        state->live_counts = entry->next;
+        Py_DECREF(entry->path);
+        free(entry);
+    }
 }
 
 /* Strong references to every registered connection, taken without
@@ -180,7 +273,11 @@ hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
 int
 hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
 {
-    Py_ssize_t live = hkn_count_live(state, self, path);
+    /* The others registered on this database: at least as many as are
+     * open (see the top of this file). */
+    hkn_live_count *counted = hkn_conn_get(self)->live_count;
+    Py_ssize_t live = counted != NULL ? counted->registered - 1
+                      : hkn_count_live(state, self, path);
     if (live == 0) {
         return 0;
     }
@@ -220,6 +317,9 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
                    : PySet_Contains(state->bound_exceeded, path);
     if (contains < 0) {
         return -1;
+    }
+    if (live >= limit && counted != NULL) {
+        live = hkn_count_live(state, self, path);      /* the open ones, exactly */
     }
     if (live < limit) {
         /* Under the bound again: the next excess collects and warns anew. */

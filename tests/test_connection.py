@@ -1136,6 +1136,48 @@ def test_bound_forgets_a_database_once_its_connections_are_gone(hkn, db):
     assert not remembered()
 
 
+def test_bound_counts_each_database_on_its_own(hkn, db, tmp_path):
+    Bounded = _bounded(hkn)
+    other = make_wal_db(str(tmp_path / "other.db"))
+    before = hkn.stats()["bound_collections"]
+    kept = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # Alternating, so that each open names its database with a new str.
+        for _ in range(6):
+            kept.append(sqlite3.connect(db, factory=Bounded))
+            kept.append(sqlite3.connect(other, factory=Bounded))
+        assert not [w for w in caught if "max_live_per_database" in str(w.message)]
+        assert hkn.stats()["bound_collections"] == before
+        for _ in range(3):
+            kept.append(sqlite3.connect(other, factory=Bounded))
+    bound = [str(w.message) for w in caught if "max_live_per_database" in str(w.message)]
+    assert len(bound) == 1
+    assert f"8 WalSafeConnections to {os.path.realpath(other)!r} are open" in bound[0]
+    for conn in kept:
+        conn.close()
+
+
+def test_bound_leaves_out_connections_closed_by_the_base_close(hkn, db):
+    # sqlite3.Connection.close(conn) closes the handle behind the type's
+    # back: those connections stay registered until collected, but are not
+    # open, and must not count towards the bound.
+    Bounded = _bounded(hkn)
+    kept = [sqlite3.connect(db, factory=Bounded) for _ in range(8)]
+    for conn in kept:
+        sqlite3.Connection.close(conn)
+    before = hkn.stats()["bound_collections"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        extra = sqlite3.connect(db, factory=Bounded)
+    assert not [w for w in caught if "max_live_per_database" in str(w.message)]
+    assert hkn.stats()["bound_collections"] == before
+    assert len(hkn.live_connections(db)) == 1
+    extra.close()
+    del kept
+    gc.collect()
+
+
 @pytest.mark.parametrize("value", [None, 0])
 def test_bound_can_be_turned_off(hkn, db, value):
     class Unbounded(hkn.WalSafeConnection):
