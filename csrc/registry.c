@@ -87,12 +87,16 @@ hkn_live_count_enter(hkn_state *state, hkn_conn *conn, PyObject *path)
         }
         entry->path = Py_NewRef(path);
         entry->registered = 0;
+        entry->next = state->live_counts;
+        state->live_counts = entry;
     }
-    else {
-        *link = entry->next;    /* to the front, below */
+    else if (entry != state->live_counts) {
+        /* To the front; when it is there already (the usual case), the
+         * list is not written at all. */
+        *link = entry->next;
+        entry->next = state->live_counts;
+        state->live_counts = entry;
     }
-    entry->next = state->live_counts;
-    state->live_counts = entry;
     hkn_live_count_leave(state, conn);
     entry->registered++;
     conn->live_count = entry;

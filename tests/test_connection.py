@@ -943,6 +943,32 @@ def test_opener_is_the_caller_of_a_connect_helper(hkn, db):
     conn.close()
 
 
+def test_opener_outlives_the_code_that_opened_it(hkn, db):
+    # A connection keeps the code objects of where it was opened alive
+    # (csrc/opener.c): a helper that is gone, and other connections opened
+    # and closed since, must change no report.  A borrowed reference here
+    # reads freed memory, which CI's valgrind stage reports.
+    def open_through_a_helper_that_goes_away(filename):
+        namespace = {}
+        exec(compile("import sqlite3\n"
+                     "def open_it(path, factory):\n"
+                     "    return sqlite3.connect(path, factory=factory)\n",
+                     filename, "exec"), namespace)
+        return namespace["open_it"](db, hkn.WalSafeConnection)
+
+    first = open_through_a_helper_that_goes_away("/gone/first_helper.py")
+    shared = [_connect_helper(hkn, db) for _ in range(3)]
+    second = open_through_a_helper_that_goes_away("/gone/second_helper.py")
+    for conn in shared:
+        conn.close()
+    del shared, conn
+    gc.collect()
+    assert sorted(entry.opened_via[0] for entry in hkn.live_connections(db)) == [
+        "/gone/first_helper.py:3 in open_it", "/gone/second_helper.py:3 in open_it"]
+    first.close()
+    second.close()
+
+
 def _stack_pair():
     # Both on one line, the opener's first: it must not find frame objects
     # that traceback made.
