@@ -260,7 +260,9 @@ hkn_unregister(hkn_state *state, hkn_conn *conn)
     if (conn->prev == NULL) {
         return;
     }
-    hkn_registry_remove(state, conn);
+    /* 1 when no connection to its database is registered any longer, read
+     * from the database's count (registry.c): a close walks nothing. */
+    int last = hkn_registry_remove(state, conn);
     /* The leak bound remembers a database that stayed over its bound until
      * it is under it again; once no connection to it is left, there is
      * nothing to remember (a process that opens many databases would
@@ -268,7 +270,11 @@ hkn_unregister(hkn_state *state, hkn_conn *conn)
     if (conn->path != NULL && PySet_GET_SIZE(state->bound_exceeded) > 0) {
         hkn_saved_error saved;
         hkn_error_save(&saved);
-        if (hkn_count_live(state, conn->owner, conn->path) == 0) {
+        if (last < 0) {
+            /* Not counted (only if counting it failed in __init__). */
+            last = hkn_count_live(state, conn->owner, conn->path) == 0;
+        }
+        if (last) {
             (void)(PySet_Discard)(state->bound_exceeded, conn->path);
         }
         PyErr_Clear();
@@ -638,7 +644,7 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
         }
     }
     else {
-        hkn_live_count_leave(state, conn);    /* __init__ again, now in memory */
+        (void)hkn_live_count_leave(state, conn);    /* __init__ again, now in memory */
     }
 
     conn->owner = self;

@@ -34,17 +34,18 @@ hkn_registry_add(hkn_state *state, hkn_conn *conn)
     }
 }
 
-void
+int
 hkn_registry_remove(hkn_state *state, hkn_conn *conn)
 {
     if (conn->prev == NULL) {
-        return;
+        return -1;
     }
-    hkn_live_count_leave(state, conn);
+    int last = hkn_live_count_leave(state, conn);
     conn->prev->next = conn->next;
     conn->next->prev = conn->prev;
     conn->prev = conn->next = NULL;
     state->stats.live--;
+    return last;
 }
 
 /* ------------------------------------------------ counts per database */
@@ -97,22 +98,22 @@ hkn_live_count_enter(hkn_state *state, hkn_conn *conn, PyObject *path)
         entry->next = state->live_counts;
         state->live_counts = entry;
     }
-    hkn_live_count_leave(state, conn);
+    (void)hkn_live_count_leave(state, conn);
     entry->registered++;
     conn->live_count = entry;
     return 0;
 }
 
-void
+int
 hkn_live_count_leave(hkn_state *state, hkn_conn *conn)
 {
     hkn_live_count *entry = conn->live_count;
     if (entry == NULL) {
-        return;
+        return -1;
     }
     conn->live_count = NULL;
     if (--entry->registered > 0) {
-        return;
+        return 0;
     }
     for (hkn_live_count **link = &state->live_counts; *link != NULL; link = &(*link)->next) {
         if (*link == entry) {
@@ -123,6 +124,7 @@ hkn_live_count_leave(hkn_state *state, hkn_conn *conn)
     /* A str's deallocation runs no Python code. */
     Py_DECREF(entry->path);
     free(entry);
+    return 1;
 }
 
 void

@@ -1146,20 +1146,50 @@ def test_bound_warns_once_naming_the_openers(hkn, db):
         conn.close()
 
 
+def _remembered(hkn, db):
+    """Whether the module still remembers `db` as over its bound."""
+    path = os.path.realpath(db)
+    return any(isinstance(ref, set) and path in ref for ref in gc.get_referents(hkn._native))
+
+
 def test_bound_forgets_a_database_once_its_connections_are_gone(hkn, db):
     Bounded = _bounded(hkn)
-
-    def remembered():
-        path = os.path.realpath(db)
-        return any(isinstance(ref, set) and path in ref for ref in gc.get_referents(hkn._native))
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         kept = [sqlite3.connect(db, factory=Bounded) for _ in range(12)]
-    assert remembered()                 # over the bound: warned once, remembered
+    assert _remembered(hkn, db)         # over the bound: warned once, remembered
     for conn in kept:
         conn.close()
-    assert not remembered()
+    assert not _remembered(hkn, db)
+
+
+def test_bound_warns_again_once_a_database_was_left_and_collected(hkn, db):
+    # The episode ends when the last connection to the database goes, also
+    # when that one was closed through the base's close() or only abandoned:
+    # the next excess then collects and warns anew.
+    Bounded = _bounded(hkn)
+
+    def excess():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            kept = [sqlite3.connect(db, factory=Bounded) for _ in range(10)]
+        return kept, [w for w in caught if "max_live_per_database=8" in str(w.message)]
+
+    kept, warned = excess()
+    assert len(warned) == 1
+    sqlite3.Connection.close(kept[0])           # behind the type's back
+    for conn in kept[2:]:
+        conn.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del kept, conn
+        gc.collect()                            # the other two, abandoned
+    assert hkn.live_connections(db) == []
+    assert not _remembered(hkn, db)
+    kept, warned = excess()
+    assert len(warned) == 1
+    for conn in kept:
+        conn.close()
 
 
 def test_bound_counts_each_database_on_its_own(hkn, db, tmp_path):
