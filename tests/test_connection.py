@@ -1183,7 +1183,7 @@ def test_bound_warns_again_once_a_database_was_left_and_collected(hkn, db):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         del kept, conn
-        gc.collect()                            # the other two, abandoned
+        gc.collect()                            # kept[0] and the abandoned kept[1]
     assert hkn.live_connections(db) == []
     assert not _remembered(hkn, db)
     kept, warned = excess()
