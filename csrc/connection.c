@@ -260,23 +260,17 @@ hkn_unregister(hkn_state *state, hkn_conn *conn)
     if (conn->prev == NULL) {
         return;
     }
-    /* 1 when no connection to its database is registered any longer, read
-     * from the database's count (registry.c): a close walks nothing. */
     int last = hkn_registry_remove(state, conn);
     /* The leak bound remembers a database that stayed over its bound until
-     * it is under it again; once no connection to it is left, there is
-     * nothing to remember (a process that opens many databases would
-     * otherwise keep every path).  Discarding a str cannot fail. */
-    if (conn->path != NULL && PySet_GET_SIZE(state->bound_exceeded) > 0) {
+     * it is under it again; once no connection to it is registered, there
+     * is nothing to remember (a process that opens many databases would
+     * otherwise keep every path).  The database's count says when this was
+     * the last one, so a close walks nothing; a connection in no count (in
+     * memory) has no database to forget.  Discarding a str cannot fail. */
+    if (last > 0 && conn->path != NULL && PySet_GET_SIZE(state->bound_exceeded) > 0) {
         hkn_saved_error saved;
         hkn_error_save(&saved);
-        if (last < 0) {
-            /* Not counted (only if counting it failed in __init__). */
-            last = hkn_count_live(state, conn->owner, conn->path) == 0;
-        }
-        if (last) {
-            (void)(PySet_Discard)(state->bound_exceeded, conn->path);
-        }
+        (void)(PySet_Discard)(state->bound_exceeded, conn->path);
         PyErr_Clear();
         hkn_error_restore(&saved);
     }

@@ -220,9 +220,6 @@ int hkn_registry_remove(hkn_state *state, hkn_conn *conn);
  * with hkn_snapshot_free().  NULL with MemoryError set on failure. */
 PyObject **hkn_registry_snapshot(hkn_state *state, Py_ssize_t *count);
 void hkn_snapshot_free(PyObject **items, Py_ssize_t count);
-/* Open connections of this process on `path` (the same resolved name),
- * `self` aside.  Cannot fail: every name compared is a str. */
-Py_ssize_t hkn_count_live(hkn_state *state, PyObject *self, PyObject *path);
 /* Counts the registered `conn` as a connection to `path` (a non-empty str),
  * leaving the database it counted for before, if any; -1 with MemoryError
  * set.  Registry removal leaves the count; hkn_live_counts_free() frees what

@@ -173,8 +173,8 @@ hkn_snapshot_free(PyObject **items, Py_ssize_t count)
 /* ---------------------------------------------------------------- leak bound */
 
 /* Open WalSafeConnections of this process on `path` (same resolved name),
- * `self` aside. */
-Py_ssize_t
+ * `self` aside.  Cannot fail: every name compared is a str. */
+static Py_ssize_t
 hkn_count_live(hkn_state *state, PyObject *self, PyObject *path)
 {
     Py_ssize_t count = 0;
