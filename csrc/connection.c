@@ -257,23 +257,7 @@ hkn_unregister(hkn_state *state, hkn_conn *conn)
 {
     hkn_drop_guard(state, conn);
     (void)hkn_guard_opt_out(state, conn, NULL, 0);
-    if (conn->prev == NULL) {
-        return;
-    }
-    int last = hkn_registry_remove(state, conn);
-    /* The leak bound remembers a database that stayed over its bound until
-     * it is under it again; once no connection to it is registered, there
-     * is nothing to remember (a process that opens many databases would
-     * otherwise keep every path).  The database's count says when this was
-     * the last one, so a close walks nothing; a connection in no count (in
-     * memory) has no database to forget.  Discarding a str cannot fail. */
-    if (last > 0 && conn->path != NULL && PySet_GET_SIZE(state->bound_exceeded) > 0) {
-        hkn_saved_error saved;
-        hkn_error_save(&saved);
-        (void)(PySet_Discard)(state->bound_exceeded, conn->path);
-        PyErr_Clear();
-        hkn_error_restore(&saved);
-    }
+    hkn_registry_remove(state, conn);
 }
 
 static PyObject *
@@ -638,7 +622,7 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
         }
     }
     else {
-        (void)hkn_live_count_leave(state, conn);    /* __init__ again, now in memory */
+        hkn_live_count_leave(state, conn);    /* __init__ again, now in memory */
     }
 
     conn->owner = self;

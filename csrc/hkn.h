@@ -211,10 +211,8 @@ PyObject *hkn_setting(hkn_state *state, PyObject *self, hkn_setting_id which);
  * inconsistent. */
 void hkn_registry_add(hkn_state *state, hkn_conn *conn);
 /* Unlinks `conn` (nothing if it is not registered) and leaves its
- * database's count: 1 when that was the last connection registered on the
- * database, 0 when others are, -1 when `conn` was not registered or not
- * counted. */
-int hkn_registry_remove(hkn_state *state, hkn_conn *conn);
+ * database's count. */
+void hkn_registry_remove(hkn_state *state, hkn_conn *conn);
 /* Strong references to every registered connection (their count in
  * *count), taken without allocating Python objects during the walk; free
  * with hkn_snapshot_free().  NULL with MemoryError set on failure. */
@@ -225,9 +223,10 @@ void hkn_snapshot_free(PyObject **items, Py_ssize_t count);
  * set.  Registry removal leaves the count; hkn_live_counts_free() frees what
  * is left when the module goes. */
 int hkn_live_count_enter(hkn_state *state, hkn_conn *conn, PyObject *path);
-/* Leaves the count `conn` is in: 1 when it was the database's last (its
- * record is freed), 0 when not, -1 when `conn` was in none. */
-int hkn_live_count_leave(hkn_state *state, hkn_conn *conn);
+/* Leaves the count `conn` is in, if any.  When `conn` was the database's
+ * last, its record is freed and the leak bound forgets the database.  Never
+ * fails, and keeps any pending exception. */
+void hkn_live_count_leave(hkn_state *state, hkn_conn *conn);
 void hkn_live_counts_free(hkn_state *state);
 /* On the first open of `self`: the leak bound for its database (see
  * registry.c); -1 with an exception set. */

@@ -34,18 +34,17 @@ hkn_registry_add(hkn_state *state, hkn_conn *conn)
     }
 }
 
-int
+void
 hkn_registry_remove(hkn_state *state, hkn_conn *conn)
 {
     if (conn->prev == NULL) {
-        return -1;
+        return;
     }
-    int last = hkn_live_count_leave(state, conn);
+    hkn_live_count_leave(state, conn);
     conn->prev->next = conn->next;
     conn->next->prev = conn->prev;
     conn->prev = conn->next = NULL;
     state->stats.live--;
-    return last;
 }
 
 /* ------------------------------------------------ counts per database */
@@ -54,7 +53,8 @@ hkn_registry_remove(hkn_state *state, hkn_conn *conn)
  * resolved it.  Listed in hkn_state.live_counts, most recently entered
  * first: a process mostly opens the database it opened last, whose str is
  * then the very object of the previous open (hkn_path_str), so the lookup
- * ends at the first entry.  Freed when its last connection leaves. */
+ * ends at the first entry.  Freed when its last connection leaves, which is
+ * also when the leak bound forgets the database (hkn_live_count_leave). */
 struct hkn_live_count {
     hkn_live_count *next;
     PyObject *path;             /* str, strong */
@@ -98,22 +98,22 @@ hkn_live_count_enter(hkn_state *state, hkn_conn *conn, PyObject *path)
         entry->next = state->live_counts;
         state->live_counts = entry;
     }
-    (void)hkn_live_count_leave(state, conn);
+    hkn_live_count_leave(state, conn);
     entry->registered++;
     conn->live_count = entry;
     return 0;
 }
 
-int
+void
 hkn_live_count_leave(hkn_state *state, hkn_conn *conn)
 {
     hkn_live_count *entry = conn->live_count;
     if (entry == NULL) {
-        return -1;
+        return;
     }
     conn->live_count = NULL;
     if (--entry->registered > 0) {
-        return 0;
+        return;
     }
     for (hkn_live_count **link = &state->live_counts; *link != NULL; link = &(*link)->next) {
         if (*link == entry) {
@@ -121,10 +121,25 @@ hkn_live_count_leave(hkn_state *state, hkn_conn *conn)
             break;
         }
     }
+    /* The leak bound remembers a database that stayed over its bound until
+     * it is under it again; once no connection to it is registered there is
+     * nothing to remember (a process that opens many databases would
+     * otherwise keep every path).  Forgotten here, where the database is
+     * left, so that every way of leaving it counts: a close, a collection,
+     * and an __init__ onto another database after the base's close().  The
+     * set holds only str, whose hash is cached and whose comparison runs no
+     * Python code, so the discard cannot fail; this runs in finalizers, so
+     * a pending exception is kept all the same. */
+    if (PySet_GET_SIZE(state->bound_exceeded) > 0) {
+        hkn_saved_error saved;
+        hkn_error_save(&saved);
+        (void)(PySet_Discard)(state->bound_exceeded, entry->path);
+        PyErr_Clear();
+        hkn_error_restore(&saved);
+    }
     /* A str's deallocation runs no Python code. */
     Py_DECREF(entry->path);
     free(entry);
-    return 1;
 }
 
 void

@@ -1192,6 +1192,28 @@ def test_bound_warns_again_once_a_database_was_left_and_collected(hkn, db):
         conn.close()
 
 
+def test_bound_forgets_a_database_left_by_init_onto_another(hkn, db, tmp_path):
+    # The last connection to a remembered database, closed through the
+    # base's close() and then initialised onto another database, leaves the
+    # first: it is forgotten then, not at the next open of it.
+    Bounded = _bounded(hkn)
+    other = make_wal_db(str(tmp_path / "other.db"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        kept = [sqlite3.connect(db, factory=Bounded) for _ in range(10)]
+    assert _remembered(hkn, db)
+    for conn in kept[1:]:
+        conn.close()
+    assert _remembered(hkn, db)                 # kept[0] is still open on it
+    sqlite3.Connection.close(kept[0])           # behind the type's back
+    assert _remembered(hkn, db)                 # still registered, so still counted
+    kept[0].__init__(other)
+    assert not _remembered(hkn, db)
+    assert hkn.live_connections(db) == []
+    assert len(hkn.live_connections(other)) == 1
+    kept[0].close()
+
+
 def test_bound_counts_each_database_on_its_own(hkn, db, tmp_path):
     Bounded = _bounded(hkn)
     other = make_wal_db(str(tmp_path / "other.db"))
