@@ -396,6 +396,9 @@ static int hkn_close_report(hkn_state *state, hkn_conn *conn, int mode,
 static int
 hkn_threshold(hkn_state *state, PyObject *self, long *threshold)
 {
+    if (hkn_setting_known(state, self, HKN_SETTING_THRESHOLD, threshold)) {
+        return 0;
+    }
     PyObject *value = hkn_setting(state, self, HKN_SETTING_THRESHOLD);
     if (value == NULL) {
         return -1;
@@ -409,6 +412,9 @@ hkn_threshold(hkn_state *state, PyObject *self, long *threshold)
         PyErr_Clear();          /* a too-large int is as wrong as any other */
         PyErr_Format(PyExc_ValueError,
                      "checkpoint_threshold must be an int >= 0 (frames), not %R", value);
+    }
+    else {
+        hkn_setting_learn(state, self, HKN_SETTING_THRESHOLD, value, *threshold);
     }
     Py_DECREF(value);
     return *threshold < 0 ? -1 : 0;
@@ -550,11 +556,19 @@ hkn_close_report(hkn_state *state, hkn_conn *conn, int mode, const hkn_outcome *
 int
 hkn_policy(hkn_state *state, PyObject *self, PyObject **value)
 {
+    long known;
+    if (hkn_setting_known(state, self, HKN_SETTING_POLICY, &known)) {
+        *value = NULL;
+        return (int)known;
+    }
     *value = hkn_setting(state, self, HKN_SETTING_POLICY);
     if (*value == NULL) {
         return HKN_POLICY_INVALID;
     }
     int mode = hkn_parse_mode(state, *value, 1);
+    if (mode != HKN_POLICY_INVALID && mode != HKN_POLICY_ERROR) {
+        hkn_setting_learn(state, self, HKN_SETTING_POLICY, *value, mode);
+    }
     if (mode != HKN_POLICY_INVALID) {
         Py_CLEAR(*value);
     }

@@ -175,8 +175,40 @@ hkn_setting(hkn_state *state, PyObject *self, hkn_setting_id which)
         cache->type = type;
         cache->tag = type->tp_version_tag;
         cache->value = value;
+        cache->known = 0;
     }
     return value;
+}
+
+int
+hkn_setting_known(hkn_state *state, PyObject *self, hkn_setting_id which, long *decoded)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    hkn_setting_cache *cache = &state->settings[which];
+    if (cache->known && cache->type == type && type->tp_version_tag == cache->tag
+        && hkn_tag_valid(type) && hkn_class_decides(self)) {
+        *decoded = cache->decoded;
+        return 1;
+    }
+    return 0;
+}
+
+void
+hkn_setting_learn(hkn_state *state, PyObject *self, hkn_setting_id which,
+                  PyObject *value, long decoded)
+{
+    /* Decoding may have run Python code (a __bool__, str.lower), so the
+     * entry is checked again; and only a value of an immutable builtin type
+     * means the same at every read. */
+    PyTypeObject *type = Py_TYPE(self);
+    hkn_setting_cache *cache = &state->settings[which];
+    if (cache->value == value && cache->tag != 0 && cache->type == type
+        && type->tp_version_tag == cache->tag && hkn_tag_valid(type)
+        && (value == Py_None || PyBool_Check(value) || PyLong_CheckExact(value)
+            || PyUnicode_CheckExact(value))) {
+        cache->decoded = decoded;
+        cache->known = 1;
+    }
 }
 
 /* ------------------------------------------------------ small predicates */
@@ -646,10 +678,16 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
         goto fail;
     }
     if (state->api.native && conn->guard == NULL && PyUnicode_GetLength(path) > 0) {
-        PyObject *wanted = hkn_setting(state, self, HKN_SETTING_GUARD);
-        int guard = wanted == NULL ? -1
+        long guard;
+        if (!hkn_setting_known(state, self, HKN_SETTING_GUARD, &guard)) {
+            PyObject *wanted = hkn_setting(state, self, HKN_SETTING_GUARD);
+            guard = wanted == NULL ? -1
                     : PyObject_IsTrue(wanted);
-        Py_XDECREF(wanted);
+            if (guard >= 0) {
+                hkn_setting_learn(state, self, HKN_SETTING_GUARD, wanted, guard);
+            }
+            Py_XDECREF(wanted);
+        }
         if (guard < 0
             || (guard ? hkn_guard_claim(state, conn, hkn_connection_handle(self), file)
                       : hkn_guard_opt_out(state, conn, hkn_connection_handle(self), 1)) < 0) {

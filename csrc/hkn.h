@@ -101,6 +101,8 @@ typedef struct {
     PyTypeObject *type;         /* not a reference: only compared */
     unsigned int tag;           /* 0: empty */
     PyObject *value;
+    int known;                  /* `decoded` is what `value` means to its reader */
+    long decoded;
 } hkn_setting_cache;
 
 typedef struct hkn_state {
@@ -205,6 +207,17 @@ static inline PyObject *hkn_error_take(void)
  * up the ordinary way, and the class's value (not a descriptor) was read
  * before under the type's current version tag. */
 PyObject *hkn_setting(hkn_state *state, PyObject *self, hkn_setting_id which);
+/* What the setting's reader decoded from the class's value the last time,
+ * under the same conditions as hkn_setting's cache: 1 with it in *decoded,
+ * touching no object (no reference count is written, so no cache line
+ * other threads' ticks write too); 0 when the value has to be read with
+ * hkn_setting and decoded again. */
+int hkn_setting_known(hkn_state *state, PyObject *self, hkn_setting_id which, long *decoded);
+/* Remembers that `value`, just returned by hkn_setting for `self`, decodes
+ * to `decoded`: only when it is the class's cached value and of a type
+ * whose meaning cannot change (None, bool, int, str exactly). */
+void hkn_setting_learn(hkn_state *state, PyObject *self, hkn_setting_id which,
+                       PyObject *value, long decoded);
 
 /* registry.c: the live WalSafeConnections of this process.  All
  * run with the GIL held and never call into Python while the list is

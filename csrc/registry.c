@@ -284,13 +284,51 @@ hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
     return joined;
 }
 
+/* max_live_per_database read the ordinary way into *limit: 0 for None (no
+ * bound, as 0 is), or -1 with ValueError naming a value that is neither None
+ * nor an int >= 0 (or the lookup's own exception). */
+static int
+hkn_max_live(hkn_state *state, PyObject *self, long *limit)
+{
+    PyObject *value = hkn_setting(state, self, HKN_SETTING_MAX_LIVE);
+    if (value == NULL) {
+        return -1;
+    }
+    *limit = -1;
+    if (value == Py_None) {
+        *limit = 0;
+    }
+    else if (PyLong_Check(value) && !PyBool_Check(value)) {
+        *limit = PyLong_AsLong(value);
+        /* Too large is a bad value; anything else (memory) is not the
+         * value's fault and propagates. */
+        if (*limit == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                Py_DECREF(value);
+                return -1;
+            }
+            PyErr_Clear();
+        }
+    }
+    if (*limit < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "max_live_per_database must be None or an int >= 0, not %R", value);
+        Py_DECREF(value);
+        return -1;
+    }
+    hkn_setting_learn(state, self, HKN_SETTING_MAX_LIVE, value, *limit);
+    Py_DECREF(value);
+    return 0;
+}
+
 /* The per-database bound on live connections (max_live_per_database).  On
  * CPython 3.11+ an unclosed connection lives until the cyclic collector
  * runs, which in a large busy process can be long: that is how the gateway
  * reached ~1,000 descriptors.  When opening one more would exceed the
  * bound, collect once so abandoned connections are finalized; if the bound
  * still holds, open anyway and warn once per episode.  The well-behaved path
- * costs one walk of the (short) registry and one attribute read. */
+ * reads the database's count and the setting as decoded before: no walk, no
+ * attribute lookup. */
 int
 hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
 {
@@ -302,34 +340,11 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
     if (live == 0) {
         return 0;
     }
-    PyObject *limit_obj = hkn_setting(state, self, HKN_SETTING_MAX_LIVE);
-    if (limit_obj == NULL) {
+    long limit;
+    if (!hkn_setting_known(state, self, HKN_SETTING_MAX_LIVE, &limit)
+        && hkn_max_live(state, self, &limit) < 0) {
         return -1;
     }
-    if (limit_obj == Py_None) {
-        Py_DECREF(limit_obj);
-        return 0;
-    }
-    Py_ssize_t limit = -1;
-    if (PyLong_Check(limit_obj) && !PyBool_Check(limit_obj)) {
-        limit = PyLong_AsSsize_t(limit_obj);
-        /* Too large is a bad value; anything else (memory) is not the
-         * value's fault and propagates. */
-        if (limit == -1 && PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
-                Py_DECREF(limit_obj);
-                return -1;
-            }
-            PyErr_Clear();
-        }
-    }
-    if (limit < 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "max_live_per_database must be None or an int >= 0, not %R", limit_obj);
-        Py_DECREF(limit_obj);
-        return -1;
-    }
-    Py_DECREF(limit_obj);
     if (limit == 0) {
         return 0;
     }
@@ -377,7 +392,7 @@ hkn_enforce_bound(hkn_state *state, PyObject *self, PyObject *path)
     }
     int rc = PyErr_WarnFormat(PyExc_ResourceWarning, 1,
                               "%zd WalSafeConnections to %R are open "
-                              "(max_live_per_database=%zd) even after a garbage "
+                              "(max_live_per_database=%ld) even after a garbage "
                               "collection; opening one more. Opened at: %U",
                               live, path, limit, openers);
     Py_DECREF(openers);

@@ -245,6 +245,60 @@ def test_settings_follow_every_change_of_the_classes(hkn, db):
     assert [close_after_a_write() for _ in range(3)] == ["full", "truncate", "full"]
 
 
+def test_open_time_settings_follow_every_change_of_the_class(hkn, db):
+    # guard_wal and max_live_per_database are read on every open, and what
+    # the class's value means is remembered per type version: a change to
+    # the class must show at the very next open, and a value whose truth
+    # may change between reads is asked every time.
+    native_guard = hkn.sqlite_api()["guard"] == "available"
+
+    class Settings(hkn.WalSafeConnection):
+        guard_wal = True
+        max_live_per_database = 2
+
+    def guarded():
+        conn = sqlite3.connect(db, factory=Settings)
+        taken = hkn.sqlite_fds(db).guarded
+        conn.close()
+        return taken
+
+    def warned(count=3):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            kept = [sqlite3.connect(db, factory=Settings) for _ in range(count)]
+        for conn in kept:
+            conn.close()
+        return len([w for w in caught if "max_live_per_database" in str(w.message)])
+
+    if native_guard:
+        assert [guarded(), guarded()] == [True, True]
+        Settings.guard_wal = False
+        assert [guarded(), guarded()] == [False, False]
+
+        class Flips:
+            def __init__(self):
+                self.calls = 0
+
+            def __bool__(self):
+                self.calls += 1
+                return self.calls % 2 == 1
+
+        Settings.guard_wal = Flips()
+        assert [guarded(), guarded(), guarded()] == [True, False, True]
+    assert [warned(), warned()] == [1, 1]
+    Settings.max_live_per_database = None
+    assert warned() == 0
+    Settings.max_live_per_database = 1
+    assert warned() == 1
+    Settings.max_live_per_database = 2 ** 70        # too large is a bad value, named
+    first = sqlite3.connect(db, factory=Settings)
+    with pytest.raises(ValueError, match=str(2 ** 70)):
+        sqlite3.connect(db, factory=Settings)
+    first.close()
+    Settings.max_live_per_database = 2
+    assert warned() == 1
+
+
 @pytest.mark.parametrize("bad", ["sometimes", 3, None, b"passive"])
 def test_invalid_policy_still_closes_then_raises(hkn, db, bad):
     conn = open_wal(hkn, db)
