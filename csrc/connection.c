@@ -156,13 +156,21 @@ hkn_class_holds(PyTypeObject *type, PyObject *name, PyObject *value)
     return 0;
 }
 
+/* Whether `cache` holds a value read for `type` under its current version
+ * tag. */
+static inline int
+hkn_cache_current(const hkn_setting_cache *cache, PyTypeObject *type)
+{
+    return cache->tag != 0 && cache->type == type && type->tp_version_tag == cache->tag
+           && hkn_tag_valid(type);
+}
+
 PyObject *
 hkn_setting(hkn_state *state, PyObject *self, hkn_setting_id which)
 {
     PyTypeObject *type = Py_TYPE(self);
     hkn_setting_cache *cache = &state->settings[which];
-    if (cache->tag != 0 && cache->type == type && type->tp_version_tag == cache->tag
-        && hkn_tag_valid(type) && hkn_class_decides(self)) {
+    if (hkn_cache_current(cache, type) && hkn_class_decides(self)) {
         return Py_NewRef(cache->value);
     }
     PyObject *name = hkn_setting_name(state, which);
@@ -185,8 +193,7 @@ hkn_setting_known(hkn_state *state, PyObject *self, hkn_setting_id which, long *
 {
     PyTypeObject *type = Py_TYPE(self);
     hkn_setting_cache *cache = &state->settings[which];
-    if (cache->known && cache->type == type && type->tp_version_tag == cache->tag
-        && hkn_tag_valid(type) && hkn_class_decides(self)) {
+    if (cache->known && hkn_cache_current(cache, type) && hkn_class_decides(self)) {
         *decoded = cache->decoded;
         return 1;
     }
@@ -202,8 +209,7 @@ hkn_setting_learn(hkn_state *state, PyObject *self, hkn_setting_id which,
      * means the same at every read. */
     PyTypeObject *type = Py_TYPE(self);
     hkn_setting_cache *cache = &state->settings[which];
-    if (cache->value == value && cache->tag != 0 && cache->type == type
-        && type->tp_version_tag == cache->tag && hkn_tag_valid(type)
+    if (cache->value == value && hkn_cache_current(cache, type)
         && (value == Py_None || PyBool_Check(value) || PyLong_CheckExact(value)
             || PyUnicode_CheckExact(value))) {
         cache->decoded = decoded;
