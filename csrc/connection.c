@@ -914,15 +914,21 @@ hkn_connection_dealloc(PyObject *self)
     }
     PyTypeObject *base = hkn_base_type(self);
     hkn_conn *conn = hkn_conn_get(self);
-    if (conn->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(self);
-    }
+    /* Weakref callbacks run Python code that may collect garbage or list
+     * the live connections: by then the object must be neither tracked
+     * (the collector would free it a second time) nor registered (a
+     * snapshot would take a reference to it).  A Python subclass's __del__
+     * that does not call ours leaves it registered until here. */
+    PyObject_GC_UnTrack(self);
     if (conn->prev != NULL || conn->guard != NULL) {
         hkn_state *state = PyType_GetModuleState(hkn_root_type(Py_TYPE(self)));
         if (state != NULL) {
             hkn_unregister(state, conn);
         }
         PyErr_Clear();
+    }
+    if (conn->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(self);
     }
     Py_CLEAR(conn->path);
     hkn_opener_clear(&conn->opener);
