@@ -229,7 +229,10 @@ hkn_openers_of(hkn_state *state, PyObject *self, PyObject *path)
     int failed = 0;
     for (Py_ssize_t i = 0; i < count && !failed; i++) {
         hkn_conn *c = hkn_conn_get(items[i]);
-        if (items[i] == self || c->path == NULL) {
+        /* A handle closed through the base class (sqlite3.Connection.close)
+         * leaves its connection registered: not open, so not named. */
+        if (items[i] == self || c->path == NULL
+            || hkn_connection_handle(items[i]) == NULL) {
             continue;
         }
         int same = PyUnicode_Compare(c->path, path);

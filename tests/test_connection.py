@@ -1200,6 +1200,30 @@ def test_bound_warns_once_naming_the_openers(hkn, db):
         conn.close()
 
 
+def test_bound_names_only_connections_still_open(hkn, db):
+    # One closed through the base class stays registered until collected,
+    # but holds no handle: the warning must not send anyone looking for it.
+    Bounded = _bounded(hkn)
+    kept = []
+
+    def open_one():
+        kept.append(sqlite3.connect(db, factory=Bounded))
+        return inspect.currentframe().f_back.f_lineno
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        closed_line = open_one()
+        sqlite3.Connection.close(kept[0])
+        open_lines = {open_one() for _ in range(8)}
+        open_one()                                  # the ninth open: over the bound
+    bound = [str(w.message) for w in caught if "max_live_per_database=8" in str(w.message)]
+    assert len(bound) == 1, bound
+    assert f"test_connection.py:{closed_line} " not in bound[0]
+    assert all(f"test_connection.py:{line} " in bound[0] for line in open_lines), bound[0]
+    for conn in kept:
+        conn.close()
+
+
 def _remembered(hkn, db):
     """Whether the module still remembers `db` as over its bound."""
     path = os.path.realpath(db)
