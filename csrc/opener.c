@@ -14,7 +14,8 @@
  * outward from the one that called sqlite3.connect, that is
  *   - not that same function again (a recursive helper),
  *   - not the standard library (contextlib's __enter__ for a helper written
- *     as a context manager, threading's run for a thread target),
+ *     as a context manager, threading's run for a thread target; a
+ *     site-packages inside its directory holds installed code, not its own),
  *   - not installed code (below sys.prefix and friends: pytest, pluggy)
  *     when the function that called sqlite3.connect is not installed itself:
  *     a test that connects directly is its own opener, not pytest's caller.
@@ -95,6 +96,45 @@ hkn_filename(PyObject *code)
     return ((PyCodeObject *)code)->co_filename;
 }
 
+/* A file of the standard library: below one of its directories, but not in
+ * the site-packages directory (dist-packages on Debian) that an interpreter
+ * used without a venv keeps inside it (pyenv, python.org and source builds,
+ * Docker's python images), where installed code lives. */
+static int
+hkn_in_stdlib(hkn_state *state, PyObject *filename)
+{
+    PyObject *prefixes = state->stdlib_prefixes;
+    if (prefixes == NULL) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(prefixes); i++) {
+        PyObject *prefix = PyTuple_GET_ITEM(prefixes, i);
+        if (PyUnicode_Tailmatch(filename, prefix, 0, PY_SSIZE_T_MAX, -1) != 1) {
+            continue;
+        }
+        Py_ssize_t size, prefix_size;
+        const char *name = PyUnicode_AsUTF8AndSize(filename, &size);
+        const char *start = PyUnicode_AsUTF8AndSize(prefix, &prefix_size);
+        if (name == NULL || start == NULL) {
+            PyErr_Clear();      /* a name with lone surrogates: judged by its prefix */
+            return 1;
+        }
+        const char *rest = name + prefix_size;
+        static const char *const installed[2] = {"site-packages", "dist-packages"};
+        int in_installed = 0;
+        for (int k = 0; k < 2; k++) {
+            size_t n = strlen(installed[k]);
+            if (strncmp(rest, installed[k], n) == 0 && (rest[n] == '/' || rest[n] == '\\')) {
+                in_installed = 1;
+            }
+        }
+        if (!in_installed) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Index of the primary frame (see the file's comment), -1 when none was
  * captured. */
 static int
@@ -108,7 +148,7 @@ hkn_opener_primary(hkn_state *state, const hkn_opener *op)
     for (int i = 1; i < op->depth; i++) {
         PyObject *filename = hkn_filename(op->code[i]);
         if (op->code[i] == op->code[0]
-            || hkn_starts_with_any(filename, state->stdlib_prefixes)
+            || hkn_in_stdlib(state, filename)
             || (!helper_installed && hkn_starts_with_any(filename, state->install_prefixes))) {
             continue;
         }

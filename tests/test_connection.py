@@ -997,6 +997,26 @@ def test_opener_is_the_caller_of_a_connect_helper(hkn, db):
     conn.close()
 
 
+def test_opener_in_the_site_packages_inside_the_standard_library(hkn, db):
+    # Without a venv (pyenv, python.org and source builds, Docker's python
+    # images) site-packages lies inside the standard library's directory:
+    # installed code there is not the standard library, and an installed
+    # connect helper's caller there is the opener.
+    app = os.path.join(os.path.dirname(os.__file__), "site-packages", "app")
+    helper, board = {}, {}
+    exec(compile("import sqlite3\n"
+                 "def connect(db, factory):\n"
+                 "    return sqlite3.connect(db, factory=factory)\n",
+                 os.path.join(app, "db.py"), "exec"), helper)
+    exec(compile("def open_board(connect, db, factory):\n"
+                 "    return connect(db, factory)\n",
+                 os.path.join(app, "board.py"), "exec"), board)
+    conn = board["open_board"](helper["connect"], db, hkn.WalSafeConnection)
+    entry, = hkn.live_connections(db)
+    assert entry.opened_at == os.path.join(app, "board.py") + ":2", entry.opened_via
+    conn.close()
+
+
 def test_opener_outlives_the_code_that_opened_it(hkn, db):
     # A connection keeps the code objects of where it was opened alive
     # (csrc/opener.c): a helper that is gone, and other connections opened
