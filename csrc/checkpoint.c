@@ -132,6 +132,8 @@ hkn_count_busy_statements(const hkn_sqlite_api *api, sqlite3 *db, hkn_outcome *o
     }
 }
 
+static int hkn_read_busy_timeout(const hkn_sqlite_api *api, sqlite3 *db, int *timeout);
+
 static void
 hkn_native_close_checkpoint(const hkn_sqlite_api *api, const hkn_conn *conn, sqlite3 *db,
                             int mode, const hkn_close_plan *plan, hkn_outcome *out)
@@ -157,6 +159,12 @@ hkn_native_close_checkpoint(const hkn_sqlite_api *api, const hkn_conn *conn, sql
     else if (write_txn) {
         out->skipped = HKN_SKIP_TRANSACTION;
     }
+    else if (plan->keep_open && out->busy_statements > 0) {
+        /* Its thread goes on stepping them: resetting them would restart
+         * its query, and the read transaction they hold would make the
+         * checkpoint fail with SQLITE_LOCKED anyway. */
+        out->skipped = HKN_SKIP_IN_USE;
+    }
     else if (mode == SQLITE_CHECKPOINT_PASSIVE && threshold > 0
              && (pending = hkn_guard_pending_frames(conn)) >= 0 && pending < threshold) {
         /* What bounds the WAL is a checkpoint once enough frames wait, not
@@ -166,24 +174,41 @@ hkn_native_close_checkpoint(const hkn_sqlite_api *api, const hkn_conn *conn, sql
         out->skipped = HKN_SKIP_BELOW_THRESHOLD;
     }
     else {
-        /* Stepped statements hold a read transaction that would make the
-         * checkpoint fail with SQLITE_LOCKED; the base close is about to
-         * abandon them anyway. */
-        if (out->busy_statements > 0) {
-            for (sqlite3_stmt *stmt = sqlite3_next_stmt(db, NULL); stmt != NULL;
-                 stmt = sqlite3_next_stmt(db, stmt)) {
-                if (sqlite3_stmt_busy(stmt)) {
-                    /* reset() returns the statement's last error; it resets
-                     * regardless. */
-                    (void)sqlite3_reset(stmt);
+        int restore = -1;
+        if (!plan->keep_open) {
+            /* Stepped statements hold a read transaction that would make
+             * the checkpoint fail with SQLITE_LOCKED; the base close is
+             * about to abandon them anyway. */
+            if (out->busy_statements > 0) {
+                for (sqlite3_stmt *stmt = sqlite3_next_stmt(db, NULL); stmt != NULL;
+                     stmt = sqlite3_next_stmt(db, stmt)) {
+                    if (sqlite3_stmt_busy(stmt)) {
+                        /* reset() returns the statement's last error; it
+                         * resets regardless. */
+                        (void)sqlite3_reset(stmt);
+                    }
                 }
             }
+            /* The connection is closing: nothing is left to restore the
+             * handler for, so close() can never wait on another process. */
+            sqlite3_busy_handler(db, NULL, NULL);
         }
-        /* The connection is closing: nothing is left to restore the
-         * handler for, so close() can never wait on another process. */
-        sqlite3_busy_handler(db, NULL, NULL);
-        out->rc = sqlite3_wal_checkpoint_v2(db, NULL, mode, &out->log_frames,
-                                            &out->checkpointed_frames);
+        else if (mode != SQLITE_CHECKPOINT_PASSIVE) {
+            /* Its thread keeps the connection, and its busy timeout: off
+             * for this call (a passive checkpoint never calls it), then
+             * put back, as checkpoint(wait=False) does. */
+            out->rc = hkn_read_busy_timeout(api, db, &restore);
+            if (out->rc == SQLITE_OK) {
+                sqlite3_busy_handler(db, NULL, NULL);
+            }
+        }
+        if (out->rc == SQLITE_OK) {
+            out->rc = sqlite3_wal_checkpoint_v2(db, NULL, mode, &out->log_frames,
+                                                &out->checkpointed_frames);
+        }
+        if (restore >= 0) {
+            sqlite3_busy_timeout(db, restore);
+        }
         if (out->rc == SQLITE_OK && out->log_frames < 0) {
             out->skipped = HKN_SKIP_NOT_WAL;
         }
@@ -454,9 +479,10 @@ hkn_reader_close(hkn_state *state, PyObject *self, hkn_outcome *out)
  * warning turned into an error by the warning filters propagates (-1), and
  * an invalid checkpoint_threshold: the checkpoint then runs as if it were
  * 0 (a bad setting never leaves the WAL unbounded) and the ValueError
- * propagates. */
+ * propagates, whatever the connection did. */
 int
-hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
+hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
+                     int keep_open)
 {
     if (conn->path == NULL || PyUnicode_GET_LENGTH(conn->path) == 0) {
         /* In-memory or temporary: no WAL, and no reason to leave the GIL. */
@@ -464,34 +490,48 @@ hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode)
         return 0;
     }
     hkn_close_plan plan = {0};
+    plan.keep_open = keep_open;
     hkn_outcome out;
-    if (state->api.native && mode == SQLITE_CHECKPOINT_PASSIVE
-        && hkn_reader_close(state, self, &out)) {
-        /* Decided here, so the native checkpoint below never sees a
-         * passive close of a connection that wrote nothing. */
-        return hkn_close_report(state, conn, mode, &out);
-    }
     hkn_saved_error bad_threshold = {0};
-    /* From here a passive close wrote, or cannot tell (SQL mode tells
-     * inside its checkpoint): the threshold matters, and is read. */
+    /* Read whether or not the connection wrote, so that a bad value is
+     * reported at every close; once read, it is known without a lookup. */
     if (mode == SQLITE_CHECKPOINT_PASSIVE
         && hkn_threshold(state, self, &plan.threshold) < 0) {
         plan.threshold = 0;
         hkn_error_save(&bad_threshold);
     }
-    if (plan.threshold > 0 && state->api.native && conn->guard != NULL) {
-        /* The frame count is read through the -shm descriptor the guard
-         * knows; a connection's -shm opens at its first read, after the
-         * guard was claimed, so a connection that wrote looks for it now. */
-        hkn_guard_refresh(state, conn, hkn_connection_handle(self));
+    /* The settings were the last Python code before the native work (they
+     * may be properties): one that closed the connection through the base
+     * class left nothing to checkpoint, and no handle to pass to SQLite. */
+    if (hkn_connection_handle(self) == NULL) {
+        hkn_outcome_start(&out);
+        out.skipped = HKN_SKIP_CLOSED;
     }
-    if (hkn_checkpoint_run(state, conn, self, mode, HKN_CKPT_CLOSE, &plan, &out) < 0) {
-        /* Not SQLite's doing (memory, a broken subclass attribute): report
-         * it like a checkpoint error; the close must still happen. */
-        PyObject *exc = hkn_error_take();
-        hkn_exception_text(exc, out.message, sizeof(out.message));
-        Py_XDECREF(exc);
-        out.rc = SQLITE_ERROR;
+    else if (state->api.native && mode == SQLITE_CHECKPOINT_PASSIVE
+             && hkn_reader_close(state, self, &out)) {
+        /* Decided here, so the native checkpoint below never sees a
+         * passive close of a connection that wrote nothing. */
+    }
+    else {
+        if (plan.threshold > 0 && state->api.native && conn->guard != NULL) {
+            /* The frame count is read through the -shm descriptor the
+             * guard knows; a connection's -shm opens at its first read,
+             * after the guard was claimed, so a connection that wrote looks
+             * for it now. */
+            hkn_guard_refresh(state, conn, hkn_connection_handle(self));
+        }
+        if (hkn_checkpoint_run(state, conn, self, mode, HKN_CKPT_CLOSE, &plan, &out) < 0) {
+            /* Not SQLite's doing (memory, a broken subclass attribute):
+             * report it like a checkpoint error; the close must still
+             * happen. */
+            PyObject *exc = hkn_error_take();
+            hkn_exception_text(exc, out.message, sizeof(out.message));
+            Py_XDECREF(exc);
+            out.rc = SQLITE_ERROR;
+        }
+    }
+    if (keep_open) {
+        out.busy_statements = 0;    /* its thread's, not left behind by a close */
     }
     int status = hkn_close_report(state, conn, mode, &out);
     if (hkn_error_saved(&bad_threshold)) {

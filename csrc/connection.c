@@ -358,6 +358,12 @@ hkn_connection_close(PyObject *self, PyObject *Py_UNUSED(ignored))
         }
         return hkn_base_close(state, self);
     }
+    if (hkn_connection_handle(self) == NULL) {
+        /* Another thread closed it while this one waited for the lock:
+         * closing twice is a no-op, and counted once. */
+        hkn_unlock(conn);
+        return hkn_base_close(state, self);
+    }
 
     hkn_saved_error pending = {0};
     PyObject *invalid = NULL;
@@ -367,7 +373,7 @@ hkn_connection_close(PyObject *self, PyObject *Py_UNUSED(ignored))
     }
     if (mode >= 0 && hkn_connection_handle(self) != NULL) {
         conn->checkpointing = 1;
-        if (hkn_close_checkpoint(state, conn, self, mode) < 0) {
+        if (hkn_close_checkpoint(state, conn, self, mode, 0) < 0) {
             hkn_error_save(&pending);
         }
         conn->checkpointing = 0;
@@ -607,8 +613,9 @@ hkn_connection_init(PyObject *self, PyObject *args, PyObject *kwds)
     if (HKN_FAULT_POINT("tp_init", HKN_FAULT_RAISE, -1, base->tp_init(self, args, kwds)) < 0) {
         if (hkn_connection_handle(self) == NULL) {
             hkn_unregister(state, conn);
+            return -1;
         }
-        return -1;
+        goto fail;              /* it failed after opening (an audit hook refused it) */
     }
 
     PyObject *flag = NULL;
@@ -766,13 +773,19 @@ hkn_connection_finalize(PyObject *self)
         PyErr_Clear();
         goto done;
     }
-    if (hkn_connection_handle(self) == NULL || conn->pid == 0) {
+    if (hkn_connection_handle(self) == NULL || conn->pid == 0
+        || !hkn_same_process(state, conn)) {
+        /* Not ours to checkpoint: closed, opened by the base's __init__
+         * without ours (a subclass that skipped it), or a forked child's
+         * copy of the parent's connection (no native work).  An open one
+         * is closed as plain sqlite3 closes it: from 3.12 the base's
+         * finalizer does (ours replaces it), before that its dealloc. */
         hkn_unregister(state, conn);
-        goto done;
-    }
-    if (!hkn_same_process(state, conn)) {
-        /* A forked child's copy of the parent's connection: no native work. */
-        hkn_unregister(state, conn);
+        destructor base_finalize = hkn_base_type(self)->tp_finalize;
+        if (hkn_connection_handle(self) != NULL && base_finalize != NULL) {
+            base_finalize(self);
+            PyErr_Clear();
+        }
         goto done;
     }
     /* Nobody else can hold the lock of an object being finalized: every
@@ -798,7 +811,7 @@ hkn_connection_finalize(PyObject *self)
              * closes the connection is refused, as in close(). */
             int was_checkpointing = conn->checkpointing;
             conn->checkpointing = 1;
-            if (hkn_close_checkpoint(state, conn, self, mode) < 0) {
+            if (hkn_close_checkpoint(state, conn, self, mode, 0) < 0) {
                 PyErr_WriteUnraisable(self);
             }
             conn->checkpointing = was_checkpointing;
@@ -865,12 +878,20 @@ hkn_close_at_exit(hkn_state *state, PyObject *self)
     hkn_saved_error saved;
     hkn_error_save(&saved);
     if (state->api.native && hkn_lock(conn)) {
+        /* The owner may have closed it while this thread waited for the
+         * lock (hkn_close_checkpoint checks again after the settings). */
         PyObject *invalid = NULL;
-        int mode = hkn_policy(state, self, &invalid);
+        int mode = hkn_connection_handle(self) == NULL ? HKN_POLICY_OFF
+                   : hkn_policy(state, self, &invalid);
         Py_XDECREF(invalid);
         PyErr_Clear();
-        if (mode >= 0 && hkn_close_checkpoint(state, conn, self, mode) < 0) {
-            PyErr_WriteUnraisable(self);
+        if (mode >= 0) {
+            int was_checkpointing = conn->checkpointing;
+            conn->checkpointing = 1;
+            if (hkn_close_checkpoint(state, conn, self, mode, 1) < 0) {
+                PyErr_WriteUnraisable(self);
+            }
+            conn->checkpointing = was_checkpointing;
         }
         hkn_unlock(conn);
     }

@@ -344,6 +344,10 @@ typedef enum {
     HKN_SKIP_BELOW_THRESHOLD, /* passive policy and fewer frames wait than the
                                * checkpoint_threshold */
     HKN_SKIP_NOT_WAL,
+    HKN_SKIP_CLOSED,        /* the handle was closed meanwhile (a setting's property
+                             * or callback closed it through the base class) */
+    HKN_SKIP_IN_USE,        /* kept open for its thread, which is in the middle of
+                             * statements (the exit-time closer) */
 } hkn_skip;
 
 typedef struct {
@@ -377,10 +381,13 @@ typedef enum { HKN_CKPT_CLOSE, HKN_CKPT_WAIT, HKN_CKPT_NOWAIT } hkn_ckpt_how;
 /* Fills *out; -1 with a Python exception only for failures that are not
  * SQLite's (SQL mode: memory, a broken subclass attribute). */
 /* What a close knows before its checkpoint: checkpoint_threshold (0 when
- * not read: not the passive policy, or the connection wrote nothing, which
- * hkn_close_checkpoint decides before any checkpoint runs). */
+ * not read: not the passive policy), and whether the connection stays open
+ * for its thread afterwards (the exit-time closer checkpoints a connection
+ * another thread still uses and leaves the close to the process exit: its
+ * statements and busy handler are that thread's, and stay as they are). */
 typedef struct {
     long threshold;
+    int keep_open;
 } hkn_close_plan;
 
 /* `plan` is used with HKN_CKPT_CLOSE only. */
@@ -390,8 +397,10 @@ int hkn_checkpoint_run(hkn_state *state, hkn_conn *conn, PyObject *self, int mod
  * and README's "What close() does" give the numbers behind it). */
 #define HKN_DEFAULT_THRESHOLD 256
 /* The close-time checkpoint in `mode`, recorded; failures are warnings (-1
- * only when a warnings filter made one an error). */
-int hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode);
+ * only when a warnings filter made one an error).  `keep_open`: see
+ * hkn_close_plan. */
+int hkn_close_checkpoint(hkn_state *state, hkn_conn *conn, PyObject *self, int mode,
+                         int keep_open);
 /* last_checkpoint and the counters, for a checkpoint that ran. */
 int hkn_record_checkpoint(hkn_state *state, hkn_conn *conn, int mode, const hkn_outcome *out);
 /* checkpoint_on_close read the ordinary way: a mode, HKN_POLICY_OFF or

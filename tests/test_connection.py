@@ -118,6 +118,36 @@ def test_invalid_threshold_still_checkpoints_and_closes_then_raises(hkn, db, bad
     conn.close()                                # closing again: a no-op
 
 
+def test_subclass_that_skips_our_init_closes_on_collection(hkn, db):
+    # Only the base's __init__ ran: nothing of ours to checkpoint, but the
+    # collector must still close the handle, as plain sqlite3's would (from
+    # 3.12 the base closes it in the finalizer that ours replaces).
+    class BaseInitOnly(hkn.WalSafeConnection):
+        def __init__(self, *args, **kwargs):
+            sqlite3.Connection.__init__(self, *args, **kwargs)
+
+    before = fds_on(db)
+    conn = sqlite3.connect(db, factory=BaseInitOnly)
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    assert fds_on(db) > before
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)   # 3.13's own warning
+        del conn
+        gc.collect()
+    assert fds_on(db) == before
+
+
+def test_invalid_threshold_raises_at_the_close_of_a_reader_too(hkn, db):
+    # What a setting means must not depend on what the connection did.
+    conn = open_wal(hkn, db, threshold=None)
+    conn.checkpoint_threshold = -1
+    conn.execute("SELECT count(*) FROM t").fetchone()
+    with pytest.raises(ValueError, match="-1"):
+        conn.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT 1")
+
+
 def test_threshold_only_concerns_the_passive_policy(hkn, db):
     conn = open_wal(hkn, db, threshold=None)
     conn.checkpoint_on_close = "truncate"
