@@ -112,8 +112,8 @@ hkn_in_stdlib(hkn_state *state, PyObject *filename)
         if (PyUnicode_Tailmatch(filename, prefix, 0, PY_SSIZE_T_MAX, -1) != 1) {
             continue;
         }
-        Py_ssize_t size, prefix_size;
-        const char *name = PyUnicode_AsUTF8AndSize(filename, &size);
+        Py_ssize_t prefix_size;
+        const char *name = PyUnicode_AsUTF8(filename);
         const char *start = PyUnicode_AsUTF8AndSize(prefix, &prefix_size);
         if (name == NULL || start == NULL) {
             PyErr_Clear();      /* a name with lone surrogates: judged by its prefix */
