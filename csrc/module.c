@@ -915,6 +915,17 @@ hkn_register_hooks(PyObject *module)
 static int
 hkn_module_exec(PyObject *module)
 {
+#if !HKN_PY_HAS_INTERPRETERS_SLOT
+    /* What Py_mod_multiple_interpreters says from 3.12: the fcntl wrappers,
+     * the audit hook and SQLite's lock state are the process's, and a
+     * subinterpreter's copy would run its handlers in the main one. */
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_ImportError,
+                        "hermes_kanban_native does not support subinterpreters: "
+                        "import it in the main interpreter only");
+        return -1;
+    }
+#endif
     hkn_state *state = hkn_module_state(module);
     state->registry.prev = state->registry.next = &state->registry;
     state->pid = getpid();

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from . import _native
 from ._native import CheckpointResult, WalSafeConnection, sqlite_api, stats
-from .stray import StrayOpenWarning, warn_on_stray_open
+from .stray import StrayOpenWarning, _database_path, warn_on_stray_open
 
 __all__ = [
     "CheckpointResult",
@@ -171,7 +171,10 @@ def connect(database, *, wal=True, persist_wal=False, guard_wal=True, refuse_sta
     if not (isinstance(factory, type) and issubclass(factory, sqlite3.Connection)):
         raise TypeError(f"factory must be a subclass of sqlite3.Connection, not {factory!r}")
     if refuse_stale:
-        _refuse_stale(database)
+        # With uri=True, "file:" names a URI, whose path is the database.
+        target = _database_path(database) if kwargs.get("uri") else database
+        if target is not None:
+            _refuse_stale(target, database)
     conn = sqlite3.connect(database, factory=factory, **kwargs)
     try:
         guarded = isinstance(conn, WalSafeConnection)
@@ -193,10 +196,10 @@ def connect(database, *, wal=True, persist_wal=False, guard_wal=True, refuse_sta
     return conn
 
 
-def _refuse_stale(database):
+def _refuse_stale(path, database):
     from .fds import holders        # loaded on first use (below)
     try:
-        found = holders(database)
+        found = holders(path)
     except (NotImplementedError, FileNotFoundError):
         return
     stranded = {pid: info for pid, info in found.items() if info.stale}

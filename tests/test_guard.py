@@ -9,6 +9,7 @@ import random
 import sqlite3
 import subprocess
 import sys
+import urllib.parse
 
 import pytest
 
@@ -363,6 +364,11 @@ def _assert_connect_refuses(path, pid):
         hkn.connect(path)
     assert isinstance(info.value, sqlite3.OperationalError)
     assert f"pid {pid}" in str(info.value) and "-wal" in str(info.value)
+    assert pid in info.value.holders
+    # The same database named by a URI (its path quoted, options after it).
+    uri = "file:" + urllib.parse.quote(path) + "?cache=private"
+    with pytest.raises(hkn.StaleWalGenerationError) as info:
+        hkn.connect(uri, uri=True)
     assert pid in info.value.holders
     conn = hkn.connect(path, refuse_stale=False)
     conn.close()

@@ -159,3 +159,49 @@ def test_connect_refused_by_an_audit_hook_leaves_no_descriptor(tmp_path):
         """, env={"PYTHONWARNINGS": "ignore"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["Connection", "0", "0", "WalSafeConnection", "0", "0"]
+
+
+@pytest.mark.isolated
+def test_a_subinterpreter_cannot_import_the_package(tmp_path):
+    # Its state is the process's (the fcntl wrappers, the audit hook, SQLite's
+    # locks): a subinterpreter's copy would run its handlers in the main
+    # interpreter.  3.12+ says so through Py_mod_multiple_interpreters; 3.10
+    # and 3.11 are told by the module itself.  The main interpreter's own
+    # copy keeps working.
+    path = make_wal_db(tmp_path / "sub.db")
+    result = run_python(f"""
+        import sqlite3, sys, warnings
+        import hermes_kanban_native as hkn
+
+        conn = hkn.connect({path!r})
+        hkn.warn_on_stray_open(True)
+        try:            # CPython's private API: 3.10 to 3.12, then renamed
+            try:
+                import _interpreters as interpreters
+            except ImportError:
+                import _xxsubinterpreters as interpreters
+            sub = interpreters.create()
+            interpreters.run_string(sub, '''if True:
+                try:
+                    import hermes_kanban_native
+                except ImportError as exc:
+                    print("refused:", exc, flush=True)
+                else:
+                    print("imported", flush=True)
+                ''')
+            interpreters.destroy(sub)
+        except (ImportError, AttributeError, TypeError) as exc:
+            print("no subinterpreters:", exc)
+            sys.exit(0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            open({path!r}, "rb").close()
+        print([w.category.__name__ for w in caught])
+        conn.close()
+        """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    if lines[0].startswith("no subinterpreters:"):
+        pytest.skip(lines[0])
+    assert lines[0].startswith("refused:"), result.stdout
+    assert lines[1] == "['StrayOpenWarning']"

@@ -845,8 +845,12 @@ hkn_shmlock_install(hkn_state *state, int db_fd)
                             vfs->xSetSystemCall(vfs, names[i], hooks[i])) == SQLITE_OK) {
             continue;
         }
-        /* The ones switched already stay: with no descriptor ever in the
-         * table they only pass every call on. */
+        /* Put back the ones switched already: a half-installed set would
+         * still shadow SHARED locks (the fcntl wrapper does that without
+         * the table) while the module says the wrappers are not in. */
+        for (int j = 0; j < i; j++) {
+            (void)vfs->xSetSystemCall(vfs, names[j], real[j]);
+        }
         hkn_shm_reason = "SQLite refused to replace a system call";
         return 0;
     }
