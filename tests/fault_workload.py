@@ -17,6 +17,7 @@ import _thread
 import abc
 import atexit
 import collections
+import concurrent.futures
 import functools
 import gc
 import itertools
@@ -366,6 +367,12 @@ class Workload:
             mod._live_connections()
             mod._live_connections(0)
             mod._opener_here()
+            # Opened by a pool's worker: the report passes over its
+            # standard-library frames to name an opener.  (The pool keeps a
+            # failed open's exception, where a thread would print it.)
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(self.connect, check_same_thread=False).exception()
+            mod._live_connections()
             mod._set_audit_handler(lambda event, args: None, names={"nonexistent"})
             try:
                 sys.audit("open", "/nonexistent", "r", 0)   # a known name: passed on
