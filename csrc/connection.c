@@ -953,6 +953,12 @@ hkn_connection_dealloc(PyObject *self)
     }
     Py_CLEAR(conn->path);
     hkn_opener_clear(&conn->opener);
+    /* Tracked again, as CPython's subtype_dealloc does before it calls a GC
+     * base's dealloc: 3.12+'s base begins with
+     * PyObject_CallFinalizerFromDealloc, which (a no-op by now) asserts in a
+     * debug build that the object is tracked.  No Python code runs between
+     * here and the base's untrack. */
+    PyObject_GC_Track(self);
     /* Untracks, clears (through our tp_clear), closes, frees, and drops the
      * reference to the type. */
     base->tp_dealloc(self);
