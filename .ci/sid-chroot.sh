@@ -8,7 +8,8 @@
 # makes a minimal sid system in DIR/sid with debootstrap, and runs README's
 # test command (given as $TEST_COMMAND) inside it from a copy of CHECKOUT,
 # once per CPython 3.14+ that sid has and once under the debug build of the
-# first of them, with HKN_WERROR passed through.
+# first of them (and its fault-injection build), with HKN_WERROR passed
+# through.
 #
 # sid moves: when it cannot be installed today (a broken mirror, a package
 # in transition), the stage says so and exits 0 without testing; a CPython
@@ -124,6 +125,17 @@ if in_sid apt-get install -y -qq --no-install-recommends \
     echo "--- $(in_sid "python${minor}d" -c 'import sys
 print("CPython", sys.version.split()[0], "debug build (abiflags " + sys.abiflags + ")")')"
     test_command_in_sid "python${minor}d" "${minor}d"
+    # Error paths under the debug build's assertions: the fault-injection
+    # build (csrc/faults.h), its own copy and venv, runs the fault tests.
+    src=/work/src-${minor}d-faults
+    rm -rf "$rootfs$src"
+    mkdir -p "$rootfs$src"
+    (cd "$checkout" && git ls-files -z | xargs -0 cp --parents -t "$rootfs$src")
+    in_sid "python${minor}d" -m venv "/opt/venv-${minor}d-faults"
+    in_sid /bin/sh -c ". /opt/venv-${minor}d-faults/bin/activate && cd /work &&
+                       python -m pip install -q --upgrade pip &&
+                       HKN_FAULTS=1 python -m pip install -q '$src[test]' &&
+                       pytest -q -p no:cacheprovider $src/tests/test_faults.py"
     tested=$((tested + 1))
 else
     echo "--- CPython $minor debug build: not installable from sid today, left out"
