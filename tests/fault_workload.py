@@ -724,8 +724,10 @@ def init_faults(repeat, windows, warm_up=20):
                              mode)
                 allowed = clean[ended] if kept else (0, 0, [0] * 8)
                 if name in KEPT_ALIVE:      # and atexit's record of it: a
-                    # block per cycle, and from 3.14 a tracked tuple too
-                    allowed = (allowed[0] + repeat, allowed[1] + repeat) + allowed[2:]
+                    # block per cycle, from 3.14 a tracked (func, args,
+                    # kwargs) tuple
+                    tuples = repeat if sys.version_info >= (3, 14) else 0
+                    allowed = (allowed[0] + repeat, allowed[1] + tuples) + allowed[2:]
                 problems = []
                 for _ in range(windows):    # a leak grows in every window
                     blocks, objects, refs = growth(
