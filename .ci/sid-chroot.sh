@@ -78,12 +78,15 @@ in_sid() {
 # README's test command run by PYTHON in a venv of its own (/opt/venv-TAG),
 # from a copy of the checkout of its own (/work/src-TAG): no object built
 # for one interpreter is ever linked for another.
+copy_checkout() {           # copy_checkout DIR (a path inside the chroot)
+    rm -rf "$rootfs$1"
+    mkdir -p "$rootfs$1"
+    (cd "$checkout" && git ls-files -z | xargs -0 cp --parents -t "$rootfs$1")
+}
 test_command_in_sid() {     # test_command_in_sid PYTHON TAG
     local python=$1 tag=$2
     local src=/work/src-$tag
-    rm -rf "$rootfs$src"
-    mkdir -p "$rootfs$src"
-    (cd "$checkout" && git ls-files -z | xargs -0 cp --parents -t "$rootfs$src")
+    copy_checkout "$src"
     in_sid "$python" -m venv "/opt/venv-$tag"
     in_sid /bin/sh -c ". /opt/venv-$tag/bin/activate && cd $src &&
                        python -m pip install -q --upgrade pip && $TEST_COMMAND"
@@ -128,9 +131,7 @@ print("CPython", sys.version.split()[0], "debug build (abiflags " + sys.abiflags
     # Error paths under the debug build's assertions: the fault-injection
     # build (csrc/faults.h), its own copy and venv, runs the fault tests.
     src=/work/src-${minor}d-faults
-    rm -rf "$rootfs$src"
-    mkdir -p "$rootfs$src"
-    (cd "$checkout" && git ls-files -z | xargs -0 cp --parents -t "$rootfs$src")
+    copy_checkout "$src"
     in_sid "python${minor}d" -m venv "/opt/venv-${minor}d-faults"
     in_sid /bin/sh -c ". /opt/venv-${minor}d-faults/bin/activate && cd /work &&
                        python -m pip install -q --upgrade pip &&
