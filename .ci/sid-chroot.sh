@@ -75,14 +75,16 @@ in_sid() {
     chroot "$rootfs" /usr/bin/env -i "${env_in[@]}" "$@"
 }
 
-# README's test command run by PYTHON in a venv of its own (/opt/venv-TAG),
-# from a copy of the checkout of its own (/work/src-TAG): no object built
-# for one interpreter is ever linked for another.
+# The checkout's tracked files, at DIR inside the chroot.
 copy_checkout() {           # copy_checkout DIR (a path inside the chroot)
     rm -rf "$rootfs$1"
     mkdir -p "$rootfs$1"
     (cd "$checkout" && git ls-files -z | xargs -0 cp --parents -t "$rootfs$1")
 }
+
+# README's test command run by PYTHON in a venv of its own (/opt/venv-TAG),
+# from a copy of the checkout of its own (/work/src-TAG): no object built
+# for one interpreter is ever linked for another.
 test_command_in_sid() {     # test_command_in_sid PYTHON TAG
     local python=$1 tag=$2
     local src=/work/src-$tag
